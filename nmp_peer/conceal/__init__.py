@@ -1,0 +1,45 @@
+"""Concealers by name. Heavy ones are imported only when asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nmp_peer.conceal.base import Concealer
+
+
+def _zeros() -> Concealer:
+    from nmp_peer.conceal.simple import ZerosConcealer
+
+    return ZerosConcealer()
+
+
+def _repeat() -> Concealer:
+    from nmp_peer.conceal.simple import RepeatConcealer
+
+    return RepeatConcealer()
+
+
+def _lpc() -> Concealer:
+    from nmp_peer.conceal.lpc import LpcConcealer
+
+    return LpcConcealer()
+
+
+FACTORIES: dict[str, Callable[[], Concealer]] = {
+    "zeros": _zeros,
+    "repeat": _repeat,
+    "lpc": _lpc,
+}
+
+
+def concealer_names() -> list[str]:
+    return list(FACTORIES)
+
+
+def make_concealer(name: str) -> Concealer:
+    """Build a concealer by name; ``ValueError`` names the choices for an unknown one."""
+    try:
+        factory = FACTORIES[name]
+    except KeyError:
+        raise ValueError(f"unknown concealer {name!r}; choose one of {', '.join(FACTORIES)}") from None
+    return factory()

@@ -1,0 +1,65 @@
+"""The causal concealer interface shared by the live peer, the offline tools and the lab.
+
+A concealer is a function of the past: it receives the last ``context_samples`` of the
+stream that was already played (received audio and its own earlier concealment alike)
+and predicts the next ``predict_samples``. The first block of the prediction replaces
+the missing packet; the rest (usually one more block) is what the playout engine
+crossfades from when the real audio comes back. A concealer never sees anything
+after the gap, so causality holds by construction.
+
+Concealers are stateless between calls: the playout engine may compute a concealment
+speculatively and throw it away when the packet arrives after all, so a call must not
+change anything that a later call depends on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES
+
+
+class Concealer(ABC):
+    """Predicts missing audio from past audio only.
+
+    ``history`` has shape ``(context_samples, channels)``, float32 in [-1, 1], oldest
+    sample first; samples before the start of the stream are zeros. The result has
+    shape ``(predict_samples, channels)``, float32. ``burst_index`` is 0 for the first
+    lost packet of a burst, 1 for the second, and so on.
+    """
+
+    name: ClassVar[str]
+    context_samples: int = 4 * BLOCK_FRAMES
+    predict_samples: int = 2 * BLOCK_FRAMES
+
+    @abstractmethod
+    def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
+        """Return the predicted continuation of ``history``."""
+
+    def stages(self, history: np.ndarray, burst_index: int) -> Iterator[np.ndarray]:
+        """Yield ever better predictions; the engine keeps the last one that is ready.
+
+        A slow concealer (LPC+GAN) first yields a cheap result (its LPC prediction) so
+        that a deadline that falls mid-computation still gets a good block.
+        """
+        yield self.conceal(history, burst_index)
+
+    def warm_up(self, channels: int = 1) -> None:
+        """Run once on silence so that first-call costs are paid before the stream starts."""
+        self.conceal(np.zeros((self.context_samples, channels), np.float32), 0)
+
+
+def check_prediction(prediction: np.ndarray, predict_samples: int, channels: int) -> np.ndarray:
+    """Return a prediction coerced to the contract: shape, dtype, finite, within [-1, 1]."""
+    out = np.asarray(prediction, dtype=np.float32)
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.shape != (predict_samples, channels):
+        raise ValueError(f"concealer returned shape {out.shape}, expected {(predict_samples, channels)}")
+    if not np.all(np.isfinite(out)):
+        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(out, -1.0, 1.0, out=out)
