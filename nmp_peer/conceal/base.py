@@ -35,6 +35,9 @@ class Concealer(ABC):
     name: ClassVar[str]
     context_samples: int = 4 * BLOCK_FRAMES
     predict_samples: int = 2 * BLOCK_FRAMES
+    recovery_fade_samples: int = 128
+    """Length of the raised-cosine crossfade from the prediction's tail into the first
+    packet that arrives after a gap (the engine performs it)."""
 
     @abstractmethod
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
