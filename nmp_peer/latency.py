@@ -1,0 +1,130 @@
+"""How deep the buffer should be, and how to get there without clicks.
+
+For every arriving packet the engine measures its *slack*: how many samples ahead of
+the playout read position it arrived. A packet with slack below one block plus the
+reader's lookahead misses its deadline. The controller keeps a window of recent slack
+values (stored relative to the receiver clock, so later adjustments apply to them too)
+and acts on a percentile of it:
+
+- ``adaptive`` (after WebRTC NetEq and JackTrip's Regulator): keep the low percentile
+  (default 2 %) of slack at one block + lookahead + a margin. Too little slack grows
+  the buffer at once by inserting one concealed block; too much shrinks it slowly by
+  reading the stream up to 0.2 % fast, or by dropping a block with a crossfade when it
+  is far too deep.
+- ``fixed``: keep the early packets' slack (high percentile) at ``depth`` blocks; only
+  the reading rate moves, which absorbs clock drift.
+
+Both modes correct clock drift the same way: when the error leaves a dead band the
+reading ratio moves off 1 until the error is back near zero, then returns to exactly 1.
+An undrifted, unjittered stream therefore never leaves bit-exact pass-through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.drift import LOOKAHEAD
+
+Mode = Literal["fixed", "adaptive"]
+
+
+@dataclass(frozen=True)
+class LatencyPolicy:
+    mode: Mode = "adaptive"
+    depth_packets: int = 2
+    """Fixed mode: the depth kept. Adaptive mode: the depth to start with."""
+    min_depth_packets: int = 1
+    max_depth_packets: int = 32
+    margin_samples: int = 64
+    """Adaptive mode: slack kept beyond one block and the reader's lookahead."""
+    window_s: float = 8.0
+    quantile: float = 0.02
+    max_rate_ppm: float = 2000.0
+    correction_time_s: float = 4.0
+    """Time constant with which the reading ratio removes an error."""
+    deadband_samples: int = 96
+
+
+@dataclass(frozen=True)
+class Action:
+    ratio: float = 1.0
+    insert: bool = False
+    drop: bool = False
+
+
+class LatencyController:
+    def __init__(self, policy: LatencyPolicy) -> None:
+        self.policy = policy
+        self._window = max(16, int(policy.window_s * SAMPLE_RATE / BLOCK_FRAMES))
+        self._values = np.zeros(self._window)
+        self._count = 0
+        self._correcting = False
+        self._cooldown = 0
+        self.error_samples = 0.0
+        self.target_samples = float(self.start_latency_samples())
+
+    def start_latency_samples(self) -> int:
+        return self.policy.depth_packets * BLOCK_FRAMES + LOOKAHEAD
+
+    def reset(self) -> None:
+        self._count = 0
+        self._correcting = False
+        self._cooldown = 0
+
+    def observe(self, reference: float) -> None:
+        """Record one arrival: its slack is ``reference + offset`` for the offset at decision time."""
+        self._values[self._count % self._window] = reference
+        self._count += 1
+
+    def shift(self, samples: float) -> None:
+        """Move stored values when the engine inserts or drops audio."""
+        self._values += samples
+
+    def decide(self, offset: float) -> Action:
+        if self._count == 0:
+            return Action()
+        p = self.policy
+        values = self._values[: min(self._count, self._window)]
+        k_low = int(p.quantile * (len(values) - 1))
+        k_high = len(values) - 1 - k_low
+        ordered = np.partition(values, (k_low, k_high))
+        low, high = ordered[k_low] + offset, ordered[k_high] + offset
+        one_block = BLOCK_FRAMES + LOOKAHEAD
+        if p.mode == "fixed":
+            target = p.depth_packets * BLOCK_FRAMES + LOOKAHEAD
+            error = high - target
+        else:
+            error = low - (one_block + p.margin_samples)
+            latency_after = high - error
+            min_latency = p.min_depth_packets * BLOCK_FRAMES + LOOKAHEAD
+            max_latency = p.max_depth_packets * BLOCK_FRAMES + LOOKAHEAD
+            if latency_after < min_latency:
+                error = high - min_latency
+            elif latency_after > max_latency:
+                error = high - max_latency
+            target = high - error
+        self.error_samples = float(error)
+        self.target_samples = float(target)
+        if self._cooldown > 0:
+            self._cooldown -= 1
+        elif p.mode == "adaptive" and error < -BLOCK_FRAMES / 4:
+            self._cooldown = 2
+            return Action(insert=True)
+        elif p.mode == "adaptive" and error > 3 * BLOCK_FRAMES and self._count >= self._window:
+            self._cooldown = 2
+            return Action(drop=True)
+        if error > 0 and self._count < self._window:
+            return Action()  # shrink only on a full window of evidence
+        if not self._correcting and abs(error) > p.deadband_samples:
+            self._correcting = True
+        elif self._correcting and abs(error) < 4:
+            self._correcting = False
+        if not self._correcting:
+            return Action()
+        max_dev = p.max_rate_ppm * 1e-6
+        dev = float(np.clip(error / (p.correction_time_s * SAMPLE_RATE), -max_dev, max_dev))
+        return Action(ratio=1.0 + dev)

@@ -1,0 +1,363 @@
+"""The playout engine: one 512-sample block per output-clock tick, never waiting.
+
+Data flow inside: packets → :class:`JitterBuffer` → *stream* (decoded packets, or
+concealment for missing slots, in sequence order, in the sender's clock) → fractional
+reader (the receiver's clock) → output block.
+
+Time is given, not taken: ``push(packet, now)`` and ``next_block(now)`` receive the
+receiver clock in samples, so a sound card, a real-time timer or a virtual clock
+driven faster than real time all run the same code.
+
+Concealment is causal: a missing slot is filled from the stream before it. The engine
+asks its worker for it one block ahead of the deadline, as soon as that history is
+known; at the deadline it takes what is ready, or a cheap fallback (and counts a miss).
+Long bursts fade to silence; the first packet after a gap is crossfaded in from the
+concealer's prediction of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.codec import Codec, make_codec
+from nmp_peer.conceal.base import Concealer, check_prediction
+from nmp_peer.conceal.simple import RepeatConcealer, ZerosConcealer
+from nmp_peer.conceal.worker import InlineWorker, ThreadedWorker
+from nmp_peer.drift import LOOKAHEAD, read_block
+from nmp_peer.jitter import Arrival, JitterBuffer
+from nmp_peer.latency import LatencyController, LatencyPolicy
+from nmp_peer.stats import Stats
+from nmp_peer.wire import Packet, WireError
+
+
+@dataclass(frozen=True)
+class PlayoutConfig:
+    channels: int = 1
+    latency: LatencyPolicy = field(default_factory=LatencyPolicy)
+    fade_after_ms: float = 50.0
+    """Concealment of a burst starts fading to silence after this long."""
+    fade_ms: float = 25.0
+    jitter_window_packets: int = 512
+
+
+class StreamFifo:
+    """The stream in sample positions: appended at the end, read anywhere in the retained past."""
+
+    def __init__(self, channels: int, retain: int = 16384, capacity: int = 1 << 17) -> None:
+        self._buf = np.zeros((capacity, channels), np.float32)
+        self._retain = retain
+        self.origin = -retain
+        """Absolute position of ``_buf[0]``."""
+        self.end = 0
+        """Absolute position one past the last appended sample."""
+
+    def append(self, block: np.ndarray) -> None:
+        n = len(block)
+        offset = self.end - self.origin
+        if offset + n > len(self._buf):
+            keep = self._retain
+            self._buf[:keep] = self._buf[offset - keep : offset]
+            self.origin = self.end - keep
+            offset = keep
+        self._buf[offset : offset + n] = block
+        self.end += n
+
+    def view(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``start..stop`` (absolute); the part before the retained past is zeros."""
+        if start < self.origin:
+            head = np.zeros((self.origin - start, self._buf.shape[1]), np.float32)
+            return np.concatenate([head, self.view(self.origin, stop)])
+        return self._buf[start - self.origin : stop - self.origin]
+
+    def tail(self, samples: int) -> np.ndarray:
+        return self.view(self.end - samples, self.end).copy()
+
+
+def _raised_cosine(n: int) -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)[:, None]
+
+
+class PlayoutEngine:
+    """Jitter buffer, concealment and drift-corrected reading for one incoming stream."""
+
+    def __init__(
+        self,
+        concealer: Concealer,
+        config: PlayoutConfig | None = None,
+        *,
+        threaded: bool = False,
+        stats: Stats | None = None,
+    ) -> None:
+        self.config = config or PlayoutConfig()
+        self.concealer = concealer
+        self.stats = stats or Stats()
+        self.channels = self.config.channels
+        self.jitter = JitterBuffer()
+        self.controller = LatencyController(self.config.latency)
+        self.fifo = StreamFifo(self.channels)
+        self.worker = ThreadedWorker(concealer) if threaded else InlineWorker(concealer)
+        self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
+        self._codecs: dict[int, Codec] = {}
+        self._lock = threading.Lock()
+        self._read_pos = 0.0
+        self._tick_now = 0.0
+        self._ratio = 1.0
+        self._started = False
+        self._burst = 0
+        self._prediction: np.ndarray | None = None
+        self._requested: int | None = None
+        self._pending_insert = False
+        self._splice: np.ndarray | None = None
+        self._last_transit: float | None = None
+        self._fade_start = self.config.fade_after_ms * SAMPLE_RATE / 1000.0
+        self._fade_len = max(1.0, self.config.fade_ms * SAMPLE_RATE / 1000.0)
+        self._recovery = _raised_cosine(concealer.recovery_fade_samples)
+        self._splice_fade = _raised_cosine(128)
+        self.samples_out = 0
+        """Output samples produced so far."""
+        self.first_slot: tuple[int, int] | None = None
+        """(packet timestamp, output sample index) of the first slot played: the exact alignment."""
+        self._start_out = 0
+        self.timeline: list[tuple[int, float, float, int]] | None = None
+        """When enabled (a list): per tick (output sample, depth, target depth, event) with
+        event 0 = played, 1 = concealed, 2 = inserted, 3 = dropped."""
+
+    # ------------------------------------------------------------------ network side
+    def push(self, packet: Packet, now: float) -> Arrival | None:
+        """Take one packet that arrived at receiver time ``now`` (samples). Returns its fate."""
+        s = self.stats
+        frames = self._frames(packet)
+        if frames != BLOCK_FRAMES or packet.channels != self.channels:
+            s.packets_malformed += 1
+            return None
+        with self._lock:
+            fate = self.jitter.push(packet)
+            if not self._started and self.jitter.started:
+                self._start()
+            if fate is Arrival.RESYNC:
+                self._resync(now)
+            if fate in (Arrival.ACCEPTED, Arrival.REORDERED, Arrival.RESYNC, Arrival.LATE):
+                s.packets_received += 1
+                self._observe(packet, now)
+            if fate is Arrival.REORDERED:
+                s.packets_reordered += 1
+            elif fate is Arrival.DUPLICATE:
+                s.packets_duplicate += 1
+            elif fate is Arrival.LATE:
+                s.packets_late += 1
+                s.packets_lost -= 1
+            elif fate is Arrival.OUT_OF_WINDOW:
+                s.packets_foreign += 1
+            elif fate is Arrival.RESYNC:
+                s.resyncs += 1
+        return fate
+
+    def push_datagram(self, data: bytes, now: float) -> Arrival | None:
+        """Parse and take a datagram; malformed ones are counted and dropped."""
+        try:
+            packet = Packet.parse(data)
+        except WireError:
+            self.stats.packets_malformed += 1
+            return None
+        return self.push(packet, now)
+
+    def _frames(self, packet: Packet) -> int:
+        try:
+            codec = self._codec(packet)
+        except WireError:
+            return -1
+        if packet.payload_type == codec.payload_type and len(packet.payload) == BLOCK_FRAMES * 2 * packet.channels:
+            return BLOCK_FRAMES
+        return -1
+
+    def _codec(self, packet: Packet) -> Codec:
+        codec = self._codecs.get(packet.payload_type)
+        if codec is None:
+            codec = self._codecs[packet.payload_type] = make_codec(packet.payload_type)
+        return codec
+
+    def _observe(self, packet: Packet, now: float) -> None:
+        ext = self.jitter.unwrap(packet.seq)
+        position = self.fifo.end + (ext - self.jitter.next_seq) * BLOCK_FRAMES
+        self.controller.observe(position - now)
+        transit = now - packet.timestamp
+        if self._last_transit is not None:
+            d = abs(transit - self._last_transit)
+            if d < SAMPLE_RATE:  # ignore timestamp jumps (restart, pause)
+                self.stats.jitter_ms += (1000.0 * d / SAMPLE_RATE - self.stats.jitter_ms) / 16.0
+        self._last_transit = transit
+
+    def _start(self) -> None:
+        self._started = True
+        prefill = self.controller.start_latency_samples()
+        self.fifo.append(np.zeros((prefill, self.channels), np.float32))
+        self._start_out = self.samples_out
+
+    def _resync(self, now: float) -> None:
+        """Follow a restarted or jumped stream: fade out what was playing, restart at the start depth."""
+        self.controller.reset()
+        self.worker.cancel()
+        self._requested = None
+        read_now = self._read_pos + (now - self._tick_now) * self._ratio
+        pad = int(read_now + self.controller.start_latency_samples() - self.fifo.end)
+        if pad > 0:
+            history = self.fifo.tail(self.fallback.context_samples)
+            tail = np.zeros((pad, self.channels), np.float32)
+            n = min(pad, BLOCK_FRAMES)
+            tail[:n] = self.fallback.conceal(history, 0)[:n] * _raised_cosine(n)[::-1]
+            self.fifo.append(tail)
+        self._burst = 1
+        self._prediction = None
+        self._last_transit = None
+
+    # ------------------------------------------------------------------ clock side
+    def next_block(self, now: float) -> np.ndarray:
+        """The output block for the tick at receiver time ``now`` (samples). Never blocks for long."""
+        with self._lock:
+            out = self._next_block(now)
+        self.samples_out += BLOCK_FRAMES
+        return out
+
+    def _next_block(self, now: float) -> np.ndarray:
+        self._tick_now = now
+        s = self.stats
+        if not self._started:
+            return np.zeros((BLOCK_FRAMES, self.channels), np.float32)
+        action = self.controller.decide(now - self._read_pos)
+        event = 0
+        if action.insert:
+            self._pending_insert = True
+        nxt = self.jitter.next_seq
+        if action.drop and self._burst == 0 and self.jitter.has(nxt) and self.jitter.has(nxt + 1):
+            self._drop_slot()
+            event = 3
+        ratio = action.ratio
+        need = int(np.ceil(self._read_pos + ratio * (BLOCK_FRAMES - 1))) + LOOKAHEAD + 1
+        while self.fifo.end < need:
+            if self._pending_insert:
+                self._insert_block()
+                event = 2
+            else:
+                event = max(event, self._append_slot())
+        base = int(np.floor(self._read_pos)) - LOOKAHEAD
+        source = self.fifo.view(base, need)
+        out = read_block(source, self._read_pos - base, ratio, BLOCK_FRAMES)
+        self._read_pos += ratio * BLOCK_FRAMES
+        self._ratio = ratio
+        s.blocks_played += 1
+        s.ratio_ppm = (ratio - 1.0) * 1e6
+        depth = (self.fifo.end - self._read_pos) / BLOCK_FRAMES + self.jitter.depth()
+        s.buffer_depth_packets = depth
+        s.target_depth_packets = self.controller.target_samples / BLOCK_FRAMES
+        s.latency_samples = int(self.controller.target_samples) + BLOCK_FRAMES
+        if self.timeline is not None:
+            self.timeline.append((self.samples_out, depth, s.target_depth_packets, event))
+        return out
+
+    def _append_slot(self) -> int:
+        seq, packet = self.jitter.pop()
+        if packet is not None:
+            block = self._codec(packet).decode(packet.payload, packet.channels)
+            if self.first_slot is None:
+                self.first_slot = (packet.timestamp, self._start_out + self.fifo.end)
+            self._append_real(block)
+            event = 0
+        else:
+            if self.jitter.depth() == 0:
+                self.stats.underruns += 1
+            self.stats.packets_concealed += 1
+            self.stats.packets_lost += 1
+            self._append_concealed(seq, count_miss=True)
+            event = 1
+        self._request_next()
+        return event
+
+    def _append_real(self, block: np.ndarray) -> None:
+        if self._splice is not None:
+            n = len(self._splice_fade)
+            block = block.copy()
+            block[:n] = self._splice[:n] + (block[:n] - self._splice[:n]) * self._splice_fade
+            self._splice = None
+        if self._burst > 0:
+            block = block.copy()
+            n = len(self._recovery)
+            if self._prediction is not None and len(self._prediction) >= BLOCK_FRAMES + n:
+                tail = self._prediction[BLOCK_FRAMES : BLOCK_FRAMES + n]
+            else:
+                tail = np.zeros((n, self.channels), np.float32)
+            block[:n] = tail + (block[:n] - tail) * self._recovery
+            self._burst = 0
+            self._prediction = None
+        self.fifo.append(block)
+
+    def _gain(self, start: int, length: int) -> np.ndarray:
+        t = np.arange(start, start + length, dtype=np.float32)
+        return np.clip(1.0 - (t - self._fade_start) / self._fade_len, 0.0, 1.0)[:, None]
+
+    def _faded_out(self) -> bool:
+        return self._burst * BLOCK_FRAMES >= self._fade_start + self._fade_len
+
+    def _append_concealed(self, key: int | None, *, count_miss: bool) -> None:
+        """Append one concealed block: the worker's result for ``key`` if ready, else a fallback."""
+        offset = self._burst * BLOCK_FRAMES
+        if self._faded_out():
+            prediction = np.zeros((BLOCK_FRAMES, self.channels), np.float32)
+        else:
+            ready = key is not None and key == self._requested
+            prediction = self.worker.take(key) if ready else None
+            if prediction is None and isinstance(self.worker, InlineWorker):
+                prediction = self._conceal_inline(self.fifo.tail(self.concealer.context_samples))
+            elif prediction is None:
+                self.stats.concealer_misses += int(count_miss)
+                prediction = self.fallback.conceal(self.fifo.tail(self.fallback.context_samples), self._burst)
+            prediction = check_prediction(prediction, len(prediction), self.channels)
+            prediction = prediction * self._gain(offset, len(prediction))
+        self._requested = None
+        self._prediction = prediction
+        self.fifo.append(prediction[:BLOCK_FRAMES])
+        self._burst += 1
+
+    def _conceal_inline(self, history: np.ndarray) -> np.ndarray:
+        result = None
+        for result in self.concealer.stages(history, self._burst):
+            pass
+        assert result is not None
+        return result
+
+    def _request_next(self) -> None:
+        """Start concealing the next slot now, one block ahead, if its packet is not here yet."""
+        nxt = self.jitter.next_seq
+        if self.jitter.has(nxt) or self._faded_out():
+            return
+        self.worker.request(nxt, self.fifo.tail(self.concealer.context_samples), self._burst)
+        self._requested = nxt
+
+    def _insert_block(self) -> None:
+        """Grow the buffer by one concealed block between two slots.
+
+        When the next packet is missing, the concealment already under way for it has
+        exactly the right history and becomes the inserted block.
+        """
+        self._pending_insert = False
+        self._append_concealed(self._requested, count_miss=False)
+        self.controller.shift(BLOCK_FRAMES)
+        self.stats.blocks_inserted += 1
+        self._request_next()
+
+    def _drop_slot(self) -> None:
+        """Shrink the buffer by one slot; the next block is spliced in with a short crossfade."""
+        _, packet = self.jitter.pop()
+        assert packet is not None
+        self._splice = self._codec(packet).decode(packet.payload, packet.channels)
+        self.controller.shift(-BLOCK_FRAMES)
+        self.stats.blocks_dropped += 1
+        self._requested = None
+        self.worker.cancel()
+        self._request_next()
+
+    def close(self) -> None:
+        self.worker.close()

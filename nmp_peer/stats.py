@@ -1,0 +1,64 @@
+"""Counters and gauges of one peer, as the status line and the JSON summary show them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+
+
+@dataclass
+class Stats:
+    packets_sent: int = 0
+    packets_received: int = 0
+    """Distinct packets that arrived, in time or late."""
+    packets_lost: int = 0
+    """Slots concealed whose packet never arrived (late arrivals are moved to ``packets_late``)."""
+    packets_late: int = 0
+    packets_duplicate: int = 0
+    packets_reordered: int = 0
+    packets_malformed: int = 0
+    packets_foreign: int = 0
+    """Packets from another stream or far outside the window, not (yet) followed."""
+    packets_concealed: int = 0
+    concealer_misses: int = 0
+    """Concealments not ready at their deadline: a cheaper fallback block was played."""
+    underruns: int = 0
+    """Blocks concealed because the buffer had run dry, plus sound-card output underflows."""
+    blocks_inserted: int = 0
+    blocks_dropped: int = 0
+    resyncs: int = 0
+    blocks_played: int = 0
+    buffer_depth_packets: float = 0.0
+    target_depth_packets: float = 0.0
+    jitter_ms: float = 0.0
+    """Interarrival jitter as RFC 3550 defines it."""
+    latency_samples: int = 0
+    """Receive latency: buffer slack of the earliest packets plus the output block."""
+    ratio_ppm: float = 0.0
+    """How far the reading ratio is from 1 (clock drift correction)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.latency_samples / SAMPLE_RATE
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d["latency_ms"] = round(self.latency_ms, 2)
+        d["block_ms"] = round(1000.0 * BLOCK_FRAMES / SAMPLE_RATE, 2)
+        d.update(extra)
+        for key, value in d.items():
+            if isinstance(value, float):
+                d[key] = round(value, 3)
+        return d
+
+    def status_line(self) -> str:
+        return (
+            f"rx {self.packets_received} lost {self.packets_lost} late {self.packets_late} "
+            f"dup {self.packets_duplicate} conc {self.packets_concealed} miss {self.concealer_misses} "
+            f"underrun {self.underruns} | depth {self.buffer_depth_packets:.1f}/{self.target_depth_packets:.1f} "
+            f"jitter {self.jitter_ms:.1f} ms latency {self.latency_ms:.1f} ms drift {self.ratio_ppm:+.0f} ppm"
+        )

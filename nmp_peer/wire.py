@@ -1,0 +1,103 @@
+"""The packet format: a 24-byte big-endian header, the payload, an optional tag.
+
+```
+ 0      2    3     4      5     6          10         14              22      24
+ | "NM" | ver | type | chans | flags | stream_id | seq (u32) | timestamp (u64) | len |
+```
+
+``timestamp`` counts samples at 44.1 kHz from a random origin; ``seq`` wraps at 2**32;
+``stream_id`` is random per run so a restarted peer is recognised. When ``flags`` has
+``FLAG_TAG`` set, ``TAG_BYTES`` of authentication tag follow the payload. Parsing is a
+pure function of bytes and raises only :class:`WireError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+MAGIC = b"NM"
+VERSION = 1
+HEADER = struct.Struct(">2sBBBBIIQH")
+HEADER_BYTES = HEADER.size
+FLAG_TAG = 0x01
+TAG_BYTES = 16
+MAX_CHANNELS = 2
+MAX_PAYLOAD_BYTES = 4096
+SEQ_MODULUS = 1 << 32
+
+
+class PayloadType(IntEnum):
+    PCM16 = 0
+    OPUS = 1
+
+
+class WireError(ValueError):
+    """A datagram that is not a well-formed nmp-peer packet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    payload_type: PayloadType
+    channels: int
+    stream_id: int
+    seq: int
+    timestamp: int
+    payload: bytes
+    tag: bytes = b""
+
+    def header_bytes(self) -> bytes:
+        """The header as sent; the authentication tag covers it and the payload."""
+        flags = FLAG_TAG if self.tag else 0
+        return HEADER.pack(
+            MAGIC,
+            VERSION,
+            int(self.payload_type),
+            self.channels,
+            flags,
+            self.stream_id,
+            self.seq % SEQ_MODULUS,
+            self.timestamp % (1 << 64),
+            len(self.payload),
+        )
+
+    def serialize(self) -> bytes:
+        if self.tag and len(self.tag) != TAG_BYTES:
+            raise WireError(f"tag must be {TAG_BYTES} bytes, got {len(self.tag)}")
+        if not 1 <= self.channels <= MAX_CHANNELS:
+            raise WireError(f"channels must be 1..{MAX_CHANNELS}, got {self.channels}")
+        if len(self.payload) > MAX_PAYLOAD_BYTES:
+            raise WireError(f"payload of {len(self.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        return self.header_bytes() + self.payload + self.tag
+
+    @classmethod
+    def parse(cls, data: bytes) -> Packet:
+        if len(data) < HEADER_BYTES:
+            raise WireError(f"datagram of {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
+        magic, version, ptype, channels, flags, stream_id, seq, timestamp, length = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise WireError(f"bad magic {magic!r}")
+        if version != VERSION:
+            raise WireError(f"unsupported version {version}")
+        try:
+            payload_type = PayloadType(ptype)
+        except ValueError:
+            raise WireError(f"unknown payload type {ptype}") from None
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise WireError(f"bad channel count {channels}")
+        if flags & ~FLAG_TAG:
+            raise WireError(f"unknown flags {flags:#04x}")
+        tag_len = TAG_BYTES if flags & FLAG_TAG else 0
+        if length > MAX_PAYLOAD_BYTES or len(data) != HEADER_BYTES + length + tag_len:
+            raise WireError(f"payload length {length} does not match datagram of {len(data)} bytes")
+        if payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
+            raise WireError(f"PCM16 payload of {length} bytes is not whole frames of {channels} channel(s)")
+        end = HEADER_BYTES + length
+        return cls(payload_type, channels, stream_id, seq, timestamp, bytes(data[HEADER_BYTES:end]), bytes(data[end:]))
+
+
+def seq_delta(a: int, b: int) -> int:
+    """Signed distance ``a - b`` between two wrapping 32-bit sequence numbers."""
+    d = (a - b) % SEQ_MODULUS
+    return d - SEQ_MODULUS if d >= SEQ_MODULUS // 2 else d
