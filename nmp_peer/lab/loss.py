@@ -107,8 +107,8 @@ class GilbertElliottLoss(LossModel):
     ) -> None:
         if not 0.0 <= loss_rate < 1.0:
             raise ValueError(f"loss_rate must be in [0, 1), got {loss_rate}")
-        if not mean_burst >= 1.0:
-            raise ValueError(f"mean_burst must be at least 1 packet, got {mean_burst}")
+        if not 1.0 <= mean_burst < float("inf"):
+            raise ValueError(f"mean_burst must be a finite number of packets >= 1, got {mean_burst}")
         if loss_rate > mean_burst / (1.0 + mean_burst):
             limit = mean_burst / (1.0 + mean_burst)
             raise ValueError(
