@@ -46,8 +46,10 @@ def read_block(
         i = int(start)
         return source[i : i + frames].copy()
     pos = start + ratio * np.arange(frames)
-    idx = np.floor(pos).astype(np.int64)
-    phase = np.rint((pos - idx) * PHASES).astype(np.int64)
-    taps = _TABLE[phase]  # frames × TAPS
-    gathered = source[idx[:, None] + _OFFSETS[None, :]]  # frames × TAPS × channels
-    return np.einsum("ft,ftc->fc", taps, gathered).astype(np.float32)
+    idx = pos.astype(np.int64)
+    taps = _TABLE[((pos - idx) * PHASES + 0.5).astype(np.int64)]  # frames × TAPS
+    gather = idx[:, None] + _OFFSETS
+    out = np.empty((frames, source.shape[1]), np.float32)
+    for c in range(source.shape[1]):
+        np.einsum("ft,ft->f", taps, source[:, c].take(gather), out=out[:, c])
+    return out

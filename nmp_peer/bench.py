@@ -1,0 +1,106 @@
+"""Benchmarks that print JSON: what the README's numbers come from.
+
+Timings are per packet on one thread, after a warm-up, on whatever machine runs them;
+``machine`` in the output says which. ``p50/p99/max`` are wall-clock; the ``cpu_``
+twins count only this thread's CPU time, so they do not grow when another process
+preempts the benchmark on a busy machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+
+
+def _summary(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:
+    a = np.asarray(samples_s) * scale
+    return {
+        f"p50_{unit}": round(float(np.percentile(a, 50)), 3),
+        f"p99_{unit}": round(float(np.percentile(a, 99)), 3),
+        f"max_{unit}": round(float(a.max()), 3),
+        f"mean_{unit}": round(float(a.mean()), 3),
+        "n": len(a),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
+    }
+
+
+def _test_signal(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A harmonic tone with vibrato plus a little noise: music-like input for timings."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / SAMPLE_RATE
+    phase = 2 * np.pi * (220 * t + 2.0 * np.sin(2 * np.pi * 5 * t))
+    x = sum(0.3 / k * np.sin(k * phase) for k in range(1, 8)) + 0.01 * rng.standard_normal(n)
+    return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
+    """Parse + jitter buffer + playout per packet (zeros concealer: the receive path alone)."""
+    from nmp_peer.codec import Pcm16Codec
+    from nmp_peer.conceal.simple import ZerosConcealer
+    from nmp_peer.latency import LatencyPolicy
+    from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+    from nmp_peer.transport import Packetizer
+
+    audio = _test_signal(BLOCK_FRAMES * 512)
+    packetizer = Packetizer(Pcm16Codec(), 1)
+    datagrams = [packetizer.packetize(audio[(k % 512) * BLOCK_FRAMES : (k % 512 + 1) * BLOCK_FRAMES]).serialize() for k in range(packets)]
+    rng = np.random.default_rng(0)
+    lost = rng.random(packets) < loss
+    # Fixed depth: the steady state of a drift-free stream (the reader copies, no resampling).
+    engine = PlayoutEngine(ZerosConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed")))
+    times: list[float] = []
+    cpu: list[float] = []
+    for k, data in enumerate(datagrams):
+        now = float(k * BLOCK_FRAMES)
+        t, c = time.perf_counter(), time.thread_time()
+        if not lost[k]:
+            engine.push_datagram(data, now)
+        engine.next_block(now)
+        cpu.append(time.thread_time() - c)
+        times.append(time.perf_counter() - t)
+    result = {"path": "receive", **_summary(times[1000:], 1e6, "us")}
+    result.update({f"cpu_{k}": v for k, v in _summary(cpu[1000:], 1e6, "us").items() if k.endswith("_us")})
+    result["drift_correction_read_us"] = _bench_drift_read()
+    return result
+
+
+def _bench_drift_read(calls: int = 2000) -> float:
+    """p50 of one output block read through the interpolating reader (only while correcting drift)."""
+    from nmp_peer.drift import read_block
+
+    source = _test_signal(4 * BLOCK_FRAMES)
+    times = []
+    for i in range(calls):
+        t = time.perf_counter()
+        read_block(source, 10.25 + (i % 7) * 0.1, 1.0002, BLOCK_FRAMES)
+        times.append(time.perf_counter() - t)
+    return round(float(np.percentile(times, 50)) * 1e6, 3)
+
+
+def bench_method(method: str, calls: int = 300) -> dict[str, Any]:
+    """Time per concealed packet of one concealer, called as the engine calls it."""
+    from nmp_peer.conceal import make_concealer
+
+    concealer = make_concealer(method)
+    concealer.warm_up()
+    audio = _test_signal(SAMPLE_RATE * 10)
+    ctx = concealer.context_samples
+    times: list[float] = []
+    cpu: list[float] = []
+    for i in range(calls):
+        start = ctx + (i * 997) % (len(audio) - ctx - 1)
+        history = np.ascontiguousarray(audio[start - ctx : start])
+        t, c = time.perf_counter(), time.thread_time()
+        for _ in concealer.stages(history, i % 3):
+            pass
+        cpu.append(time.thread_time() - c)
+        times.append(time.perf_counter() - t)
+    result = {"method": method, **_summary(times, 1e3, "ms")}
+    result.update({f"cpu_{k}": v for k, v in _summary(cpu, 1e3, "ms").items() if k.endswith("_ms")})
+    return result

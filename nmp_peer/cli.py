@@ -1,0 +1,220 @@
+"""The ``nmp-peer`` command. User mistakes end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="nmp-peer: networked music performance with causal packet-loss concealment.",
+)
+
+
+class UserError(Exception):
+    """Raised by commands for a mistake the user can fix; printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from nmp_peer.audio_io import AudioFileError
+    from nmp_peer.config import ConfigError
+    from nmp_peer.lab.loss import TraceError
+    from nmp_peer.peer import DeviceError
+    from nmp_peer.transport import EndpointError
+
+    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError)
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if path is None:
+        print(text)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
+ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros | repeat | lpc (default: the config's).")]
+
+
+def _config(config: str | None, concealer: str | None, channels: int | None = None) -> Any:
+    from nmp_peer.config import Config, ConfigError, load_config
+
+    cfg = load_config(config)
+    data = cfg.model_dump()
+    if concealer is not None:
+        data["conceal"]["method"] = concealer
+    if channels is not None:
+        data["audio"]["channels"] = channels
+    try:
+        return Config.model_validate(data)
+    except Exception as exc:  # pydantic's ValidationError, reworded as the config loader does
+        from pydantic import ValidationError
+
+        from nmp_peer.config import _first_error
+
+        if isinstance(exc, ValidationError):
+            raise ConfigError(_first_error(exc)) from None
+        raise
+
+
+@app.command()
+def jam(
+    listen: Annotated[str, typer.Option(help="Local HOST:PORT to listen on.")] = "0.0.0.0:50000",
+    peer: Annotated[str, typer.Option(help="The other musician's HOST:PORT.")] = ...,  # type: ignore[assignment]
+    input: Annotated[Optional[str], typer.Option("--input", help="Sound device (name or index) or a WAV/FLAC file to send.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="Sound device (name or index) or a WAV file to write.")] = None,
+    config: ConfigOpt = None,
+    concealer: ConcealerOpt = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+    stats: Annotated[Optional[Path], typer.Option(help="Write the JSON summary here too.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No live status line.")] = False,
+) -> None:
+    """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
+    from rich.console import Console
+
+    from nmp_peer.peer import JamOptions, Peer
+    from nmp_peer.transport import Endpoint
+
+    cfg = _config(config, concealer)
+    console = Console(stderr=True)
+    options = JamOptions(
+        listen=Endpoint.parse(listen),
+        peer=Endpoint.parse(peer),
+        input=input,
+        output=output,
+        concealer=cfg.conceal.method,
+        playout=cfg.playout(),
+        duration_s=duration,
+        status=None if quiet else (lambda line: console.print(line, highlight=False)),
+    )
+    summary = asyncio.run(Peer(options).run())
+    _write_json(None, summary)
+    if stats is not None:
+        _write_json(stats, summary)
+
+
+@app.command()
+def loopback(
+    input: Annotated[Path, typer.Option("--input", help="WAV/FLAC file to send.")],
+    output: Annotated[Path, typer.Option("--output", help="WAV file of what the receiver played.")],
+    loss: Annotated[float, typer.Option(help="Packet loss rate, 0..1.")] = 0.0,
+    loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | trace")] = "bernoulli",
+    burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).")] = 2.0,
+    trace: Annotated[Optional[Path], typer.Option(help="Loss trace file (one 0/1 per packet).")] = None,
+    delay_ms: Annotated[float, typer.Option(help="Fixed network delay.")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="Network jitter scale.")] = 0.0,
+    jitter_dist: Annotated[str, typer.Option(help="normal | pareto")] = "normal",
+    reorder: Annotated[float, typer.Option(help="Probability that a packet is held back behind its successor.")] = 0.0,
+    duplicate: Annotated[float, typer.Option(help="Probability that a packet arrives twice.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the impairments.")] = 0,
+    config: ConfigOpt = None,
+    concealer: ConcealerOpt = None,
+    stats: Annotated[Optional[Path], typer.Option(help="Write the JSON stats here (default: print them).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of buffer depth and loss events here.")] = None,
+    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Real time (default), or a shared virtual clock, faster than real time.")] = True,
+) -> None:
+    """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
+    from nmp_peer.audio_io import read_audio, write_audio
+    from nmp_peer.lab.impair import Impairment
+    from nmp_peer.lab.loss import make_loss_model
+    from nmp_peer.loopback import run_loopback
+
+    audio, file_rate = read_audio(input)
+    cfg = _config(config, concealer, channels=min(audio.shape[1], 2))
+    audio = audio[:, : cfg.audio.channels]
+    try:
+        model = make_loss_model(loss_model if loss > 0 or trace else "none", loss, burst, trace, seed)
+        impairment = Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    result = asyncio.run(
+        run_loopback(audio, impairment, concealer=cfg.conceal.method, playout=cfg.playout(), realtime=realtime)
+    )
+    write_audio(output, result.output, file_rate=file_rate)
+    result.stats["input"] = str(input)
+    result.stats["output"] = str(output)
+    result.stats["concealer"] = cfg.conceal.method
+    result.stats["mode"] = "realtime" if realtime else "fast"
+    _write_json(stats, result.stats)
+    if plot is not None:
+        from nmp_peer.plots import plot_timeline
+
+        plot_timeline(result.timeline, plot, f"{input.name}: {cfg.conceal.method}, loss {loss:g} ({loss_model})")
+
+
+@app.command()
+def devices() -> None:
+    """List the sound devices PortAudio sees."""
+    from nmp_peer.peer import list_devices
+
+    print(list_devices())
+
+
+@app.command()
+def bench(
+    path: Annotated[Optional[str], typer.Option(help="receive: parse + jitter buffer + playout per packet.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="A concealer: time per concealed packet.")] = None,
+    packets: Annotated[int, typer.Option(help="Packets (receive path).")] = 20_000,
+    calls: Annotated[int, typer.Option(help="Concealments timed (method).")] = 300,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+) -> None:
+    """Benchmarks on one thread; prints one JSON object."""
+    from nmp_peer.bench import bench_method, bench_receive
+
+    if (path is None) == (method is None):
+        raise UserError("give exactly one of --path receive or --method NAME")
+    if path is not None:
+        if path != "receive":
+            raise UserError(f"unknown benchmark path {path!r}; choose receive")
+        result = bench_receive(packets)
+    else:
+        from nmp_peer.conceal import concealer_names
+
+        if method not in concealer_names():
+            raise UserError(f"unknown concealer {method!r}; choose one of {', '.join(concealer_names())}")
+        result = bench_method(str(method), calls)
+    print(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["bench"]:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+    try:
+        app(args, standalone_mode=False)
+    except _user_errors() as exc:
+        print(f"nmp-peer: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. an unknown concealer name from the registry
+        print(f"nmp-peer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

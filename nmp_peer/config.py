@@ -1,0 +1,120 @@
+"""Validated TOML configuration (``conf/*.toml``); a bad value is named in one line."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nmp_peer import SAMPLE_RATE
+from nmp_peer.conceal import concealer_names
+from nmp_peer.latency import LatencyPolicy
+from nmp_peer.playout import PlayoutConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AudioSection(_Section):
+    channels: Literal[1, 2] = 1
+    codec: Literal["pcm16"] = "pcm16"
+
+
+class BufferSection(_Section):
+    mode: Literal["fixed", "adaptive"] = "adaptive"
+    depth_packets: int = Field(2, ge=1, le=64)
+    min_depth_packets: int = Field(1, ge=1, le=64)
+    max_depth_packets: int = Field(32, ge=1, le=256)
+    margin_ms: float = Field(1.5, ge=0, le=100)
+    window_s: float = Field(8.0, ge=1, le=300)
+    quantile: float = Field(0.02, gt=0, lt=0.5)
+    max_drift_ppm: float = Field(2000.0, ge=0, le=20000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BufferSection:
+        if not self.min_depth_packets <= self.max_depth_packets:
+            raise ValueError("min_depth_packets must not exceed max_depth_packets")
+        return self
+
+
+class ConcealSection(_Section):
+    method: str = "lpc"
+    fade_after_ms: float = Field(50.0, ge=0, le=10_000)
+    fade_ms: float = Field(25.0, gt=0, le=10_000)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in concealer_names():
+            raise ValueError(f"unknown concealer {value!r}; choose one of {', '.join(concealer_names())}")
+        return value
+
+
+class NetworkSection(_Section):
+    listen: str = "0.0.0.0:50000"
+    peer: str | None = None
+
+
+class Config(_Section):
+    audio: AudioSection = AudioSection()
+    buffer: BufferSection = BufferSection()
+    conceal: ConcealSection = ConcealSection()
+    network: NetworkSection = NetworkSection()
+
+    def playout(self) -> PlayoutConfig:
+        b = self.buffer
+        policy = LatencyPolicy(
+            mode=b.mode,
+            depth_packets=b.depth_packets,
+            min_depth_packets=b.min_depth_packets,
+            max_depth_packets=b.max_depth_packets,
+            margin_samples=round(b.margin_ms * SAMPLE_RATE / 1000.0),
+            window_s=b.window_s,
+            quantile=b.quantile,
+            max_rate_ppm=b.max_drift_ppm,
+        )
+        return PlayoutConfig(
+            channels=self.audio.channels,
+            latency=policy,
+            fade_after_ms=self.conceal.fade_after_ms,
+            fade_ms=self.conceal.fade_ms,
+        )
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{where}: {msg}"
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load ``path`` (a file, or a name in ``conf/`` such as ``lan``); None gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.exists() and (CONF_DIR / f"{path}.toml").exists():
+        p = CONF_DIR / f"{path}.toml"
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: {_first_error(exc)}") from None

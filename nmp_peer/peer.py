@@ -1,0 +1,195 @@
+"""One end of a jam: capture → packets → UDP, and UDP → playout → output, at the same time.
+
+The capture side is a WAV file read at real time or a sound card's input stream; the
+output side is a sound card's output stream (its callback pulls one ready block from
+the playout engine and never waits) or a WAV file written on a real-time tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
+from nmp_peer.codec import Pcm16Codec
+from nmp_peer.conceal import make_concealer
+from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, sleep_until
+
+BLOCK_S = BLOCK_FRAMES / SAMPLE_RATE
+
+
+class DeviceError(ValueError):
+    """A sound device that cannot be opened."""
+
+
+def is_audio_file(spec: str | None) -> bool:
+    return spec is not None and Path(spec).suffix.lower() in (".wav", ".flac", ".ogg")
+
+
+def list_devices() -> str:
+    try:
+        import sounddevice as sd
+
+        return str(sd.query_devices())
+    except (OSError, ImportError) as exc:  # PortAudio missing
+        raise DeviceError(f"cannot list sound devices: {exc}") from None
+
+
+def _device(spec: str) -> int | str:
+    return int(spec) if spec.isdigit() else spec
+
+
+@dataclass
+class JamOptions:
+    listen: Endpoint
+    peer: Endpoint
+    input: str | None
+    output: str | None
+    concealer: str
+    playout: PlayoutConfig
+    duration_s: float | None = None
+    status: Callable[[str], None] | None = None
+
+
+class Peer:
+    def __init__(self, options: JamOptions) -> None:
+        self.options = options
+        channels = options.playout.channels
+        self.engine = PlayoutEngine(make_concealer(options.concealer), options.playout, threaded=True)
+        self.packetizer = Packetizer(Pcm16Codec(), channels)
+        self._t0 = time.monotonic()
+        self._stop = asyncio.Event()
+        self.source: np.ndarray | None = None
+        if is_audio_file(options.input):
+            self.source, _ = read_audio(options.input, channels=channels)
+        elif options.input is not None and Path(options.input).suffix:
+            raise AudioFileError(f"cannot read audio file {options.input}: unsupported extension")
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * SAMPLE_RATE
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        sock = await UdpSocket.bind(self.options.listen)
+        peer_addr = self.options.peer.resolve()
+        tasks = [loop.create_task(self._receive(sock)), loop.create_task(self._status())]
+        closers: list[Callable[[], None]] = []
+        try:
+            tasks.append(loop.create_task(self._capture(sock, peer_addr, closers)))
+            tasks.append(loop.create_task(self._playout(closers)))
+            waiter = loop.create_task(self._stop.wait())
+            timeout = self.options.duration_s
+            await asyncio.wait([waiter], timeout=timeout)
+            waiter.cancel()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for close in closers:
+                close()
+            sock.close()
+            self.engine.close()
+        summary = self.engine.stats.to_dict()
+        summary["send_errors"] = sock.send_errors
+        return summary
+
+    async def _receive(self, sock: UdpSocket) -> None:
+        while True:
+            data, _ = await sock.receive()
+            self.engine.push_datagram(data, self.now())
+
+    async def _send(self, sock: UdpSocket, addr: tuple[str, int], block: np.ndarray) -> None:
+        await sock.send(self.packetizer.packetize(block).serialize(), addr)
+        self.engine.stats.packets_sent += 1
+
+    async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:
+        loop = asyncio.get_running_loop()
+        if self.source is not None:
+            source = self.source
+            start = loop.time()
+            n_blocks = len(source) // BLOCK_FRAMES
+            for k in range(n_blocks):
+                await sleep_until(loop, start + k * BLOCK_S)
+                await self._send(sock, addr, source[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+            return
+        if self.options.input is None:
+            return
+        import sounddevice as sd
+
+        queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=64)
+
+        def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+            block = indata.copy()
+            loop.call_soon_threadsafe(lambda: queue.full() or queue.put_nowait(block))
+
+        try:
+            stream = sd.InputStream(
+                samplerate=SAMPLE_RATE, blocksize=BLOCK_FRAMES, channels=self.packetizer.channels,
+                dtype="float32", device=_device(self.options.input), callback=callback, latency="low",
+            )
+            stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            raise DeviceError(f"cannot open input device {self.options.input!r}: {exc}") from None
+        closers.append(stream.close)
+        while True:
+            await self._send(sock, addr, await queue.get())
+
+    async def _playout(self, closers: list[Callable[[], None]]) -> None:
+        out = self.options.output
+        channels = self.packetizer.channels
+        if out is not None and not is_audio_file(out):
+            import sounddevice as sd
+
+            stats = self.engine.stats
+
+            def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+                if status.output_underflow:
+                    stats.underruns += 1
+                outdata[:] = self.engine.next_block(self.now())
+
+            try:
+                stream = sd.OutputStream(
+                    samplerate=SAMPLE_RATE, blocksize=BLOCK_FRAMES, channels=channels, dtype="float32",
+                    device=_device(out), callback=callback, latency="low",
+                )
+                stream.start()
+            except (sd.PortAudioError, ValueError) as exc:
+                raise DeviceError(f"cannot open output device {out!r}: {exc}") from None
+            closers.append(stream.close)
+            await asyncio.Event().wait()
+        writer = WavWriter(out, channels) if out is not None else None
+        if writer is not None:
+            closers.append(writer.close)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = 0
+        while True:
+            await sleep_until(loop, start + tick * BLOCK_S)
+            block = self.engine.next_block(self.now())
+            if writer is not None:
+                writer.write(block)
+            tick += 1
+
+    async def _status(self) -> None:
+        if self.options.status is None:
+            return
+        while True:
+            await asyncio.sleep(0.5)
+            self.options.status(self.engine.stats.status_line())
