@@ -30,7 +30,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmp_peer.peer import DeviceError
     from nmp_peer.transport import EndpointError
 
-    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError)
+    from nmp_peer.synth.render import SynthUnavailableError
+
+    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError)
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -153,6 +155,34 @@ def loopback(
         from nmp_peer.plots import plot_timeline
 
         plot_timeline(result.timeline, plot, f"{input.name}: {cfg.conceal.method}, loss {loss:g} ({loss_model})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the clip, the received audio, stats and plot.")] = Path("out/demo"),
+    seconds: Annotated[float, typer.Option(help="Length of the synthesized clip.")] = 10.0,
+    loss: Annotated[float, typer.Option(help="Packet loss rate (Gilbert-Elliott bursts).")] = 0.05,
+    burst: Annotated[float, typer.Option(help="Mean burst length in packets.")] = 3.0,
+    concealer: ConcealerOpt = None,
+    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Run on the wall clock (default) or faster.")] = True,
+) -> None:
+    """Synthesize a clip, play it through a real-time loopback jam with bursty loss, save everything."""
+    from nmp_peer.synth.clips import make_demo_clip
+    from nmp_peer.synth.render import SynthUnavailableError
+
+    out.mkdir(parents=True, exist_ok=True)
+    clip = out / "input.wav"
+    try:
+        make_demo_clip(clip, seconds=seconds, seed=0)
+    except SynthUnavailableError as exc:
+        raise UserError(f"cannot synthesize the demo clip: {exc} (run `make setup` to install fluidsynth)") from None
+    print(f"synthesized {clip} ({seconds:g} s); playing it through a loopback jam with {loss:.0%} bursty loss ...", file=sys.stderr)
+    loopback(
+        input=clip, output=out / "output.wav", loss=loss, loss_model="gilbert", burst=burst, trace=None,
+        delay_ms=0.0, jitter_ms=1.0, jitter_dist="normal", reorder=0.0, duplicate=0.0, seed=1, config=None,
+        concealer=concealer, stats=out / "stats.json", plot=out / "buffer.png", realtime=realtime,
+    )
+    print(f"wrote {out}/input.wav, output.wav (what the receiver played), stats.json and buffer.png", file=sys.stderr)
 
 
 @app.command()

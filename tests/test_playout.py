@@ -1,0 +1,107 @@
+"""The playout engine's contract: never wait, conceal causally, fade long bursts, recover smoothly."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES
+from nmp_peer.codec import Pcm16Codec
+from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.simple import RepeatConcealer
+from nmp_peer.latency import LatencyPolicy
+from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.transport import Packetizer
+
+from conftest import music_like
+
+
+class SleepyConcealer(Concealer):
+    """Predicts a constant 0.25 after sleeping far past any deadline."""
+
+    name = "sleepy"
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
+
+    def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
+        time.sleep(self.sleep_s)
+        return np.full((self.predict_samples, history.shape[1]), 0.25, np.float32)
+
+
+def play(engine: PlayoutEngine, audio: np.ndarray, lost: set[int], realtime_pause: float = 0.0):
+    packetizer = Packetizer(Pcm16Codec(), audio.shape[1])
+    outs, durations = [], []
+    for k in range(len(audio) // BLOCK_FRAMES):
+        now = float(k * BLOCK_FRAMES)
+        packet = packetizer.packetize(audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+        if k not in lost:
+            engine.push(packet, now)
+        t = time.perf_counter()
+        outs.append(engine.next_block(now))
+        durations.append(time.perf_counter() - t)
+        if realtime_pause:
+            time.sleep(realtime_pause)
+    return np.concatenate(outs), durations
+
+
+def fixed(depth: int = 2, **kw) -> PlayoutConfig:
+    return PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=depth), **kw)
+
+
+def test_a_concealer_past_its_deadline_gives_a_fallback_block_and_a_counted_miss() -> None:
+    audio = music_like(1.0)
+    engine = PlayoutEngine(SleepyConcealer(0.5), fixed(), threaded=True)
+    lost = {30, 31, 60}
+    out, durations = play(engine, audio, lost, realtime_pause=0.002)
+    engine.close()
+    assert engine.stats.concealer_misses == len(lost)
+    assert engine.stats.packets_concealed == len(lost)
+    # The callback path did not wait for the 0.5 s concealer (generous bound for busy machines).
+    assert max(durations) < 0.1
+    # The fallback (repetition) played, not the sleepy constant.
+    lat = engine.first_slot[1]
+    block = out[lat + 30 * BLOCK_FRAMES : lat + 31 * BLOCK_FRAMES]
+    assert not np.allclose(block, 0.25)
+
+
+def test_a_concealer_in_time_is_used() -> None:
+    audio = music_like(1.0)
+    engine = PlayoutEngine(SleepyConcealer(0.0), fixed(), threaded=True)
+    out, _ = play(engine, audio, {30}, realtime_pause=0.01)
+    engine.close()
+    assert engine.stats.concealer_misses == 0
+    lat = engine.first_slot[1]
+    assert np.allclose(out[lat + 30 * BLOCK_FRAMES : lat + 31 * BLOCK_FRAMES], 0.25)
+
+
+def test_long_bursts_fade_to_silence_and_recover_with_a_crossfade() -> None:
+    audio = music_like(2.0)
+    engine = PlayoutEngine(RepeatConcealer(), fixed(fade_after_ms=50.0, fade_ms=25.0))
+    lost = set(range(40, 60))  # 232 ms
+    out, _ = play(engine, audio, lost)
+    lat = engine.first_slot[1]
+    seg = out[lat:]
+    rms = lambda k: float(np.sqrt(np.mean(seg[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES] ** 2)))
+    assert rms(41) > 0.05  # early in the burst: concealed, audible
+    assert all(rms(k) == 0.0 for k in range(48, 60))  # after 50 + 25 ms: silence
+    # Recovery: the first received packet fades in from silence, then plays unchanged.
+    first = seg[60 * BLOCK_FRAMES : 61 * BLOCK_FRAMES]
+    assert abs(first[0, 0]) < abs(audio[60 * BLOCK_FRAMES, 0]) + 1e-6
+    assert np.array_equal(first[128:], audio[60 * BLOCK_FRAMES + 128 : 61 * BLOCK_FRAMES])
+
+
+def test_engine_concealment_is_causal() -> None:
+    """Changing audio after packet n leaves everything played up to the end of packet n unchanged."""
+    audio = music_like(2.0)
+    lost = {20, 21, 22, 40, 55, 56}
+    base, _ = play(PlayoutEngine(RepeatConcealer(), fixed()), audio, lost)
+    for n in (21, 39, 54):
+        changed = audio.copy()
+        changed[(n + 1) * BLOCK_FRAMES :] = np.random.default_rng(n).uniform(-1, 1, changed[(n + 1) * BLOCK_FRAMES :].shape)
+        out, _ = play(PlayoutEngine(RepeatConcealer(), fixed()), changed, lost)
+        engine_lat = 2 * BLOCK_FRAMES + 8
+        end = engine_lat + (n + 1) * BLOCK_FRAMES
+        assert np.array_equal(out[:end], base[:end])
+        assert not np.array_equal(out[end:], base[end:])
