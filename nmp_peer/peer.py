@@ -122,12 +122,20 @@ class Peer:
     async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:
         loop = asyncio.get_running_loop()
         if self.source is not None:
+            # Like JackTrip waiting for its peer: send silence until the peer is heard, so the
+            # file starts when someone listens; then the file, paced by the wall clock.
             source = self.source
+            silence = np.zeros((BLOCK_FRAMES, source.shape[1]), np.float32)
             start = loop.time()
-            n_blocks = len(source) // BLOCK_FRAMES
-            for k in range(n_blocks):
+            k = 0
+            while not self.engine.stats.packets_received:
                 await sleep_until(loop, start + k * BLOCK_S)
-                await self._send(sock, addr, source[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+                await self._send(sock, addr, silence)
+                k += 1
+            n_blocks = len(source) // BLOCK_FRAMES
+            for i in range(n_blocks):
+                await sleep_until(loop, start + (k + i) * BLOCK_S)
+                await self._send(sock, addr, source[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES])
             return
         if self.options.input is None:
             return

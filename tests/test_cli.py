@@ -1,0 +1,145 @@
+"""The nmp-peer command as a user runs it: real processes, real files, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nmp_peer.audio_io import read_audio, write_audio
+
+from conftest import music_like
+
+CLI = [sys.executable, "-m", "nmp_peer.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loopback_command_writes_aligned_output_stats_and_plot(music_wav: Path, tmp_path: Path) -> None:
+    out, stats, plot = tmp_path / "out.wav", tmp_path / "s.json", tmp_path / "p.png"
+    r = run("loopback", "--input", str(music_wav), "--output", str(out), "--stats", str(stats), "--plot", str(plot),
+            "--config", "lan", "--fast")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(stats.read_text())
+    for key in ("packets_sent", "packets_received", "packets_lost", "packets_late", "packets_duplicate",
+                "packets_concealed", "underruns", "latency_samples"):
+        assert key in s
+    original, _ = read_audio(music_wav)
+    played, _ = read_audio(out)
+    lat = s["latency_samples"]
+    assert len(played) == len(original) + lat
+    assert np.array_equal(played[lat:], original)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loopback_with_loss_counts_match_the_injector(music_wav: Path, tmp_path: Path) -> None:
+    r = run("loopback", "--input", str(music_wav), "--output", str(tmp_path / "o.wav"), "--loss", "0.1",
+            "--loss-model", "gilbert", "--burst", "2", "--seed", "5", "--fast", "--concealer", "repeat")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["injected_drop"] > 0
+    assert s["packets_lost"] == s["packets_concealed"] == s["injected_drop"]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["loopback", "--input", "/no/such.wav", "--output", "/tmp/x.wav"], "/no/such.wav"),
+        (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--config", "{bad}"], "depth_packets"),
+        (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--config", "/no/conf.toml"], "not found"),
+        (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--concealer", "magic"], "unknown concealer"),
+        (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--loss", "0.1", "--loss-model", "trace", "--trace", "{trace}"], "trace.txt:2:"),
+        (["loopback", "--input", "{notaudio}", "--output", "/tmp/x.wav"], "cannot read audio file"),
+        (["jam", "--peer", "nowhere", "--listen", "127.0.0.1:0"], "HOST:PORT"),
+        (["bench", "--method", "magic"], "unknown concealer"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_no_traceback(args, fragment, music_wav: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[buffer]\ndepth_packets = 0\n")
+    trace = tmp_path / "trace.txt"
+    trace.write_text("0\n2\n")
+    notaudio = tmp_path / "notes.wav"
+    notaudio.write_text("not audio")
+    fill = dict(wav=str(music_wav), bad=str(bad), trace=str(trace), notaudio=str(notaudio))
+    r = run(*[a.format(**fill) for a in args])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
+    a_in, b_in = tmp_path / "a.wav", tmp_path / "b.wav"
+    a_audio, b_audio = music_like(3.0, seed=1), music_like(3.0, seed=2)
+    write_audio(a_in, a_audio)
+    write_audio(b_in, b_audio)
+    pa, pb = free_port(), free_port()
+    common = ["--duration", "4.5", "--quiet", "--config", "wan"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen([*CLI, "jam", "--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--input", str(a_in),
+                          "--output", str(tmp_path / "a_hears.wav"), *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+        subprocess.Popen([*CLI, "jam", "--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pa}", "--input", str(b_in),
+                          "--output", str(tmp_path / "b_hears.wav"), *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    summaries = [json.loads(out) for out, _ in results]
+    for s in summaries:
+        # Each peer sends silence until it hears the other, then its clip.
+        assert s["packets_sent"] > len(a_audio) // 512
+        assert s["packets_received"] >= len(a_audio) // 512
+        assert s["packets_malformed"] == 0
+    for heard_file, sent in ((tmp_path / "a_hears.wav", b_audio), (tmp_path / "b_hears.wav", a_audio)):
+        heard, _ = read_audio(heard_file)
+        # Find the sender's clip inside what was played (the start depends on process start-up).
+        x, y = heard[:, 0], sent[: 44100, 0]
+        corr = np.correlate(x[: len(x) - len(y)], y, mode="valid") if len(x) > len(y) else np.array([0.0])
+        lag = int(np.argmax(corr))
+        seg = x[lag : lag + len(y)]
+        assert np.corrcoef(seg, y)[0, 1] > 0.95
+
+
+def test_devices_lists_or_explains() -> None:
+    r = run("devices")
+    assert r.returncode in (0, 2)
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_receive_prints_json() -> None:
+    r = run("bench", "--path", "receive", "--packets", "3000")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["path"] == "receive" and d["p99_us"] >= d["p50_us"] > 0
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_jam_stops_cleanly_on_a_signal_with_a_summary(sig: str, tmp_path: Path) -> None:
+    import signal
+
+    port, peer = free_port(), free_port()
+    p = subprocess.Popen([*CLI, "jam", "--listen", f"127.0.0.1:{port}", "--peer", f"127.0.0.1:{peer}",
+                          "--output", str(tmp_path / "o.wav")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_status = p.stderr.readline()  # the live status line: the peer is running
+    assert "depth" in first_status
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+    assert "packets_received" in json.loads(out)
