@@ -25,7 +25,9 @@ def float_to_pcm16(x: np.ndarray) -> np.ndarray:
 
 
 def pcm16_to_float(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) / np.float32(PCM_SCALE)
+    out = x.astype(np.float32)
+    out *= np.float32(1.0 / PCM_SCALE)  # exact: a power of two
+    return out
 
 
 class Pcm16Codec:

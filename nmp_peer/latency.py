@@ -21,10 +21,10 @@ An undrifted, unjittered stream therefore never leaves bit-exact pass-through.
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
-
-import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.drift import LOOKAHEAD
@@ -60,7 +60,10 @@ class LatencyController:
     def __init__(self, policy: LatencyPolicy) -> None:
         self.policy = policy
         self._window = max(16, int(policy.window_s * SAMPLE_RATE / BLOCK_FRAMES))
-        self._values = np.zeros(self._window)
+        self._recent: deque[float] = deque()
+        self._sorted: list[float] = []
+        """The window's values in order, so a percentile is one index (no sort per tick)."""
+        self._bias = 0.0
         self._count = 0
         self._correcting = False
         self._cooldown = 0
@@ -71,28 +74,35 @@ class LatencyController:
         return self.policy.depth_packets * BLOCK_FRAMES + LOOKAHEAD
 
     def reset(self) -> None:
+        self._recent.clear()
+        self._sorted.clear()
         self._count = 0
         self._correcting = False
         self._cooldown = 0
 
     def observe(self, reference: float) -> None:
         """Record one arrival: its slack is ``reference + offset`` for the offset at decision time."""
-        self._values[self._count % self._window] = reference
+        value = reference - self._bias
+        self._recent.append(value)
+        bisect.insort(self._sorted, value)
+        if len(self._recent) > self._window:
+            old = self._recent.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
         self._count += 1
 
     def shift(self, samples: float) -> None:
         """Move stored values when the engine inserts or drops audio."""
-        self._values += samples
+        self._bias += samples
 
     def decide(self, offset: float) -> Action:
         if self._count == 0:
             return Action()
         p = self.policy
-        values = self._values[: min(self._count, self._window)]
-        k_low = int(p.quantile * (len(values) - 1))
-        k_high = len(values) - 1 - k_low
-        ordered = np.partition(values, (k_low, k_high))
-        low, high = ordered[k_low] + offset, ordered[k_high] + offset
+        ordered = self._sorted
+        k_low = int(p.quantile * (len(ordered) - 1))
+        k_high = len(ordered) - 1 - k_low
+        low = ordered[k_low] + self._bias + offset
+        high = ordered[k_high] + self._bias + offset
         one_block = BLOCK_FRAMES + LOOKAHEAD
         if p.mode == "fixed":
             target = p.depth_packets * BLOCK_FRAMES + LOOKAHEAD
@@ -126,5 +136,5 @@ class LatencyController:
         if not self._correcting:
             return Action()
         max_dev = p.max_rate_ppm * 1e-6
-        dev = float(np.clip(error / (p.correction_time_s * SAMPLE_RATE), -max_dev, max_dev))
+        dev = min(max_dev, max(-max_dev, error / (p.correction_time_s * SAMPLE_RATE)))
         return Action(ratio=1.0 + dev)

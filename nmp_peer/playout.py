@@ -17,6 +17,7 @@ concealer's prediction of it.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from nmp_peer.drift import LOOKAHEAD, read_block
 from nmp_peer.jitter import Arrival, JitterBuffer
 from nmp_peer.latency import LatencyController, LatencyPolicy
 from nmp_peer.stats import Stats
-from nmp_peer.wire import Packet, WireError
+from nmp_peer.wire import Packet, PayloadType, WireError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ class PlayoutConfig:
     fade_after_ms: float = 50.0
     """Concealment of a burst starts fading to silence after this long."""
     fade_ms: float = 25.0
-    jitter_window_packets: int = 512
 
 
 class StreamFifo:
@@ -166,12 +166,8 @@ class PlayoutEngine:
         return self.push(packet, now)
 
     def _frames(self, packet: Packet) -> int:
-        try:
-            codec = self._codec(packet)
-        except WireError:
-            return -1
-        if packet.payload_type == codec.payload_type and len(packet.payload) == BLOCK_FRAMES * 2 * packet.channels:
-            return BLOCK_FRAMES
+        if packet.payload_type == PayloadType.PCM16:
+            return len(packet.payload) // (2 * packet.channels)
         return -1
 
     def _codec(self, packet: Packet) -> Codec:
@@ -236,14 +232,14 @@ class PlayoutEngine:
             self._drop_slot()
             event = 3
         ratio = action.ratio
-        need = int(np.ceil(self._read_pos + ratio * (BLOCK_FRAMES - 1))) + LOOKAHEAD + 1
+        need = math.ceil(self._read_pos + ratio * (BLOCK_FRAMES - 1)) + LOOKAHEAD + 1
         while self.fifo.end < need:
             if self._pending_insert:
                 self._insert_block()
                 event = 2
             else:
                 event = max(event, self._append_slot())
-        base = int(np.floor(self._read_pos)) - LOOKAHEAD
+        base = math.floor(self._read_pos) - LOOKAHEAD
         source = self.fifo.view(base, need)
         out = read_block(source, self._read_pos - base, ratio, BLOCK_FRAMES)
         self._read_pos += ratio * BLOCK_FRAMES
