@@ -158,6 +158,28 @@ def loopback(
 
 
 @app.command()
+def conceal(
+    input: Annotated[Path, typer.Argument(help="WAV/FLAC file (its lost packets' samples are never read).")],
+    trace: Annotated[Path, typer.Option(help="Loss trace: one 0/1 per 512-sample packet, 1 = lost.")],
+    out: Annotated[Path, typer.Option("--out", help="Concealed WAV: same length and rate as the input.")],
+    method: Annotated[str, typer.Option(help="zeros | repeat | lpc")] = "lpc",
+    config: ConfigOpt = None,
+) -> None:
+    """Conceal the packets a trace marks lost, with the live peer's playout engine on a virtual clock."""
+    from nmp_peer.audio_io import read_audio, write_audio
+    from nmp_peer.lab.loss import read_trace
+    from nmp_peer.lab.simulate import conceal_trace
+
+    lost = read_trace(trace)
+    audio, file_rate = read_audio(input)
+    cfg = _config(config, method, channels=min(audio.shape[1], 2))
+    if file_rate != 44_100:
+        print(f"note: {input} is {file_rate} Hz; packets are 512 samples at 44.1 kHz after resampling", file=sys.stderr)
+    played = conceal_trace(audio[:, : cfg.audio.channels], lost, cfg.conceal.method, cfg.playout_fixed())
+    write_audio(out, played, file_rate=file_rate)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the clip, the received audio, stats and plot.")] = Path("out/demo"),
     seconds: Annotated[float, typer.Option(help="Length of the synthesized clip.")] = 10.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -88,6 +89,13 @@ class Config(_Section):
             fade_after_ms=self.conceal.fade_after_ms,
             fade_ms=self.conceal.fade_ms,
         )
+
+
+    def playout_fixed(self, depth_packets: int = 1) -> PlayoutConfig:
+        """The playout settings with a fixed buffer: offline tools, where nothing arrives late."""
+        base = self.playout()
+        latency = replace(base.latency, mode="fixed", depth_packets=depth_packets)
+        return replace(base, latency=latency)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -125,6 +125,8 @@ class PlayoutEngine:
         self.timeline: list[tuple[int, float, float, int]] | None = None
         """When enabled (a list): per tick (output sample, depth, target depth, event) with
         event 0 = played, 1 = concealed, 2 = inserted, 3 = dropped."""
+        self.slot_log: list[tuple[int, bool]] | None = None
+        """When enabled (a list): (unwrapped sequence number, concealed) of every slot played."""
 
     # ------------------------------------------------------------------ network side
     def push(self, packet: Packet, now: float) -> Arrival | None:
@@ -256,6 +258,8 @@ class PlayoutEngine:
 
     def _append_slot(self) -> int:
         seq, packet = self.jitter.pop()
+        if self.slot_log is not None:
+            self.slot_log.append((seq, packet is None))
         if packet is not None:
             block = self._codec(packet).decode(packet.payload, packet.channels)
             if self.first_slot is None:

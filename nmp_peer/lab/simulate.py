@@ -1,0 +1,127 @@
+"""The live receive path, driven by a virtual clock: offline concealment and network simulation.
+
+Nothing here conceals by itself: packets go through the same packetizer, jitter buffer,
+playout engine and concealers as in a jam, only without sockets and faster than real
+time. A lost packet's samples are zeroed before packetizing, so they are never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.codec import Pcm16Codec
+from nmp_peer.conceal import make_concealer
+from nmp_peer.conceal.base import Concealer
+from nmp_peer.lab.impair import Impairment
+from nmp_peer.latency import LatencyPolicy
+from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.stats import Stats
+from nmp_peer.transport import Packetizer
+
+
+@dataclass
+class Played:
+    output: np.ndarray
+    """What the receiver played, aligned with the input (same length)."""
+    lost: np.ndarray
+    """Per packet: True where the slot was concealed (dropped, or late)."""
+    stats: Stats
+
+
+def _blocks(audio: np.ndarray) -> np.ndarray:
+    n_blocks = -(-len(audio) // BLOCK_FRAMES)
+    padded = np.zeros((n_blocks * BLOCK_FRAMES, audio.shape[1]), np.float32)
+    padded[: len(audio)] = audio
+    return padded.reshape(n_blocks, BLOCK_FRAMES, audio.shape[1])
+
+
+def _engine(concealer: str | Concealer, channels: int, config: PlayoutConfig | None) -> PlayoutEngine:
+    concealer = make_concealer(concealer) if isinstance(concealer, str) else concealer
+    config = config or PlayoutConfig(channels=channels, latency=LatencyPolicy(mode="fixed", depth_packets=1))
+    return PlayoutEngine(concealer, config)
+
+
+def _aligned(engine: PlayoutEngine, outputs: list[np.ndarray], ts0: int, n: int, channels: int) -> np.ndarray:
+    out = np.concatenate(outputs)
+    if engine.first_slot is None:
+        return np.zeros((n, channels), np.float32)
+    ts, index = engine.first_slot
+    latency = index - (ts - ts0)
+    return out[latency : latency + n]
+
+
+def conceal_trace(
+    audio: np.ndarray, lost: np.ndarray, concealer: str | Concealer, config: PlayoutConfig | None = None
+) -> np.ndarray:
+    """Play ``audio`` (frames × channels) with the packets marked in ``lost`` missing.
+
+    Returns the played audio, the same length as the input. A trace shorter than the
+    audio means the remaining packets arrive.
+    """
+    channels = audio.shape[1]
+    blocks = _blocks(audio)
+    mask = np.zeros(len(blocks), bool)
+    mask[: min(len(lost), len(blocks))] = np.asarray(lost, bool)[: len(blocks)]
+    blocks[mask] = 0.0  # never read a lost packet's samples
+    engine = _engine(concealer, channels, config)
+    packetizer = Packetizer(Pcm16Codec(), channels)
+    ts0 = packetizer.timestamp
+    outputs = []
+    extra = engine.config.latency.depth_packets + 2
+    for k in range(len(blocks) + extra):
+        now = float(k * BLOCK_FRAMES)
+        if k < len(blocks):
+            packet = packetizer.packetize(blocks[k])
+            if not mask[k]:
+                engine.push(packet, now)
+        outputs.append(engine.next_block(now))
+    engine.close()
+    return _aligned(engine, outputs, ts0, len(audio), channels)
+
+
+def play_network(
+    audio: np.ndarray, impairment: Impairment, concealer: str | Concealer, config: PlayoutConfig | None = None
+) -> Played:
+    """Send ``audio`` through a simulated network into the playout engine.
+
+    Packets arrive at their simulated times; those past their deadline are late and
+    concealed, exactly as live. The output is aligned on the starting latency; with an
+    adaptive buffer that changes depth the alignment drifts by the inserted or dropped
+    blocks, which ``stats`` reports.
+    """
+    channels = audio.shape[1]
+    blocks = _blocks(audio)
+    config = config or PlayoutConfig(channels=channels)
+    engine = _engine(concealer, channels, config)
+    engine.slot_log = []
+    packetizer = Packetizer(Pcm16Codec(), channels)
+    ts0 = packetizer.timestamp
+    packets = [packetizer.packetize(b) for b in blocks]
+    arrivals: list[tuple[float, int]] = []
+    for k in range(len(blocks)):
+        for delay_s in impairment.decide():
+            arrivals.append((k * BLOCK_FRAMES + delay_s * SAMPLE_RATE, k))
+    arrivals.sort()
+    outputs = []
+    i = 0
+    tick = 0
+    horizon = len(blocks) + config.latency.max_depth_packets + 8
+    while tick < horizon:
+        now = float(tick * BLOCK_FRAMES)
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            engine.push(packets[arrivals[i][1]], arrivals[i][0])
+            i += 1
+        outputs.append(engine.next_block(now))
+        tick += 1
+    engine.close()
+    output = _aligned(engine, outputs, ts0, len(audio), channels)
+    concealed = np.zeros(len(blocks), bool)
+    first = packets[0].seq
+    for seq, was_concealed in engine.slot_log:
+        index = (seq - first) % 2**32
+        if was_concealed and index < len(blocks):
+            concealed[index] = True
+    return Played(output, concealed, engine.stats)
