@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 
 app = typer.Typer(
@@ -177,6 +178,98 @@ def conceal(
         print(f"note: {input} is {file_rate} Hz; packets are 512 samples at 44.1 kHz after resampling", file=sys.stderr)
     played = conceal_trace(audio[:, : cfg.audio.channels], lost, cfg.conceal.method, cfg.playout_fixed())
     write_audio(out, played, file_rate=file_rate)
+
+
+@app.command()
+def lab(
+    clips: Annotated[Path, typer.Option(help="Folder of WAV/FLAC/OGG clips (sub-folders name categories).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, metrics.csv/json and plots.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated concealers.")] = "zeros,repeat,lpc",
+    loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | trace (comma-separated for several).")] = "gilbert",
+    loss: Annotated[str, typer.Option(help="Loss rate(s), comma-separated, e.g. 0.05,0.1,0.2.")] = "0.1",
+    burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).")] = 2.0,
+    traces: Annotated[Optional[Path], typer.Option(help="Folder of trace files (for --loss-model trace).")] = None,
+    jitter_ms: Annotated[float, typer.Option(help="Network mode: send through the jitter buffer with this jitter.")] = 0.0,
+    metrics: Annotated[str, typer.Option(help="Comma-separated: snr,lsd,mrstft,visqol,plcmos.")] = "snr,lsd,mrstft,visqol,plcmos",
+    max_seconds: Annotated[Optional[float], typer.Option(help="Use at most this much of each clip.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the loss patterns.")] = 0,
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = max(1, os.cpu_count() or 1),
+) -> None:
+    """Measure concealers against loss patterns on a folder of clips: report, tables, plots."""
+    import time
+
+    from rich.progress import Progress
+
+    from nmp_peer.conceal import concealer_names
+    from nmp_peer.lab import report
+    from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, load_clip, loss_mask, plan, run_jobs
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in method_list:
+        if m not in concealer_names():
+            raise UserError(f"unknown concealer {m!r}; choose from {', '.join(concealer_names())}")
+    metric_list = [m.strip() for m in metrics.split(",") if m.strip()]
+    for m in metric_list:
+        if m not in ALL_METRICS:
+            raise UserError(f"unknown metric {m!r}; choose from {', '.join(ALL_METRICS)}")
+    try:
+        rates = [float(x) for x in loss.split(",")]
+    except ValueError:
+        raise UserError(f"--loss must be numbers separated by commas, got {loss!r}") from None
+    settings: list[Setting] = []
+    for model in (m.strip() for m in loss_model.split(",")):
+        if model == "trace":
+            if traces is None:
+                raise UserError("--loss-model trace needs --traces DIR")
+            files = sorted(p for p in traces.glob("*.txt"))
+            if not files:
+                raise UserError(f"no *.txt trace files in {traces}")
+            settings += [Setting("trace", trace=str(f)) for f in files]
+        elif model in ("bernoulli", "gilbert"):
+            settings += [Setting(model, r, burst, jitter_ms=jitter_ms) for r in rates]
+        else:
+            raise UserError(f"unknown loss model {model!r}; choose bernoulli, gilbert or trace")
+    if not clips.is_dir():
+        raise UserError(f"clips folder {clips} does not exist")
+    try:
+        clip_files = find_clips(clips)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    job_list = plan(clip_files, clips, settings, method_list, metric_list, seed, max_seconds)
+    start = time.perf_counter()
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{len(clip_files)} clips × {len(settings)} settings × {len(method_list)} methods", total=len(job_list))
+        rows = run_jobs(job_list, jobs, lambda n: progress.advance(task, n))
+    wall = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_rows(rows, out)
+    plots = []
+    for m in metric_list:
+        name = f"{m}_per_method.png"
+        report.plot_metric_per_method(rows, m, out / name)
+        plots.append(name)
+        if report.plot_metric_vs_loss(rows, m, out / f"{m}_vs_loss.png"):
+            plots.append(f"{m}_vs_loss.png")
+    first = job_list[0]
+    ref = load_clip(first.clip, max_seconds)
+    ref = ref[: len(ref) // 512 * 512]
+    lost = loss_mask(settings[0], len(ref) // 512, 0) if settings[0].jitter_ms == 0 else np.zeros(len(ref) // 512, bool)
+    if lost.any():
+        from nmp_peer.lab.simulate import conceal_trace
+
+        outputs = {m: conceal_trace(ref, lost, m)[:, 0] for m in method_list}
+        report.plot_burst_spectrograms(ref[:, 0], lost, outputs, out / "burst_spectrograms.png")
+        plots.append("burst_spectrograms.png")
+    audio_s = sum(r["seconds"] for r in rows if r["method"] == method_list[0])
+    meta = {
+        "command": "nmp-peer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["lab"] else "nmp-peer lab",
+        "clips": len(clip_files), "clips_dir": str(clips), "audio_s": audio_s, "methods": method_list,
+        "seed": seed, "wall_s": wall, "jobs": jobs,
+        "sim_realtime": float(np.mean([r["realtime_factor"] for r in rows])),
+    }
+    path = report.write_report(rows, out, metric_list, meta, plots)
+    print(f"wrote {path}, metrics.csv, metrics.json and {len(plots)} plots; "
+          f"{audio_s * len(settings):.0f} s of audio per method in {wall:.1f} s", file=sys.stderr)
 
 
 @app.command()

@@ -1,0 +1,202 @@
+"""Tables, files and plots from the lab's rows: metrics.csv, metrics.json, report.md, PNGs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+
+METRIC_INFO = {
+    "visqol": ("ViSQOL (audio mode, 48 kHz)", "higher"),
+    "plcmos": ("PLCMOS (16 kHz speech model)", "higher"),
+    "snr": ("SNR on lost packets (dB)", "higher"),
+    "lsd": ("LSD on lost packets (dB)", "lower"),
+    "mrstft": ("MR-STFT distance", "lower"),
+    "conceal_ms_per_packet": ("concealment time (ms/packet)", "lower"),
+}
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and half-width of its 95 % confidence interval (Student t); NaN/inf values are left out."""
+    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
+    if len(a) == 0:
+        return math.nan, math.nan, 0
+    if len(a) == 1:
+        return float(a[0]), math.nan, 1
+    half = float(sps.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return float(a.mean()), half, len(a)
+
+
+def _fmt(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> dict[tuple, dict[str, tuple[float, float, int]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(row)
+    return {g: {m: mean_ci([r.get(m, math.nan) for r in rs]) for m in metrics} for g, rs in groups.items()}
+
+
+def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> str:
+    agg = aggregate(rows, keys, metrics)
+    header = [*keys, "n", *(f"{METRIC_INFO.get(m, (m,))[0]} {'↑' if METRIC_INFO.get(m, ('', 'higher'))[1] == 'higher' else '↓'}" for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in sorted(agg, key=lambda g: tuple(str(x) for x in g)):
+        values = agg[group]
+        n = max(v[2] for v in values.values()) if values else 0
+        lines.append("| " + " | ".join([*map(str, group), str(n), *(_fmt(*values[m][:2]) for m in metrics)]) + " |")
+    return "\n".join(lines)
+
+
+def write_rows(rows: Sequence[dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+    (out / "metrics.json").write_text(json.dumps(clean, indent=1))
+
+
+def write_report(
+    rows: Sequence[dict[str, Any]], out: Path, metric_names: Sequence[str], meta: dict[str, Any], plots: Sequence[str]
+) -> Path:
+    shown = [m for m in metric_names if any(m in r for r in rows)] + ["conceal_ms_per_packet"]
+    sections = [
+        "# Packet-loss lab report",
+        "",
+        f"Command: `{meta.get('command', '')}`  ",
+        f"Clips: {meta.get('clips')} from `{meta.get('clips_dir')}` ({meta.get('audio_s', 0):.0f} s of audio), "
+        f"methods: {', '.join(meta.get('methods', []))}, seed {meta.get('seed')}.  ",
+        f"Wall time {meta.get('wall_s', 0):.1f} s with {meta.get('jobs')} worker(s); concealment alone ran at "
+        f"{meta.get('sim_realtime', 0):.0f}× real time per worker (mean over jobs).",
+        "",
+        "Every method conceals the same loss pattern per clip and setting, through the live "
+        "playout engine on a virtual clock (concealment is causal: no lookahead). Values are "
+        "means with the half-width of a 95 % confidence interval (Student t over clips).",
+        "",
+        "Metric notes: SNR and LSD are computed on the lost packets only. ViSQOL runs in audio "
+        "mode at 48 kHz, full reference: the closest offline stand-in for the challenge's "
+        "listening test. PLCMOS is a speech-trained, non-intrusive model run at 16 kHz: on "
+        "music it is a coarse signal and it ignores everything above 8 kHz.",
+        "",
+        "## By method and loss setting",
+        "",
+        _table(rows, ["setting", "method"], shown),
+        "",
+    ]
+    categories = {r["category"] for r in rows}
+    if len(categories) > 1:
+        sections += ["## By category (all settings)", "", _table(rows, ["category", "method"], [m for m in shown if m in ("visqol", "lsd", "snr", "plcmos")]), ""]
+    if plots:
+        sections += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric_per_method(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> None:
+    plt = _plt()
+    agg = aggregate(rows, ["setting", "method"], [metric])
+    settings = sorted({g[0] for g in agg})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) + 2), 4), dpi=100)
+    x = np.arange(len(settings))
+    for i, m in enumerate(methods):
+        means = [agg.get((s, m), {metric: (math.nan, math.nan, 0)})[metric][0] for s in settings]
+        halves = [agg.get((s, m), {metric: (math.nan, math.nan, 0)})[metric][1] for s in settings]
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=np.nan_to_num(halves), capsize=3, label=m)
+    ax.set_xticks(x, settings, rotation=15, fontsize=8)
+    label, better = METRIC_INFO.get(metric, (metric, "higher"))
+    ax.set_ylabel(f"{label} ({better} is better)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_metric_vs_loss(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> bool:
+    """Metric against loss rate, one line per method and loss model; False if only one rate."""
+    models = {r["loss_model"] for r in rows if r["loss_model"] != "trace"}
+    if not any(len({r["loss"] for r in rows if r["loss_model"] == mdl}) > 1 for mdl in models):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    agg = aggregate([r for r in rows if r["loss_model"] != "trace"], ["loss_model", "method", "loss"], [metric])
+    for mdl in sorted(models):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((g[2], v[metric]) for g, v in agg.items() if g[0] == mdl and g[1] == method)
+            if len(pts) < 2:
+                continue
+            xs = [100 * p[0] for p in pts]
+            ax.errorbar(xs, [p[1][0] for p in pts], yerr=np.nan_to_num([p[1][1] for p in pts]), marker="o", capsize=3, label=f"{method} ({mdl})")
+    label, better = METRIC_INFO.get(metric, (metric, "higher"))
+    ax.set_xlabel("packet loss (%)")
+    ax.set_ylabel(f"{label} ({better} is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_burst_spectrograms(ref: np.ndarray, lost: np.ndarray, outputs: dict[str, np.ndarray], path: Path) -> None:
+    """Spectrograms of original, zero-filled and each method's output around the longest burst."""
+    from scipy.signal import stft
+
+    plt = _plt()
+    mask = np.asarray(lost, bool)
+    best, run, start, best_start = 0, 0, 0, 0
+    for i, v in enumerate(mask):
+        run = run + 1 if v else 0
+        if run == 1:
+            start = i
+        if run > best:
+            best, best_start = run, start
+    centre = (best_start + best / 2) * BLOCK_FRAMES
+    half = int(0.25 * SAMPLE_RATE)
+    lo, hi = max(0, int(centre) - half), min(len(ref), int(centre) + half)
+    lossy = ref.copy()
+    lossy[np.repeat(mask, BLOCK_FRAMES)[: len(ref)]] = 0
+    panels = {"original": ref, "lossy (zeros)": lossy, **outputs}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.9 * len(panels)), dpi=90, sharex=True)
+    for ax, (name, sig) in zip(np.atleast_1d(axes), panels.items()):
+        f, t, z = stft(sig[lo:hi], SAMPLE_RATE, nperseg=512, noverlap=384)
+        ax.pcolormesh(t + lo / SAMPLE_RATE, f / 1000, 20 * np.log10(np.abs(z) + 1e-6), vmin=-100, vmax=-10, shading="auto")
+        for k in np.flatnonzero(mask):
+            t0 = k * BLOCK_FRAMES / SAMPLE_RATE
+            if lo / SAMPLE_RATE <= t0 <= hi / SAMPLE_RATE:
+                ax.axvspan(t0, t0 + BLOCK_FRAMES / SAMPLE_RATE, color="white", alpha=0.12)
+        ax.set_ylabel("kHz")
+        ax.set_title(name, fontsize=9)
+    np.atleast_1d(axes)[-1].set_xlabel(f"time (s), longest burst: {best} packets (shaded: lost)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,223 @@
+"""The packet-loss lab: every concealer against every loss setting on every clip, measured.
+
+Each job is one clip under one loss setting: the loss pattern is drawn once (seeded by
+the clip and setting), then every method conceals the very same pattern through the
+live playout engine (``lab.simulate``), and the metrics compare the result with the
+clip. Jobs run in parallel processes; results are plain rows for the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.audio_io import read_audio
+from nmp_peer.codec import float_to_pcm16, pcm16_to_float
+from nmp_peer.conceal import make_concealer
+from nmp_peer.conceal.base import Concealer
+from nmp_peer.lab import metrics
+from nmp_peer.lab.impair import Impairment
+from nmp_peer.lab.loss import make_loss_model, read_trace
+from nmp_peer.lab.simulate import conceal_trace, play_network
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+ALL_METRICS = ("snr", "lsd", "mrstft", "visqol", "plcmos")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One loss condition: a model with its parameters, or a trace file."""
+
+    model: str
+    loss: float = 0.0
+    burst: float = 1.0
+    trace: str | None = None
+    jitter_ms: float = 0.0
+    """Network mode: > 0 sends packets through a simulated network with this jitter."""
+
+    @property
+    def label(self) -> str:
+        if self.model == "trace":
+            return f"trace {Path(self.trace or '').stem}"
+        text = f"{self.model} {self.loss:.0%}"
+        if self.model == "gilbert":
+            text += f" burst {self.burst:g}"
+        if self.jitter_ms:
+            text += f" jitter {self.jitter_ms:g} ms"
+        return text
+
+
+@dataclass(frozen=True)
+class Job:
+    clip: str
+    category: str
+    setting: Setting
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...]
+    seed: int
+    max_seconds: float | None
+
+
+def find_clips(folder: Path) -> list[Path]:
+    clips = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not clips:
+        raise FileNotFoundError(f"no WAV/FLAC/OGG clips in {folder}")
+    return clips
+
+
+def category_of(clip: Path, root: Path) -> str:
+    """A clip's category: its sub-folder under the clips folder, else its name's first word."""
+    rel = clip.relative_to(root)
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    return rel.stem.split("_")[0].split("-")[0]
+
+
+def load_clip(path: str, max_seconds: float | None) -> np.ndarray:
+    """Mono, 44.1 kHz, on the 16-bit grid (the wire's resolution), at most ``max_seconds``."""
+    audio, _ = read_audio(path, channels=1)
+    if max_seconds is not None:
+        audio = audio[: int(max_seconds * SAMPLE_RATE)]
+    return pcm16_to_float(float_to_pcm16(audio))
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "big")
+
+
+class TimedConcealer(Concealer):
+    """Wraps a concealer to measure the time of each concealment."""
+
+    def __init__(self, inner: Concealer) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.context_samples = inner.context_samples
+        self.predict_samples = inner.predict_samples
+        self.recovery_fade_samples = inner.recovery_fade_samples
+        self.seconds: list[float] = []
+
+    def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
+        result = None
+        for result in self.stages(history, burst_index):
+            pass
+        return result
+
+    def stages(self, history: np.ndarray, burst_index: int) -> Iterator[np.ndarray]:
+        start = time.perf_counter()
+        result = None
+        for result in self.inner.stages(history, burst_index):
+            pass
+        self.seconds.append(time.perf_counter() - start)
+        yield result
+
+
+def _metric_values(name: str, ref: np.ndarray, test: np.ndarray, lost: np.ndarray) -> float:
+    if name == "snr":
+        return metrics.lost_packet_snr_db(ref, test, lost)
+    if name == "lsd":
+        return metrics.lost_packet_lsd_db(ref, test, lost)
+    if name == "mrstft":
+        return metrics.mrstft_distance(ref, test)
+    if name == "visqol":
+        return metrics.visqol_audio(ref, test)
+    if name == "plcmos":
+        return metrics.plcmos(test)
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def loss_mask(setting: Setting, n_packets: int, seed: int) -> np.ndarray:
+    if setting.model == "trace":
+        trace = read_trace(setting.trace or "")
+        mask = np.zeros(n_packets, bool)
+        mask[: min(len(trace), n_packets)] = trace[:n_packets]
+        return mask
+    return make_loss_model(setting.model, setting.loss, setting.burst, None, seed).sample(n_packets)
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """Conceal one clip under one setting with every method; one row per method."""
+    ref = load_clip(job.clip, job.max_seconds)
+    n_packets = len(ref) // BLOCK_FRAMES
+    ref = ref[: n_packets * BLOCK_FRAMES]
+    seed = _seed(job.seed, Path(job.clip).name, job.setting)
+    rows = []
+    for method in job.methods:
+        concealer = TimedConcealer(make_concealer(method))
+        start = time.perf_counter()
+        if job.setting.jitter_ms > 0:
+            impairment = Impairment(
+                make_loss_model(job.setting.model, job.setting.loss, job.setting.burst, job.setting.trace, seed),
+                jitter_ms=job.setting.jitter_ms,
+                seed=seed,
+            )
+            played = play_network(ref, impairment, concealer)
+            out, lost = played.output, played.lost
+        else:
+            lost = loss_mask(job.setting, n_packets, seed)
+            out = conceal_trace(ref, lost, concealer)
+        sim_s = time.perf_counter() - start
+        row: dict[str, Any] = {
+            "clip": Path(job.clip).name,
+            "category": job.category,
+            "setting": job.setting.label,
+            "loss_model": job.setting.model,
+            "loss": job.setting.loss,
+            "burst": job.setting.burst,
+            "method": method,
+            "seconds": round(len(ref) / SAMPLE_RATE, 3),
+            "lost_packets": int(lost.sum()),
+            "loss_rate": round(float(lost.mean()), 4),
+            "conceal_ms_per_packet": round(1000 * float(np.mean(concealer.seconds)), 4) if concealer.seconds else 0.0,
+            "realtime_factor": round(len(ref) / SAMPLE_RATE / sim_s, 1),
+        }
+        for name in job.metrics:
+            try:
+                row[name] = float(_metric_values(name, ref[:, 0], out[:, 0], lost))
+            except metrics.MetricUnavailable:
+                row[name] = float("nan")
+        rows.append(row)
+    return rows
+
+
+def plan(
+    clips: Sequence[Path],
+    root: Path,
+    settings: Sequence[Setting],
+    methods: Sequence[str],
+    metric_names: Sequence[str],
+    seed: int,
+    max_seconds: float | None,
+) -> list[Job]:
+    return [
+        Job(str(c), category_of(c, root), s, tuple(methods), tuple(metric_names), seed, max_seconds)
+        for c in clips
+        for s in settings
+    ]
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if workers <= 1:
+        for job in jobs:
+            rows.extend(run_job(job))
+            if progress:
+                progress(1)
+        return rows
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(run_job, jobs):
+            rows.extend(result)
+            if progress:
+                progress(1)
+    return rows
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return asdict(job)
