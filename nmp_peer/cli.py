@@ -31,9 +31,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmp_peer.peer import DeviceError
     from nmp_peer.transport import EndpointError
 
+    from nmp_peer.security import KeyFileError
     from nmp_peer.synth.render import SynthUnavailableError
 
-    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError)
+    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError, KeyFileError)
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -84,14 +85,18 @@ def jam(
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
     stats: Annotated[Optional[Path], typer.Option(help="Write the JSON summary here too.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live status line.")] = False,
+    key_file: Annotated[Optional[Path], typer.Option(help="Pre-shared key file: sign and authenticate every packet.")] = None,
 ) -> None:
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
     from rich.console import Console
 
     from nmp_peer.peer import JamOptions, Peer
+    from nmp_peer.security import load_key
     from nmp_peer.transport import Endpoint
 
     cfg = _config(config, concealer)
+    key_path = key_file or cfg.security.key_file
+    key = load_key(key_path) if key_path else None
     console = Console(stderr=True)
     options = JamOptions(
         listen=Endpoint.parse(listen),
@@ -102,6 +107,7 @@ def jam(
         playout=cfg.playout(),
         duration_s=duration,
         status=None if quiet else (lambda line: console.print(line, highlight=False)),
+        key=key,
     )
     summary = asyncio.run(Peer(options).run())
     _write_json(None, summary)

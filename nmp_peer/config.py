@@ -65,11 +65,17 @@ class NetworkSection(_Section):
     peer: str | None = None
 
 
+class SecuritySection(_Section):
+    key_file: str | None = None
+    """Pre-shared key file (at least 16 bytes, raw or hex); relative paths are from the config file."""
+
+
 class Config(_Section):
     audio: AudioSection = AudioSection()
     buffer: BufferSection = BufferSection()
     conceal: ConcealSection = ConcealSection()
     network: NetworkSection = NetworkSection()
+    security: SecuritySection = SecuritySection()
 
     def playout(self) -> PlayoutConfig:
         b = self.buffer
@@ -123,6 +129,10 @@ def load_config(path: str | Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{p}: {_first_error(exc)}") from None
+    key_file = cfg.security.key_file
+    if key_file is not None and not Path(key_file).is_absolute():
+        cfg.security.key_file = str(p.parent / key_file)
+    return cfg

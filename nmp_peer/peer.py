@@ -22,6 +22,7 @@ from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.security import Authenticator, ReceiveGate
 from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, sleep_until
 
 BLOCK_S = BLOCK_FRAMES / SAMPLE_RATE
@@ -58,6 +59,8 @@ class JamOptions:
     playout: PlayoutConfig
     duration_s: float | None = None
     status: Callable[[str], None] | None = None
+    key: bytes | None = None
+    """Pre-shared key: sign every packet and accept only authenticated ones."""
 
 
 class Peer:
@@ -66,6 +69,7 @@ class Peer:
         channels = options.playout.channels
         self.engine = PlayoutEngine(make_concealer(options.concealer), options.playout, threaded=True)
         self.packetizer = Packetizer(Pcm16Codec(), channels)
+        self.authenticator = Authenticator(options.key) if options.key else None
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
         self.source: np.ndarray | None = None
@@ -87,9 +91,10 @@ class Peer:
                 loop.add_signal_handler(sig, self.stop)
             except (NotImplementedError, RuntimeError):
                 pass
-        sock = await UdpSocket.bind(self.options.listen)
         peer_addr = self.options.peer.resolve()
-        tasks = [loop.create_task(self._receive(sock)), loop.create_task(self._status())]
+        sock = await UdpSocket.bind(self.options.listen)
+        gate = ReceiveGate(self.engine.stats, peer_host=peer_addr[0], authenticator=self.authenticator)
+        tasks = [loop.create_task(self._receive(sock, gate)), loop.create_task(self._status())]
         closers: list[Callable[[], None]] = []
         try:
             tasks.append(loop.create_task(self._capture(sock, peer_addr, closers)))
@@ -110,13 +115,18 @@ class Peer:
         summary["send_errors"] = sock.send_errors
         return summary
 
-    async def _receive(self, sock: UdpSocket) -> None:
+    async def _receive(self, sock: UdpSocket, gate: ReceiveGate) -> None:
         while True:
-            data, _ = await sock.receive()
-            self.engine.push_datagram(data, self.now())
+            data, addr = await sock.receive()
+            packet = gate.admit(data, addr)
+            if packet is not None:
+                self.engine.push(packet, self.now())
 
     async def _send(self, sock: UdpSocket, addr: tuple[str, int], block: np.ndarray) -> None:
-        await sock.send(self.packetizer.packetize(block).serialize(), addr)
+        packet = self.packetizer.packetize(block)
+        if self.authenticator is not None:
+            packet = self.authenticator.sign(packet)
+        await sock.send(packet.serialize(), addr)
         self.engine.stats.packets_sent += 1
 
     async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:

@@ -20,7 +20,12 @@ class Stats:
     packets_reordered: int = 0
     packets_malformed: int = 0
     packets_foreign: int = 0
-    """Packets from another stream or far outside the window, not (yet) followed."""
+    """Packets from an address other than the pinned peer's, or from another stream or far
+    outside the window and not (yet) followed."""
+    packets_unauthenticated: int = 0
+    packets_replayed: int = 0
+    packets_rate_limited: int = 0
+    packets_oversized: int = 0
     packets_concealed: int = 0
     concealer_misses: int = 0
     """Concealments not ready at their deadline: a cheaper fallback block was played."""
