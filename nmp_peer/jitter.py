@@ -43,9 +43,12 @@ class JitterBuffer:
     outside the window, make the buffer jump to them: a single stray packet never does.
     """
 
-    def __init__(self, window: int = 512, resync_after: int = 3) -> None:
+    def __init__(self, window: int = 512, resync_after: int = 3, max_late: int = 16) -> None:
         self.window = window
         self.resync_after = resync_after
+        self.max_late = max_late
+        """A packet later than this many slots is no jitter: the sender's timeline jumped
+        (a pause, a restart with the same stream id); consistent ones resync."""
         self.stream_id: int | None = None
         self.next_seq = 0
         """Unwrapped sequence number of the next slot to play."""
@@ -81,6 +84,11 @@ class JitterBuffer:
         if ext < self.next_seq:
             if self.next_seq - ext > self.window:
                 return self._consider_resync(packet)
+            if self._popped_any and self.next_seq - ext > self.max_late and not self._seen.get(ext, False):
+                if self._consider_resync(packet) is Arrival.RESYNC:
+                    return Arrival.RESYNC
+                self._seen[ext] = True
+                return Arrival.LATE
             if not self._popped_any:
                 # Reordered before playout began: start earlier rather than lose it.
                 self.next_seq = ext

@@ -99,10 +99,7 @@ class Peer:
         try:
             tasks.append(loop.create_task(self._capture(sock, peer_addr, closers)))
             tasks.append(loop.create_task(self._playout(closers)))
-            waiter = loop.create_task(self._stop.wait())
-            timeout = self.options.duration_s
-            await asyncio.wait([waiter], timeout=timeout)
-            waiter.cancel()
+            await self._wait(tasks)
         finally:
             for task in tasks:
                 task.cancel()
@@ -114,6 +111,24 @@ class Peer:
         summary = self.engine.stats.to_dict()
         summary["send_errors"] = sock.send_errors
         return summary
+
+    async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Until stopped or the duration is over; a task that fails (a device error) ends the jam with its error."""
+        loop = asyncio.get_running_loop()
+        deadline = None if self.options.duration_s is None else loop.time() + self.options.duration_s
+        waiter = loop.create_task(self._stop.wait())
+        running = set(tasks)
+        try:
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({waiter, *running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done or waiter in done:
+                    return
+                for task in done:
+                    running.discard(task)
+                    task.result()  # re-raises a failure
+        finally:
+            waiter.cancel()
 
     async def _receive(self, sock: UdpSocket, gate: ReceiveGate) -> None:
         while True:

@@ -53,8 +53,16 @@ _GROUP_RANGE = {
     "bass": (28, 55),
 }
 _PROGRAM_RANGE = {
-    42: (36, 72), 43: (28, 55), 57: (40, 72), 58: (28, 58), 66: (44, 76),
-    67: (36, 69), 70: (34, 70), 71: (50, 89), 72: (74, 100), 32: (28, 52),
+    42: (36, 72),
+    43: (28, 55),
+    57: (40, 72),
+    58: (28, 58),
+    66: (44, 76),
+    67: (36, 69),
+    70: (34, 70),
+    71: (50, 89),
+    72: (74, 100),
+    32: (28, 52),
 }
 """Idiomatic ranges where a program's register differs from its group's."""
 
@@ -79,8 +87,15 @@ scale and restrict the melody to the five notes (see ``_PENTATONIC_DROP``)."""
 
 _PENTATONIC_DROP = {"major_pentatonic": (5, 11), "minor_pentatonic": (2, 8)}
 _SCALE_WEIGHTS = {
-    "major": 5, "minor": 4, "dorian": 2, "mixolydian": 2, "lydian": 1, "phrygian": 1,
-    "harmonic_minor": 1, "major_pentatonic": 2, "minor_pentatonic": 2,
+    "major": 5,
+    "minor": 4,
+    "dorian": 2,
+    "mixolydian": 2,
+    "lydian": 1,
+    "phrygian": 1,
+    "harmonic_minor": 1,
+    "major_pentatonic": 2,
+    "minor_pentatonic": 2,
 }
 KEY_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 
@@ -123,9 +138,18 @@ METERS: dict[str, Meter] = {
 _METER_WEIGHTS = {"4/4": 6, "3/4": 2, "6/8": 1, "12/8": 1}
 
 _PROGRESSIONS = (
-    (0, 4, 5, 3), (0, 5, 3, 4), (0, 3, 4, 0), (5, 3, 0, 4), (0, 3, 5, 4),
-    (1, 4, 0, 0), (0, 0, 3, 4), (0, 6, 5, 4), (0, 2, 3, 4), (3, 4, 2, 5),
-    (0, 3, 0, 4), (5, 4, 3, 4),
+    (0, 4, 5, 3),
+    (0, 5, 3, 4),
+    (0, 3, 4, 0),
+    (5, 3, 0, 4),
+    (0, 3, 5, 4),
+    (1, 4, 0, 0),
+    (0, 0, 3, 4),
+    (0, 6, 5, 4),
+    (0, 2, 3, 4),
+    (3, 4, 2, 5),
+    (0, 3, 0, 4),
+    (5, 4, 3, 4),
 )
 """Scale degrees (0-based) of four-chord progressions common in popular music."""
 
@@ -270,7 +294,9 @@ def generate_song(
         beat_bpm = rng.uniform(48, 100) if meter_obj.compound else rng.uniform(66, 160)
         tempo_bpm = beat_bpm * meter_obj.beat_quarters
     if swing is None:
-        swing = rng.choice((0.0, 0.0, 0.0, rng.uniform(0.3, 1.0))) if not meter_obj.compound else 0.0
+        swing = (
+            rng.choice((0.0, 0.0, 0.0, rng.uniform(0.3, 1.0))) if not meter_obj.compound else 0.0
+        )
     if drum_style is None:
         drum_style = "jazz" if swing > 0.5 and rng.random() < 0.6 else rng.choice(DRUM_STYLES[:5])
     if meter_obj.name != "4/4":
@@ -373,7 +399,9 @@ def _make_harmony(rng: random.Random, tonic: int, scale_name: str, bars: int) ->
             degree = 0
         chords.append(_triad(scale_pcs, degree, add_sevenths and rng.random() < 0.6))
         section_of_bar.append(section)
-    return _Harmony(tonic, scale_pcs, melody_pcs, tuple(chords), frozenset(starts), tuple(section_of_bar))
+    return _Harmony(
+        tonic, scale_pcs, melody_pcs, tuple(chords), frozenset(starts), tuple(section_of_bar)
+    )
 
 
 def _triad(scale_pcs: tuple[int, ...], degree: int, seventh: bool) -> tuple[int, ...]:
@@ -429,8 +457,10 @@ def _swells(rng: random.Random, bars: int, bar_ticks: int) -> list[tuple[int, in
     for start in range(0, bars * bar_ticks, span):
         low, high = rng.randint(60, 90), rng.randint(100, 127)
         for i in range(points):
-            phase = math.sin(math.pi * i / points)
-            controls.append((start + i * span // points, 11, int(low + (high - low) * phase)))
+            tick = start + i * span // points
+            if tick < bars * bar_ticks:
+                phase = math.sin(math.pi * i / points)
+                controls.append((tick, 11, int(low + (high - low) * phase)))
     return controls
 
 
@@ -490,7 +520,9 @@ def _melody(
             length = (end - step) * step_ticks
             accent = 10 if step == 0 else (4 if step % meter.steps_per_beat == 0 else 0)
             velocity = dynamic + accent + rng.randint(-8, 8)
-            notes.append(_Note((bar * bar_steps + step) * step_ticks, length, pool[position], velocity))
+            notes.append(
+                _Note((bar * bar_steps + step) * step_ticks, length, pool[position], velocity)
+            )
     return notes
 
 
@@ -508,7 +540,11 @@ def _comp_patterns(meter: Meter) -> list[list[int]]:
     eighth = meter.eighth_steps
     bar = meter.steps_per_bar
     beats = list(range(0, bar, beat))
-    patterns = [[0], beats, [b + eighth for b in beats] if not meter.compound else [b + 1 for b in beats]]
+    patterns = [
+        [0],
+        beats,
+        [b + eighth for b in beats] if not meter.compound else [b + 1 for b in beats],
+    ]
     if meter.beats % 2 == 0:
         patterns.append([0, bar // 2])
     if not meter.compound and meter.beats == 4:
@@ -536,7 +572,12 @@ def _comp(
             velocity = dynamic - 8 + (6 if step == 0 else 0) + rng.randint(-6, 6)
             for pitch in _voicing(harmony.chords[bar], center):
                 notes.append(
-                    _Note((bar * bar_steps + step) * step_ticks, (end - step) * step_ticks, pitch, velocity)
+                    _Note(
+                        (bar * bar_steps + step) * step_ticks,
+                        (end - step) * step_ticks,
+                        pitch,
+                        velocity,
+                    )
                 )
     return notes
 
@@ -562,7 +603,9 @@ def _arpeggio(
             pitch = rng.choice(tones) if shape == "random" else tones[k % len(tones)]
             accent = 8 if step % meter.steps_per_beat == 0 else 0
             velocity = dynamic - 10 + accent + rng.randint(-6, 6)
-            notes.append(_Note((bar * bar_steps + step) * step_ticks, every * step_ticks, pitch, velocity))
+            notes.append(
+                _Note((bar * bar_steps + step) * step_ticks, every * step_ticks, pitch, velocity)
+            )
     return notes
 
 
@@ -591,7 +634,9 @@ def _bass(
     bar_steps = meter.steps_per_bar
     beat = meter.steps_per_beat
     scale_notes = [n for n in range(low, high + 1) if n % 12 in harmony.scale_pcs]
-    syncopation = sorted({0} | {s for s in range(0, bar_steps, meter.eighth_steps) if rng.random() < 0.35})
+    syncopation = sorted(
+        {0} | {s for s in range(0, bar_steps, meter.eighth_steps) if rng.random() < 0.35}
+    )
     notes = []
     for bar in range(bars):
         chord = harmony.chords[bar]
@@ -600,10 +645,15 @@ def _bass(
         if style == "roots":
             events = [(0, bar_steps, root)]
         elif style == "root_fifth":
-            events = [(s, beat, root if k % 2 == 0 else fifth) for k, s in enumerate(range(0, bar_steps, beat))]
+            events = [
+                (s, beat, root if k % 2 == 0 else fifth)
+                for k, s in enumerate(range(0, bar_steps, beat))
+            ]
         elif style == "eighths":
             e = meter.eighth_steps
-            events = [(s, e, root + (12 if rng.random() < 0.12 else 0)) for s in range(0, bar_steps, e)]
+            events = [
+                (s, e, root + (12 if rng.random() < 0.12 else 0)) for s in range(0, bar_steps, e)
+            ]
         elif style == "walking":
             next_chord = harmony.chords[min(bar + 1, bars - 1)]
             target = next(n for n in range(low, low + 12) if n % 12 == next_chord[0])
@@ -615,7 +665,9 @@ def _bass(
                 elif k == meter.beats - 1:
                     pitch = target + rng.choice((-1, 1))
                 else:
-                    position = min(max(position + rng.choice((-1, 1, 1, 2)), 0), len(scale_notes) - 1)
+                    position = min(
+                        max(position + rng.choice((-1, 1, 1, 2)), 0), len(scale_notes) - 1
+                    )
                     pitch = scale_notes[position]
                 events.append((s, beat, pitch))
         else:
@@ -626,7 +678,9 @@ def _bass(
         for step, length, pitch in events:
             accent = 8 if step == 0 else 0
             velocity = dynamic + accent + rng.randint(-7, 7)
-            notes.append(_Note((bar * bar_steps + step) * step_ticks, length * step_ticks, pitch, velocity))
+            notes.append(
+                _Note((bar * bar_steps + step) * step_ticks, length * step_ticks, pitch, velocity)
+            )
     return notes
 
 
@@ -720,12 +774,16 @@ def _drums(
             for s in range(fill_start, bar_steps):
                 hits[s] = [(n, a) for n, a in hits.get(s, []) if n == KICK]
                 if (s - fill_start) % fill_every == 0:
-                    tom = TOMS[min(len(TOMS) - 1, (s - fill_start) * len(TOMS) // (bar_steps - fill_start))]
+                    tom = TOMS[
+                        min(len(TOMS) - 1, (s - fill_start) * len(TOMS) // (bar_steps - fill_start))
+                    ]
                     hits[s].append((rng.choice((tom, tom, SNARE)), 2))
         for step, events in hits.items():
             for note, accent in events:
                 velocity = dynamic + accent + rng.randint(-6, 6)
-                notes.append(_Note((bar * bar_steps + step) * step_ticks, step_ticks, note, velocity))
+                notes.append(
+                    _Note((bar * bar_steps + step) * step_ticks, step_ticks, note, velocity)
+                )
     return notes
 
 
@@ -738,7 +796,9 @@ def _swing_warp(tick: int, beat_ticks: int, swing: float) -> int:
     return beat_start + round(warped * beat_ticks)
 
 
-def _humanize(rng: random.Random, notes: list[_Note], meter: Meter, swing: float, part: Part) -> list[_Note]:
+def _humanize(
+    rng: random.Random, notes: list[_Note], meter: Meter, swing: float, part: Part
+) -> list[_Note]:
     """Apply swing, articulation and small timing and velocity deviations; no overlaps."""
     beat_ticks = meter.steps_per_beat * meter.step_ticks
     jitter = rng.randint(0, 12)
@@ -773,22 +833,48 @@ def _assemble(
     conductor = mido.MidiTrack()
     conductor.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo_bpm), time=0))
     conductor.append(
-        mido.MetaMessage("time_signature", numerator=meter.numerator, denominator=meter.denominator, time=0)
+        mido.MetaMessage(
+            "time_signature", numerator=meter.numerator, denominator=meter.denominator, time=0
+        )
     )
     conductor.append(mido.MetaMessage("end_of_track", time=0))
     midi.tracks.append(conductor)
-    for part, notes, controls in zip(parts, part_notes, part_controls):
+    for part, notes, controls in zip(parts, part_notes, part_controls, strict=True):
         events: list[tuple[int, int, mido.Message]] = [
             (0, 0, mido.Message("program_change", channel=part.channel, program=part.program)),
         ]
         for tick, controller, value in controls:
-            events.append((tick, 1, mido.Message("control_change", channel=part.channel, control=controller, value=value)))
+            events.append(
+                (
+                    tick,
+                    1,
+                    mido.Message(
+                        "control_change", channel=part.channel, control=controller, value=value
+                    ),
+                )
+            )
         for note in notes:
-            events.append((note.tick + note.length, 2, mido.Message("note_off", channel=part.channel, note=note.pitch, velocity=0)))
-            events.append((note.tick, 3, mido.Message("note_on", channel=part.channel, note=note.pitch, velocity=note.velocity)))
+            events.append(
+                (
+                    note.tick + note.length,
+                    2,
+                    mido.Message("note_off", channel=part.channel, note=note.pitch, velocity=0),
+                )
+            )
+            events.append(
+                (
+                    note.tick,
+                    3,
+                    mido.Message(
+                        "note_on", channel=part.channel, note=note.pitch, velocity=note.velocity
+                    ),
+                )
+            )
         events.sort(key=lambda e: (e[0], e[1]))
         track = mido.MidiTrack()
-        track.append(mido.MetaMessage("track_name", name=f"{part.role}:{part.group}:{part.program}", time=0))
+        track.append(
+            mido.MetaMessage("track_name", name=f"{part.role}:{part.group}:{part.program}", time=0)
+        )
         now = 0
         for tick, _, message in events:
             track.append(message.copy(time=tick - now))

@@ -1,0 +1,145 @@
+"""``nmp-peer impair``: the UDP impairment relay as a command (see ``nmp_peer.relay``).
+
+``register(app)`` adds the command to the main ``nmp-peer`` app. A bad value raises
+``ValueError`` with a one-line message, which the main CLI prints as
+``nmp-peer: error: <msg>`` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from nmp_peer.lab.impair import Impairment
+from nmp_peer.lab.loss import LOSS_KINDS, make_loss_model
+
+B2A_SEED_SALT = 0x6261
+"""The B→A direction's seed is derived from ``--seed`` and this, so its draws differ from A→B's."""
+
+
+def parse_outage(text: str | None) -> tuple[float, float] | None:
+    """``START:SECONDS`` (seconds after the first packet) → (start, seconds)."""
+    if text is None:
+        return None
+    start, sep, length = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        outage = (float(start), float(length))
+    except ValueError:
+        raise ValueError(f"--outage {text!r} is not START:SECONDS (e.g. 5:0.5)") from None
+    if not all(0.0 <= v < float("inf") for v in outage):
+        raise ValueError(f"--outage {text!r}: start and length must be finite and non-negative")
+    return outage
+
+
+def b2a_seed(seed: int) -> int:
+    """The B→A seed: a different stream for every ``seed``, never another seed's A→B stream's twin."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, B2A_SEED_SALT]).generate_state(1)[0])
+
+
+def make_impairment(
+    *,
+    loss: float,
+    loss_model: str,
+    burst: float,
+    trace: Path | None,
+    delay_ms: float,
+    jitter_ms: float,
+    jitter_dist: str,
+    reorder: float,
+    duplicate: float,
+    seed: int,
+) -> Impairment:
+    """One direction's impairment, built like ``nmp-peer loopback`` builds it (same seed, same decisions)."""
+    if loss_model not in LOSS_KINDS or loss_model == "none":
+        raise ValueError(f"unknown --loss-model {loss_model!r}; choose bernoulli, gilbert or trace")
+    if not 0.0 <= loss <= 1.0:
+        raise ValueError(f"--loss must be in [0, 1], got {loss}")
+    if loss_model == "trace" and trace is None:
+        raise ValueError("--loss-model trace needs --trace FILE")
+    if trace is not None and loss_model != "trace":
+        raise ValueError("--trace FILE needs --loss-model trace")
+    if trace is not None and not trace.is_file():
+        raise ValueError(f"--trace {trace}: no such file")
+    kind = loss_model if loss > 0 or loss_model == "trace" else "none"
+    model = make_loss_model(kind, loss, burst, trace, seed)
+    return Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if path is None:
+        print(text)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``impair`` to ``app`` (once: a second call changes nothing)."""
+    if any(info.name == "impair" or getattr(info.callback, "__name__", "") == "impair" for info in app.registered_commands):
+        return
+
+    @app.command()
+    def impair(
+        listen: Annotated[str, typer.Option(help="HOST:PORT side A sends to (port 0: any free port).")],
+        forward: Annotated[str, typer.Option(help="HOST:PORT of side B; its replies go back to side A.")],
+        loss: Annotated[float, typer.Option(help="Packet loss rate, 0..1.")] = 0.0,
+        loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | trace")] = "bernoulli",
+        burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).")] = 2.0,
+        trace: Annotated[Optional[Path], typer.Option(help="Loss trace file (one 0/1 per packet).")] = None,
+        delay_ms: Annotated[float, typer.Option(help="Fixed one-way delay.")] = 0.0,
+        jitter_ms: Annotated[float, typer.Option(help="Jitter scale (added delay, never negative).")] = 0.0,
+        jitter_dist: Annotated[str, typer.Option(help="normal | pareto")] = "normal",
+        reorder: Annotated[float, typer.Option(help="Probability that a packet is held back behind its successor.")] = 0.0,
+        duplicate: Annotated[float, typer.Option(help="Probability that a packet arrives twice.")] = 0.0,
+        rate_kbps: Annotated[Optional[float], typer.Option(help="Rate limit per direction (token bucket, 50 ms queue).")] = None,
+        outage: Annotated[Optional[str], typer.Option(help="START:SECONDS after the first packet: drop everything then.")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the A→B impairment (B→A gets a derived one).")] = 0,
+        both_ways: Annotated[bool, typer.Option("--both-ways/--one-way", help="Impair B→A too (default), or only A→B.")] = True,
+        log: Annotated[Optional[Path], typer.Option(help="Per-packet ground truth: JSON lines, or CSV for a .csv name.")] = None,
+        duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+        summary: Annotated[Optional[Path], typer.Option(help="Write the JSON counters here (default: print them).")] = None,
+    ) -> None:
+        """A UDP relay that drops, delays, reorders, duplicates and rate-limits packets between two peers.
+
+        Side A sends to --listen; the relay forwards to --forward (side B) and relays B's replies back.
+        """
+        from nmp_peer.relay import Relay
+        from nmp_peer.transport import Endpoint
+
+        if rate_kbps is not None and not rate_kbps > 0:
+            raise ValueError(f"--rate-kbps must be positive, got {rate_kbps}")
+        if duration is not None and not duration > 0:
+            raise ValueError(f"--duration must be positive, got {duration}")
+        spec = dict(loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
+                    jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate)
+        a2b = make_impairment(**spec, seed=seed)  # type: ignore[arg-type]
+        b2a = make_impairment(**spec, seed=b2a_seed(seed)) if both_ways else None  # type: ignore[arg-type]
+        relay = Relay(Endpoint.parse(listen), Endpoint.parse(forward), a2b, b2a, rate_kbps, parse_outage(outage), log)
+
+        async def main() -> dict[str, Any]:
+            await relay.start()
+            host, port = relay.address
+            print(f"nmp-peer impair: relaying {host}:{port} <-> {relay.forward}", file=sys.stderr, flush=True)
+            return await relay.run(duration)
+
+        _write_json(summary, asyncio.run(main()))
+
+
+if __name__ == "__main__":  # ``python -m nmp_peer.cli_net impair ...``, whether or not cli.py registers it
+    from nmp_peer.cli import app, main
+
+    register(app)
+    sys.exit(main())

@@ -1,0 +1,526 @@
+"""A UDP impairment relay: the netem of machines that lack netem.
+
+```
+side A ──► listen ─┬─ a2b: outage ─► rate limit ─► Impairment ─► timers ─► forward (side B)
+        ◄──────────┴─ b2a: outage ─► rate limit ─► Impairment ─► timers ◄── forward
+```
+
+Both sides talk to the relay's one socket. The first address other than ``forward``
+that sends to it becomes side A; from then on datagrams from side A go to ``forward``
+and datagrams from ``forward`` go to side A. Nothing is ever sent anywhere else:
+datagrams from ``forward`` before side A is known are counted ``no-peer``, those from
+any third address ``foreign``, and both are dropped.
+
+Per direction, in this order, for every routed datagram:
+
+1. it takes the next decision of the direction's ``Impairment`` (index = arrival
+   order in that direction), whatever happens to it next, so the decisions depend only
+   on the packet order, and with the same seed the A→B decisions are exactly those of
+   ``nmp-peer loopback`` and the offline lab;
+2. an outage window drops it (``outage``);
+3. the rate limit, a token bucket at ``rate_kbps`` with a queue of ``queue_ms`` worth
+   of bits, delays it by its queueing time or drops it when the queue is full
+   (``rate-drop``); sizes count the IPv4 packet (payload + 28 bytes of UDP/IP headers);
+4. the impairment's decision drops, delays, duplicates or holds it back (reorder).
+
+Every datagram leaves one ground-truth record (JSON lines, or CSV for a ``.csv``
+path): arrival time, direction, index, sequence number and stream id (-1 for a
+datagram that is not an nmp-peer packet; it is relayed all the same), size, action and
+each copy's delay in ms. ``Relay.run`` returns the counters.
+
+``DirectionLink`` and ``TokenBucket`` are sans-IO and clock-free (time is passed in);
+``Relay`` owns the socket, the timers and the signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from nmp_peer.lab.impair import Impairment
+from nmp_peer.transport import Address, Endpoint, EndpointError
+from nmp_peer.wire import Packet, WireError, seq_delta
+
+RATE_QUEUE_MS = 50.0
+"""Default rate-limit queue: this much of the link rate is buffered before tail drop."""
+
+UDP_IP_OVERHEAD_BYTES = 28
+"""IPv4 (20) + UDP (8) headers, counted by the rate limit like a real link."""
+
+RECEIVE_BUFFER_BYTES = 1 << 21
+
+LOG_FIELDS = ("t_ms", "dir", "index", "seq", "stream_id", "bytes", "action", "delays_ms")
+ACTIONS = ("deliver", "drop", "duplicate", "reorder", "rate-drop", "outage", "no-peer", "foreign")
+
+
+class TokenBucket:
+    """A rate-limited link with a bounded FIFO queue, in the manner of ``tc tbf``.
+
+    Tokens (bits) accrue at ``rate_kbps`` up to ``burst_bytes``; a packet leaves when the
+    bucket holds its size, in arrival order. ``admit`` returns how long the packet
+    waits in the queue, or ``None`` when that wait would exceed ``queue_ms``: the queue
+    is full and the packet is dropped without consuming tokens.
+    """
+
+    def __init__(self, rate_kbps: float, queue_ms: float = RATE_QUEUE_MS, burst_bytes: int | None = None) -> None:
+        if not rate_kbps > 0:
+            raise ValueError(f"rate_kbps must be positive, got {rate_kbps}")
+        if queue_ms < 0:
+            raise ValueError(f"queue_ms must be non-negative, got {queue_ms}")
+        self.rate_bps = float(rate_kbps) * 1000.0
+        self.queue_s = float(queue_ms) / 1000.0
+        self.burst_bits = 8.0 * (burst_bytes if burst_bytes is not None else 1500)
+        if self.burst_bits <= 0:
+            raise ValueError(f"burst_bytes must be positive, got {burst_bytes}")
+        self._last_s: float | None = None
+        """Departure time of the last admitted packet."""
+        self._tokens = self.burst_bits
+        """Tokens left right after that departure."""
+
+    def admit(self, now_s: float, size_bytes: int) -> float | None:
+        bits = 8.0 * size_bytes
+        bucket = max(self.burst_bits, bits)  # a packet larger than the burst still passes, alone
+        if self._last_s is None:
+            start, tokens = now_s, bucket
+        else:
+            start = max(now_s, self._last_s)
+            tokens = min(bucket, self._tokens + self.rate_bps * (start - self._last_s))
+        depart = start if tokens >= bits else start + (bits - tokens) / self.rate_bps
+        wait = depart - now_s
+        if wait > self.queue_s:
+            return None
+        self._last_s = depart
+        self._tokens = max(0.0, tokens + self.rate_bps * (depart - start) - bits)
+        return wait
+
+
+@dataclass
+class DirectionCounters:
+    received: int = 0
+    """Datagrams routed into this direction."""
+    bytes_received: int = 0
+    not_nmp: int = 0
+    """Routed datagrams that are not nmp-peer packets (relayed like the others)."""
+    delivered: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    dropped: int = 0
+    """Lost by the impairment's loss model."""
+    rate_dropped: int = 0
+    outage_dropped: int = 0
+    copies_sent: int = 0
+    """Datagrams handed to the socket (a duplicate counts twice)."""
+
+    @property
+    def lost(self) -> int:
+        return self.dropped + self.rate_dropped + self.outage_dropped
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "lost": self.lost}
+
+
+@dataclass(frozen=True)
+class Record:
+    """Ground truth for one datagram: what the relay did with it."""
+
+    t_ms: float
+    dir: str
+    index: int
+    seq: int
+    stream_id: int
+    bytes: int
+    action: str
+    delays_ms: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["delays_ms"] = list(self.delays_ms)
+        return d
+
+
+def packet_ids(data: bytes) -> tuple[int, int]:
+    """(sequence number, stream id) of an nmp-peer packet, (-1, -1) for anything else."""
+    try:
+        packet = Packet.parse(data)
+    except WireError:
+        return -1, -1
+    return packet.seq, packet.stream_id
+
+
+@dataclass
+class DirectionLink:
+    """One direction of the relay: outage, rate limit and impairment, sans-IO."""
+
+    name: str
+    impairment: Impairment | None = None
+    bucket: TokenBucket | None = None
+    outage: tuple[float, float] | None = None
+    """(start, seconds) relative to the relay's first routed datagram."""
+    counters: DirectionCounters = field(default_factory=DirectionCounters)
+    _index: int = 0
+
+    def decide(self, data: bytes, now_s: float, since_first_s: float) -> Record:
+        """Decide one datagram that arrived at ``now_s``; ``delays_ms`` says when each copy leaves."""
+        c = self.counters
+        index = self._index
+        self._index += 1
+        decision = self.impairment.next_decision() if self.impairment is not None else None
+        seq, stream_id = packet_ids(data)
+        c.received += 1
+        c.bytes_received += len(data)
+        c.not_nmp += seq < 0
+        t_ms = round(1000.0 * now_s, 3)
+
+        def record(action: str, delays_s: tuple[float, ...] = ()) -> Record:
+            delays = tuple(round(1000.0 * d, 3) for d in delays_s)
+            return Record(t_ms, self.name, index, seq, stream_id, len(data), action, delays)
+
+        if self.outage is not None and self.outage[0] <= since_first_s < self.outage[0] + self.outage[1]:
+            c.outage_dropped += 1
+            return record("outage")
+        queued_s = 0.0
+        if self.bucket is not None:
+            wait = self.bucket.admit(now_s, len(data) + UDP_IP_OVERHEAD_BYTES)
+            if wait is None:
+                c.rate_dropped += 1
+                return record("rate-drop")
+            queued_s = wait
+        if decision is None:
+            c.delivered += 1
+            return record("deliver", (queued_s,))
+        if decision.action == "drop":
+            c.dropped += 1
+            return record("drop")
+        if decision.action == "duplicate":
+            c.duplicated += 1
+        elif decision.action == "reorder":
+            c.reordered += 1
+        else:
+            c.delivered += 1
+        return record(decision.action, tuple(queued_s + d for d in decision.delays_s))
+
+
+class _LogWriter:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: TextIO = open(self.path, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise ValueError(f"cannot write relay log {self.path}: {exc.strerror or exc}") from None
+        self._csv = csv.writer(self._file) if self.path.suffix.lower() == ".csv" else None
+        if self._csv is not None:
+            self._csv.writerow(LOG_FIELDS)
+
+    def write(self, r: Record) -> None:
+        if self._csv is not None:
+            self._csv.writerow((r.t_ms, r.dir, r.index, r.seq, r.stream_id, r.bytes, r.action,
+                                ";".join(f"{d:g}" for d in r.delays_ms)))
+        else:
+            self._file.write(json.dumps(r.to_dict(), separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a relay log (JSON lines or CSV) back into dicts with the JSON types."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix.lower() != ".csv":
+            return [json.loads(line) for line in f if line.strip()]
+        rows = []
+        for row in csv.DictReader(f):
+            rows.append({
+                "t_ms": float(row["t_ms"]), "dir": row["dir"], "index": int(row["index"]),
+                "seq": int(row["seq"]), "stream_id": int(row["stream_id"]), "bytes": int(row["bytes"]),
+                "action": row["action"],
+                "delays_ms": [float(d) for d in row["delays_ms"].split(";") if d],
+            })
+        return rows
+
+
+def _bind_address(endpoint: Endpoint) -> tuple[int, Address]:
+    try:
+        info = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise EndpointError(f"cannot resolve {endpoint.host!r}: {exc.strerror}") from None
+    return info[0][0], info[0][4][:2]
+
+
+def _forward_address(endpoint: Endpoint, family: int) -> Address:
+    try:
+        info = socket.getaddrinfo(endpoint.host, endpoint.port, family=family, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise EndpointError(f"cannot resolve forward address {endpoint.host!r} for the listening socket's "
+                            f"address family: {exc.strerror}") from None
+    addr = info[0][4][:2]
+    if addr[0] in ("0.0.0.0", "::"):
+        raise EndpointError(f"forward address {endpoint} must name a host, not all interfaces")
+    if addr[1] == 0:
+        raise EndpointError(f"forward address {endpoint} needs a port")
+    return addr
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay._on_datagram(data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable while a side is not up yet, a full buffer: count, go on.
+        self.relay.send_errors += 1
+
+
+class Relay:
+    """Relays datagrams between side A (learned) and ``forward`` (side B) with impairments."""
+
+    def __init__(
+        self,
+        listen: Endpoint,
+        forward: Endpoint,
+        impairment_a_to_b: Impairment | None,
+        impairment_b_to_a: Impairment | None = None,
+        rate_kbps: float | None = None,
+        outage: tuple[float, float] | None = None,
+        log: str | os.PathLike[str] | None = None,
+        *,
+        queue_ms: float = RATE_QUEUE_MS,
+        burst_bytes: int | None = None,
+    ) -> None:
+        if outage is not None:
+            start, seconds = outage
+            if start < 0 or seconds < 0:
+                raise ValueError(f"outage start and length must be non-negative, got {start}:{seconds}")
+            outage = (float(start), float(seconds))
+        self.listen = listen
+        self.forward = forward
+        self.rate_kbps = rate_kbps
+        self.outage = outage
+        self.log_path = log
+
+        def bucket() -> TokenBucket | None:
+            return None if rate_kbps is None else TokenBucket(rate_kbps, queue_ms, burst_bytes)
+
+        self.links = {
+            "a2b": DirectionLink("a2b", impairment_a_to_b, bucket(), outage),
+            "b2a": DirectionLink("b2a", impairment_b_to_a, bucket(), outage),
+        }
+        self.side_a: Address | None = None
+        self.no_peer = 0
+        self.foreign = 0
+        self.send_errors = 0
+        self._family, self._bind = _bind_address(listen)
+        self._forward = _forward_address(forward, self._family)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log: _LogWriter | None = None
+        self._t0 = 0.0
+        self._first: float | None = None
+        self._pending: dict[int, asyncio.TimerHandle] = {}
+        self._next_id = 0
+        self._stop: asyncio.Event | None = None
+        self._started_wall = 0.0
+        self._cpu0 = 0.0
+        self._closed: tuple[float, float, int] | None = None
+        """(wall seconds, CPU seconds, delayed copies discarded) once closed."""
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def address(self) -> Address:
+        """The bound listening address (its real port when ``listen`` asked for port 0)."""
+        if self._transport is None:
+            raise RuntimeError("relay not started")
+        return self._transport.get_extra_info("sockname")[:2]
+
+    async def start(self) -> None:
+        """Bind the socket and open the log; datagrams are relayed from now on."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            sock.bind(self._bind)
+        except OSError as exc:
+            sock.close()
+            raise EndpointError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        if self.log_path is not None:
+            try:
+                self._log = _LogWriter(self.log_path)
+            except ValueError:
+                sock.close()
+                raise
+        self._loop = loop
+        self._stop = asyncio.Event()
+        self._t0 = loop.time()
+        self._started_wall = time.monotonic()
+        self._cpu0 = time.process_time()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        self._sock = sock
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, duration_s: float | None = None) -> dict[str, Any]:
+        """Relay until ``stop()``, SIGINT/SIGTERM or ``duration_s``; return the counters."""
+        if self._transport is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        assert self._stop is not None
+        handled = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        try:
+            await asyncio.wait_for(self._stop.wait(), duration_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            self.close()
+        return self.summary()
+
+    def close(self) -> None:
+        """Stop relaying: pending delayed copies are discarded (and counted), the log is flushed."""
+        if self._closed is not None:
+            return
+        discarded = len(self._pending)
+        for handle in self._pending.values():
+            handle.cancel()
+        self._pending.clear()
+        self._sock = None
+        if self._transport is not None:
+            self._transport.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._closed = (time.monotonic() - self._started_wall, time.process_time() - self._cpu0, discarded)
+
+    def summary(self) -> dict[str, Any]:
+        routed = sum(link.counters.received for link in self.links.values())
+        if self._closed is not None:
+            wall_s, cpu_s, discarded = self._closed
+        else:
+            wall_s, cpu_s = time.monotonic() - self._started_wall, time.process_time() - self._cpu0
+            discarded = len(self._pending)
+        return {
+            "listen": str(self.listen),
+            "forward": str(self.forward),
+            "side_a": None if self.side_a is None else f"{self.side_a[0]}:{self.side_a[1]}",
+            "a2b": self.links["a2b"].counters.to_dict(),
+            "b2a": self.links["b2a"].counters.to_dict(),
+            "no_peer": self.no_peer,
+            "foreign": self.foreign,
+            "send_errors": self.send_errors,
+            "pending_discarded": discarded,
+            "first_packet_ms": None if self._first is None else round(1000.0 * (self._first - self._t0), 3),
+            "wall_s": round(wall_s, 3),
+            "cpu_s": round(cpu_s, 3),
+            "cpu_us_per_datagram": round(1e6 * cpu_s / routed, 1) if routed else None,
+            "rate_kbps": self.rate_kbps,
+            "outage": list(self.outage) if self.outage else None,
+            "impairment_a2b": repr(self.links["a2b"].impairment),
+            "impairment_b2a": repr(self.links["b2a"].impairment),
+        }
+
+    # ------------------------------------------------------------------ datagrams
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        t_s = now - self._t0
+        if addr == self._forward:
+            if self.side_a is None:
+                self.no_peer += 1
+                self._write(Record(round(1000.0 * t_s, 3), "b2a", -1, *packet_ids(data), len(data), "no-peer"))
+                return
+            link, dest = self.links["b2a"], self.side_a
+        elif self.side_a is None or addr == self.side_a:
+            self.side_a = addr
+            link, dest = self.links["a2b"], self._forward
+        else:
+            self.foreign += 1
+            self._write(Record(round(1000.0 * t_s, 3), "foreign", -1, *packet_ids(data), len(data), "foreign"))
+            return
+        if self._first is None:
+            self._first = now
+        record = link.decide(data, t_s, now - self._first)
+        self._write(record)
+        for delay_ms in record.delays_ms:
+            if delay_ms <= 0.0:
+                self._send(link, data, dest)
+            else:  # due at arrival + delay exactly as logged, whatever this took
+                key = self._next_id
+                self._next_id += 1
+                due = self._t0 + (record.t_ms + delay_ms) / 1000.0
+                self._pending[key] = self._loop.call_at(due, self._send_later, key, link, data, dest)
+
+    def _send_later(self, key: int, link: DirectionLink, data: bytes, dest: Address) -> None:
+        self._pending.pop(key, None)
+        self._send(link, data, dest)
+
+    def _send(self, link: DirectionLink, data: bytes, dest: Address) -> None:
+        # Straight to the socket: asyncio's sendto would skip empty datagrams and queue
+        # without bound; a full send buffer drops, as a router's queue would.
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto(data, dest)
+        except OSError:  # a full buffer, or ICMP unreachable reported by an earlier send
+            self.send_errors += 1
+            return
+        link.counters.copies_sent += 1
+
+    def _write(self, record: Record) -> None:
+        if self._log is not None:
+            self._log.write(record)
+
+
+
+LOST_ACTIONS = ("drop", "rate-drop", "outage")
+
+
+def receiver_loss_bounds(records: list[dict[str, Any]], direction: str, lag_packets: int) -> tuple[int, int]:
+    """Bounds on the receiver's ``packets_lost`` that a relay log implies, for one direction.
+
+    For a receiver (an nmp-peer jam) that was listening before the first packet of
+    ``direction`` reached the relay and stopped while its sender was still sending.
+    Its jitter buffer starts at the first packet the relay delivered; when it stopped,
+    it had played the slots up to at most ``U``, the last packet the relay took in before
+    the receiver's own last datagram reached it (plus one packet interval), and at least
+    ``U - lag_packets`` (its buffer depth plus a margin). A slot counts as lost when its
+    packet never arrived: here, when the relay dropped it. Late packets did arrive and
+    are not counted (the jam moves them from ``packets_lost`` to ``packets_late``).
+
+    Returns (relay drops up to ``U - lag_packets``, relay drops up to ``U``), both counted
+    after the first delivered packet.
+    """
+    from nmp_peer.lab.impair import PACKET_INTERVAL_S
+
+    other = "b2a" if direction == "a2b" else "a2b"
+    mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0]
+    first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
+    if first is None:
+        return 0, 0
+    heard = [r["t_ms"] for r in records if r["dir"] == other]
+    end_ms = (max(heard) if heard else float("inf")) + 1000.0 * PACKET_INTERVAL_S
+    same = [r for r in mine if r["stream_id"] == first["stream_id"]]
+    pos = {id(r): seq_delta(r["seq"], first["seq"]) for r in same}
+    upper = max((pos[id(r)] for r in same if r["t_ms"] <= end_ms), default=0)
+    lost = [pos[id(r)] for r in same if r["action"] in LOST_ACTIONS and pos[id(r)] > 0]
+    return sum(p <= upper - lag_packets for p in lost), sum(p <= upper for p in lost)
