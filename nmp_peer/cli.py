@@ -340,6 +340,11 @@ def bench(
     print(json.dumps(result))
 
 
+from nmp_peer.cli_net import register as _register_net  # noqa: E402
+
+_register_net(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["bench"]:

@@ -54,12 +54,13 @@ class Authenticator:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def _tag(self, packet: Packet) -> bytes:
-        signed = replace(packet, tag=b"\0" * TAG_BYTES)  # the header as sent: tag flag set
-        return hmac.new(self._key, signed.header_bytes() + packet.payload, hashlib.sha256).digest()[:TAG_BYTES]
+    def _tag(self, tagged: Packet) -> bytes:
+        """The tag of a packet whose header says a tag follows (as sent)."""
+        return hmac.digest(self._key, tagged.header_bytes() + tagged.payload, hashlib.sha256)[:TAG_BYTES]
 
     def sign(self, packet: Packet) -> Packet:
-        return replace(packet, tag=self._tag(packet))
+        placeholder = replace(packet, tag=b"\0" * TAG_BYTES)
+        return replace(packet, tag=self._tag(placeholder))
 
     def verify(self, packet: Packet) -> bool:
         return len(packet.tag) == TAG_BYTES and hmac.compare_digest(packet.tag, self._tag(packet))

@@ -19,28 +19,31 @@ class ZerosConcealer(Concealer):
 
 
 class RepeatConcealer(Concealer):
-    """Repeats the last packet; each seam is smoothed by a short fade from the held last sample.
+    """Repeats the last packet, with each seam smoothed by a short decaying offset.
 
-    The amplitude fade over a long burst is the playout engine's job, common to all
-    concealers, so this class only has to keep the seams click-free.
+    The repetition starts at ``history[-512]``, which naturally followed ``history[-513]``;
+    at the seam it follows ``history[-1]`` instead. Adding the difference of the two
+    predecessors and letting it decay over ``seam_fade_samples`` keeps the waveform and
+    its slope continuous: no click at the seam, and a signal that repeats exactly every
+    packet is continued exactly. The amplitude fade over a long burst is the playout
+    engine's job, common to all concealers.
     """
 
     name = "repeat"
-    context_samples = BLOCK_FRAMES
+    context_samples = 2 * BLOCK_FRAMES
 
     def __init__(self, seam_fade_samples: int = 32) -> None:
         self.seam_fade_samples = seam_fade_samples
-        ramp = np.arange(seam_fade_samples, dtype=np.float32) / seam_fade_samples
-        self._fade_in = (0.5 - 0.5 * np.cos(np.pi * ramp))[:, None].astype(np.float32)
+        ramp = (np.arange(seam_fade_samples, dtype=np.float32) + 1) / seam_fade_samples
+        self._decay = (0.5 + 0.5 * np.cos(np.pi * ramp))[:, None].astype(np.float32)
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
         block = history[-BLOCK_FRAMES:]
         reps = -(-self.predict_samples // BLOCK_FRAMES)
         out = np.tile(block, (reps, 1))[: self.predict_samples].copy()
+        offset = history[-1] - history[-BLOCK_FRAMES - 1]
         fade = self.seam_fade_samples
-        held = history[-1]
         for start in range(0, self.predict_samples, BLOCK_FRAMES):
             seg = out[start : start + fade]
-            seg[:] = held + (seg - held) * self._fade_in[: len(seg)]
-            held = out[min(start + BLOCK_FRAMES, self.predict_samples) - 1].copy()
+            seg += offset * self._decay[: len(seg)]
         return out
