@@ -279,6 +279,34 @@ def lab(
 
 
 @app.command()
+def clips(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the clips (one sub-folder per category or package).")],
+    source: Annotated[str, typer.Option(help="synth: FluidSynth renderings by category; debian: recorded music from Debian game-data packages.")] = "synth",
+    n: Annotated[int, typer.Option(help="synth: number of clips (cycling through the categories).")] = 24,
+    seconds: Annotated[float, typer.Option(help="Length of each clip.")] = 8.0,
+    packages: Annotated[Optional[str], typer.Option(help="debian: comma-separated packages (default: a vetted set).")] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes (synth).")] = max(1, os.cpu_count() or 1),
+) -> None:
+    """Build an evaluation set for the lab, with no download beyond Debian's mirror."""
+    if source == "synth":
+        from nmp_peer.synth.dataset import build_set
+
+        manifest = build_set(out, "eval", n_clips=n, clip_seconds=seconds, jobs=jobs)
+        print(f"wrote {n} clips and {manifest}", file=sys.stderr)
+    elif source == "debian":
+        from nmp_peer.lab.clips import DEBIAN_MUSIC, debian_music
+
+        chosen = tuple(p.strip() for p in packages.split(",")) if packages else DEBIAN_MUSIC
+        try:
+            written = debian_music(out, chosen, seconds)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(str(exc)) from None
+        print(f"wrote {len(written)} clips from {', '.join(chosen)} to {out}", file=sys.stderr)
+    else:
+        raise UserError(f"unknown source {source!r}; choose synth or debian")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the clip, the received audio, stats and plot.")] = Path("out/demo"),
     seconds: Annotated[float, typer.Option(help="Length of the synthesized clip.")] = 10.0,

@@ -75,3 +75,29 @@ def test_lab_rejects_unknown_methods_in_one_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "lab", "--clips", str(tmp_path), "--out", str(tmp_path / "o"),
                         "--methods", "zeros,magic"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reserved_packages_are_refused() -> None:
+    from nmp_peer.lab.clips import extract_packages, is_reserved
+
+    assert is_reserved("wesnoth-1.16-music") and is_reserved("asc-music") and is_reserved("fretsonfire-songs-muldjord")
+    assert not is_reserved("extremetuxracer-data")
+    with pytest.raises(ValueError, match="reserved"):
+        extract_packages(["frozen-bubble-data", "warzone2100-music"], Path("/nonexistent"))
+
+
+def test_slicing_tracks_into_clips_skips_short_and_quiet_material(tmp_path: Path) -> None:
+    from nmp_peer.lab.clips import slice_tracks
+
+    loud = tmp_path / "loud.flac"
+    write_audio(loud, music_like(30.0))
+    short = tmp_path / "short.wav"
+    write_audio(short, music_like(5.0))
+    quiet = tmp_path / "quiet.wav"
+    write_audio(quiet, music_like(30.0) * 0.001)
+    written = slice_tracks([loud, short, quiet], tmp_path / "out", clip_seconds=4.0, clips_per_track=3, prefix="pkg_")
+    assert [p.name for p in written] == ["pkg_loud_0.wav", "pkg_loud_1.wav", "pkg_loud_2.wav"]
+    from nmp_peer.audio_io import read_audio
+
+    clip, rate = read_audio(written[0])
+    assert rate == 44100 and len(clip) == 4 * 44100
