@@ -104,3 +104,52 @@ def bench_method(method: str, calls: int = 300) -> dict[str, Any]:
     result = {"method": method, **_summary(times, 1e3, "ms")}
     result.update({f"cpu_{k}": v for k, v in _summary(cpu, 1e3, "ms").items() if k.endswith("_ms")})
     return result
+
+
+def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000) -> dict[str, Any]:
+    """Encode + decode time per 512-sample packet, and the bitrate on the wire."""
+    from nmp_peer.codec import Pcm16Codec
+    from nmp_peer.wire import HEADER_BYTES
+
+    audio = _test_signal(BLOCK_FRAMES * packets)
+    blocks = [audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES] for k in range(packets)]
+    enc_s: list[float] = []
+    dec_s: list[float] = []
+    size = 0
+    if codec == "opus":
+        from nmp_peer.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples
+
+        settings = OpusSettings(bitrate=bitrate)
+        encoder, decoder = OpusEncoderStream(1, settings), OpusDecoderStream(1, settings.frame_ms)
+        for block in blocks:
+            t = time.thread_time()
+            payload = encoder.encode(block)
+            t2 = time.thread_time()
+            decoder.decode_slot(payload)
+            dec_s.append(time.thread_time() - t2)
+            enc_s.append(t2 - t)
+            size += len(payload)
+        extra = {"bitrate_setting": bitrate, "added_latency_ms": round(1000 * codec_delay_samples(settings) / SAMPLE_RATE, 2)}
+    elif codec == "pcm16":
+        pcm = Pcm16Codec()
+        for block in blocks:
+            t = time.thread_time()
+            payload = pcm.encode(block)
+            t2 = time.thread_time()
+            pcm.decode(payload, 1)
+            dec_s.append(time.thread_time() - t2)
+            enc_s.append(t2 - t)
+            size += len(payload)
+        extra = {"added_latency_ms": 0.0}
+    else:
+        raise ValueError(f"unknown codec {codec!r}; choose pcm16 or opus")
+    rate = SAMPLE_RATE / BLOCK_FRAMES
+    return {
+        "codec": codec,
+        "encode_cpu_p50_ms": round(float(np.percentile(enc_s[100:], 50)) * 1e3, 4),
+        "decode_cpu_p50_ms": round(float(np.percentile(dec_s[100:], 50)) * 1e3, 4),
+        "encode_decode_cpu_p99_ms": round(float(np.percentile(np.add(enc_s, dec_s)[100:], 99)) * 1e3, 4),
+        "payload_kbps": round(size / packets * rate * 8 / 1000, 1),
+        "wire_kbps": round((size / packets + HEADER_BYTES + 28) * rate * 8 / 1000, 1),
+        **extra,
+    }

@@ -53,11 +53,28 @@ ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config:
 ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros | repeat | lpc (default: the config's).")]
 
 
-def _config(config: str | None, concealer: str | None, channels: int | None = None) -> Any:
+def _encoder(cfg: Any) -> tuple[Any, int]:
+    """The sender's codec from the config, and the delay it adds (samples)."""
+    from nmp_peer.opus import OpusUnavailable
+
+    try:
+        encoder = cfg.encoder()
+    except OpusUnavailable as exc:
+        raise UserError(str(exc)) from None
+    if cfg.audio.codec == "opus":
+        from nmp_peer.opus import codec_delay_samples
+
+        return encoder, codec_delay_samples(encoder.settings, cfg.audio.channels)
+    return encoder, 0
+
+
+def _config(config: str | None, concealer: str | None, channels: int | None = None, codec: str | None = None) -> Any:
     from nmp_peer.config import Config, ConfigError, load_config
 
     cfg = load_config(config)
     data = cfg.model_dump()
+    if codec is not None:
+        data["audio"]["codec"] = codec
     if concealer is not None:
         data["conceal"]["method"] = concealer
     if channels is not None:
@@ -86,6 +103,7 @@ def jam(
     stats: Annotated[Optional[Path], typer.Option(help="Write the JSON summary here too.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live status line.")] = False,
     key_file: Annotated[Optional[Path], typer.Option(help="Pre-shared key file: sign and authenticate every packet.")] = None,
+    codec: Annotated[Optional[str], typer.Option(help="What this peer sends: pcm16 | opus (default: the config's). It plays either.")] = None,
 ) -> None:
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
     from rich.console import Console
@@ -94,7 +112,8 @@ def jam(
     from nmp_peer.security import load_key
     from nmp_peer.transport import Endpoint
 
-    cfg = _config(config, concealer)
+    cfg = _config(config, concealer, codec=codec)
+    encoder, _ = _encoder(cfg)
     key_path = key_file or cfg.security.key_file
     key = load_key(key_path) if key_path else None
     console = Console(stderr=True)
@@ -108,6 +127,7 @@ def jam(
         duration_s=duration,
         status=None if quiet else (lambda line: console.print(line, highlight=False)),
         key=key,
+        codec=encoder,
     )
     summary = asyncio.run(Peer(options).run())
     _write_json(None, summary)
@@ -134,6 +154,7 @@ def loopback(
     stats: Annotated[Optional[Path], typer.Option(help="Write the JSON stats here (default: print them).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of buffer depth and loss events here.")] = None,
     realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Real time (default), or a shared virtual clock, faster than real time.")] = True,
+    codec: Annotated[Optional[str], typer.Option(help="pcm16 | opus (default: the config's).")] = None,
 ) -> None:
     """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
     from nmp_peer.audio_io import read_audio, write_audio
@@ -142,21 +163,26 @@ def loopback(
     from nmp_peer.loopback import run_loopback
 
     audio, file_rate = read_audio(input)
-    cfg = _config(config, concealer, channels=min(audio.shape[1], 2))
+    cfg = _config(config, concealer, channels=min(audio.shape[1], 2), codec=codec)
+    if cfg.conceal.method == "opus-fec":  # both ends are ours here: the sender must send FEC
+        cfg.opus.fec = True
     audio = audio[:, : cfg.audio.channels]
+    encoder, codec_delay = _encoder(cfg)
     try:
         model = make_loss_model(loss_model if loss > 0 or trace else "none", loss, burst, trace, seed)
         impairment = Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     result = asyncio.run(
-        run_loopback(audio, impairment, concealer=cfg.conceal.method, playout=cfg.playout(), realtime=realtime)
+        run_loopback(audio, impairment, concealer=cfg.conceal.method, playout=cfg.playout(), realtime=realtime,
+                     codec=encoder, codec_delay=codec_delay)
     )
     write_audio(output, result.output, file_rate=file_rate)
     result.stats["input"] = str(input)
     result.stats["output"] = str(output)
     result.stats["concealer"] = cfg.conceal.method
     result.stats["mode"] = "realtime" if realtime else "fast"
+    result.stats["codec"] = cfg.audio.codec
     _write_json(stats, result.stats)
     if plot is not None:
         from nmp_peer.plots import plot_timeline
@@ -346,16 +372,22 @@ def devices() -> None:
 def bench(
     path: Annotated[Optional[str], typer.Option(help="receive: parse + jitter buffer + playout per packet.")] = None,
     method: Annotated[Optional[str], typer.Option(help="A concealer: time per concealed packet.")] = None,
+    codec: Annotated[Optional[str], typer.Option(help="pcm16 | opus: encode + decode time per packet, bitrate.")] = None,
+    bitrate: Annotated[int, typer.Option(help="Opus bitrate for --codec opus.")] = 128_000,
     packets: Annotated[int, typer.Option(help="Packets (receive path).")] = 20_000,
     calls: Annotated[int, typer.Option(help="Concealments timed (method).")] = 300,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
 ) -> None:
     """Benchmarks on one thread; prints one JSON object."""
-    from nmp_peer.bench import bench_method, bench_receive
+    from nmp_peer.bench import bench_codec, bench_method, bench_receive
 
-    if (path is None) == (method is None):
-        raise UserError("give exactly one of --path receive or --method NAME")
-    if path is not None:
+    if sum(x is not None for x in (path, method, codec)) != 1:
+        raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
+    if codec is not None:
+        if codec not in ("pcm16", "opus"):
+            raise UserError(f"unknown codec {codec!r}; choose pcm16 or opus")
+        result = bench_codec(codec, bitrate=bitrate)
+    elif path is not None:
         if path != "receive":
             raise UserError(f"unknown benchmark path {path!r}; choose receive")
         result = bench_receive(packets)

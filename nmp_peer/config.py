@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,7 +27,14 @@ class _Section(BaseModel):
 
 class AudioSection(_Section):
     channels: Literal[1, 2] = 1
-    codec: Literal["pcm16"] = "pcm16"
+    codec: Literal["pcm16", "opus"] = "pcm16"
+
+
+class OpusSection(_Section):
+    bitrate: int = Field(128_000, ge=6_000, le=510_000)
+    frame_ms: Literal[2.5, 5.0, 10.0, 20.0] = 10.0
+    complexity: int = Field(8, ge=0, le=10)
+    fec: bool = False
 
 
 class BufferSection(_Section):
@@ -76,6 +83,19 @@ class Config(_Section):
     conceal: ConcealSection = ConcealSection()
     network: NetworkSection = NetworkSection()
     security: SecuritySection = SecuritySection()
+    opus: OpusSection = OpusSection()
+
+    def encoder(self, channels: int | None = None) -> Any:
+        """The sender's codec: PCM16, or an Opus encoder stream with the [opus] settings."""
+        from nmp_peer.codec import Pcm16Codec
+
+        ch = channels or self.audio.channels
+        if self.audio.codec == "pcm16":
+            return Pcm16Codec()
+        from nmp_peer.opus import OpusEncoderStream, OpusSettings
+
+        o = self.opus
+        return OpusEncoderStream(ch, OpusSettings(o.bitrate, o.frame_ms, o.complexity, o.fec))
 
     def playout(self) -> PlayoutConfig:
         b = self.buffer

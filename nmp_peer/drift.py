@@ -53,3 +53,31 @@ def read_block(
     for c in range(source.shape[1]):
         np.einsum("ft,ft->f", taps, source[:, c].take(gather), out=out[:, c])
     return out
+
+
+class StreamResampler:
+    """Streaming sample-rate conversion with the same windowed-sinc reader, 8 samples of delay.
+
+    Used around the Opus codec (44.1 kHz ↔ 48 kHz), where soxr's streaming modes either
+    add hundreds of samples of latency or fall back to cubic interpolation.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int) -> None:
+        self.step = in_rate / out_rate
+        self._buf = np.zeros((LOOKAHEAD, channels), np.float32)
+        self._pos = float(LOOKAHEAD)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """Take input samples (frames × channels); return every output sample now computable."""
+        self._buf = np.concatenate([self._buf, x.astype(np.float32, copy=False)])
+        last = len(self._buf) - LOOKAHEAD - 1  # the highest index a read may floor to
+        if last < self._pos:
+            return np.zeros((0, self._buf.shape[1]), np.float32)
+        n = int((last - self._pos) / self.step) + 1
+        out = read_block(self._buf, self._pos, self.step, n)
+        self._pos += n * self.step
+        keep_from = int(math.floor(self._pos)) - LOOKAHEAD
+        if keep_from > 0:
+            self._buf = self._buf[keep_from:]
+            self._pos -= keep_from
+        return out

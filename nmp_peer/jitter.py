@@ -70,6 +70,10 @@ class JitterBuffer:
     def has(self, seq: int) -> bool:
         return seq in self._slots
 
+    def peek(self, seq: int) -> Packet | None:
+        """The packet stored for an (unwrapped) slot, without taking it."""
+        return self._slots.get(seq)
+
     def unwrap(self, seq: int) -> int:
         return self.next_seq + seq_delta(seq, self.next_seq % SEQ_MODULUS)
 

@@ -62,20 +62,24 @@ async def run_loopback(
     playout: PlayoutConfig | None = None,
     realtime: bool = False,
     first_seq: int | None = None,
+    codec: Any = None,
+    codec_delay: int = 0,
 ) -> LoopbackResult:
     """Send ``audio`` (frames × channels, float32) from one peer to the other; return what played."""
     channels = audio.shape[1]
     playout = playout or PlayoutConfig(channels=channels)
     engine = PlayoutEngine(make_concealer(concealer), playout, threaded=realtime)
     engine.timeline = []
-    packetizer = Packetizer(Pcm16Codec(), channels, first_seq=first_seq)
+    packetizer = Packetizer(codec or Pcm16Codec(), channels, first_seq=first_seq)
     ts0 = packetizer.timestamp
     receiver = await UdpSocket.bind(Endpoint("127.0.0.1", 0))
     sender = await UdpSocket.bind(Endpoint("127.0.0.1", 0))
     decisions: list[Decision] = []
     try:
         run = _run_realtime if realtime else _run_fast
-        outputs = await run(audio, impairment, engine, packetizer, sender, receiver, decisions)
+        # A codec that holds audio back (Opus) needs silence after the clip to flush it.
+        sent = np.concatenate([audio, np.zeros((codec_delay + BLOCK_FRAMES, channels), np.float32)]) if codec_delay else audio
+        outputs = await run(sent, impairment, engine, packetizer, sender, receiver, decisions)
     finally:
         sender.close()
         receiver.close()
@@ -84,7 +88,7 @@ async def run_loopback(
         latency = 0
     else:
         ts, out_index = engine.first_slot
-        latency = out_index - (ts - ts0)
+        latency = out_index - (ts - ts0) + codec_delay
     output = np.concatenate(outputs) if outputs else np.zeros((0, channels), np.float32)
     wanted = len(audio) + latency
     if len(output) < wanted:
@@ -103,7 +107,7 @@ def _done(engine: PlayoutEngine, n_samples: int, ts0: int) -> bool:
     if engine.first_slot is None:
         return False
     ts, out_index = engine.first_slot
-    return engine.samples_out >= n_samples + out_index - (ts - ts0)
+    return engine.samples_out >= n_samples + out_index - (ts - ts0) + 2 * BLOCK_FRAMES
 
 
 async def _run_fast(
@@ -139,7 +143,7 @@ async def _run_fast(
             data, _ = await asyncio.wait_for(receiver.receive(), RECEIVE_TIMEOUT_S)
             engine.push_datagram(data, arrival)
         outputs.append(engine.next_block(now))
-        if tick >= len(blocks) and _done(engine, len(audio), ts0):
+        if tick >= len(blocks) and _done(engine, len(audio) - 2 * BLOCK_FRAMES, ts0):
             break
     return outputs
 
@@ -186,7 +190,7 @@ async def _run_realtime(
         for tick in range(max_ticks):
             await sleep_until(loop, t0 + tick * block_s)
             outputs.append(engine.next_block(now_samples()))
-            if tick >= len(blocks) and _done(engine, len(audio), ts0):
+            if tick >= len(blocks) and _done(engine, len(audio) - 2 * BLOCK_FRAMES, ts0):
                 return
 
     receiving = loop.create_task(receive())

@@ -61,6 +61,8 @@ class JamOptions:
     status: Callable[[str], None] | None = None
     key: bytes | None = None
     """Pre-shared key: sign every packet and accept only authenticated ones."""
+    codec: Any = None
+    """The sender's codec (PCM16 when None); the receiver decodes whatever its peer sends."""
 
 
 class Peer:
@@ -68,7 +70,7 @@ class Peer:
         self.options = options
         channels = options.playout.channels
         self.engine = PlayoutEngine(make_concealer(options.concealer), options.playout, threaded=True)
-        self.packetizer = Packetizer(Pcm16Codec(), channels)
+        self.packetizer = Packetizer(options.codec or Pcm16Codec(), channels)
         self.authenticator = Authenticator(options.key) if options.key else None
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()

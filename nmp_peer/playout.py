@@ -102,6 +102,8 @@ class PlayoutEngine:
         self.worker = ThreadedWorker(concealer) if threaded else InlineWorker(concealer)
         self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
         self._codecs: dict[int, Codec] = {}
+        self._opus = None  # an OpusDecoderStream once the peer sends Opus
+        self._codec_gap = False
         self._lock = threading.Lock()
         self._read_pos = 0.0
         self._tick_now = 0.0
@@ -170,7 +172,24 @@ class PlayoutEngine:
     def _frames(self, packet: Packet) -> int:
         if packet.payload_type == PayloadType.PCM16:
             return len(packet.payload) // (2 * packet.channels)
+        if packet.payload_type == PayloadType.OPUS and self._opus_ok(packet):
+            return BLOCK_FRAMES
         return -1
+
+    def _opus_ok(self, packet: Packet) -> bool:
+        """An Opus packet this peer can decode (a malformed one is counted, never decoded)."""
+        from nmp_peer.opus import OpusDecoderStream, OpusUnavailable, unpack_frames
+
+        try:
+            unpack_frames(packet.payload)
+            if self._opus is None:
+                self._opus = OpusDecoderStream(packet.channels)
+        except WireError:
+            return False
+        except OpusUnavailable as exc:
+            self.stats.extra["opus_unavailable"] = str(exc)
+            return False
+        return True
 
     def _codec(self, packet: Packet) -> Codec:
         codec = self._codecs.get(packet.payload_type)
@@ -256,10 +275,22 @@ class PlayoutEngine:
             self.timeline.append((self.samples_out, depth, s.target_depth_packets, event))
         return out
 
+    def _decode_opus(self, seq: int, packet: Packet | None) -> tuple[np.ndarray, bool]:
+        """Advance the Opus decoder by one slot (it conceals lost frames itself: PLC or FEC)."""
+        assert self._opus is not None
+        following = self.jitter.peek(seq + 1)
+        return self._opus.decode_slot(
+            None if packet is None else packet.payload,
+            None if following is None else following.payload,
+            use_fec=self.concealer.name == "opus-fec",
+        )
+
     def _append_slot(self) -> int:
         seq, packet = self.jitter.pop()
         if self.slot_log is not None:
             self.slot_log.append((seq, packet is None))
+        if self._opus is not None and (packet is None or packet.payload_type == PayloadType.OPUS):
+            return self._append_opus_slot(seq, packet)
         if packet is not None:
             block = self._codec(packet).decode(packet.payload, packet.channels)
             if self.first_slot is None:
@@ -282,6 +313,8 @@ class PlayoutEngine:
             block = block.copy()
             block[:n] = self._splice[:n] + (block[:n] - self._splice[:n]) * self._splice_fade
             self._splice = None
+        if self._burst > 0 and self._codec_gap:  # the codec joins its own concealment
+            self._burst, self._codec_gap = 0, False
         if self._burst > 0:
             block = block.copy()
             n = len(self._recovery)
@@ -293,6 +326,37 @@ class PlayoutEngine:
             self._burst = 0
             self._prediction = None
         self.fifo.append(block)
+
+    def _append_opus_slot(self, seq: int, packet: Packet | None) -> int:
+        """One slot of an Opus stream.
+
+        The decoder conceals lost frames itself, and its synthesized audio comes out in
+        the blocks that follow (its delay). With the Opus concealers those blocks play as
+        decoded; with any other concealer, each block holding synthesized audio is
+        replaced by that concealer's block, so the concealer covers the whole gap.
+        """
+        block, synthetic = self._decode_opus(seq, packet)
+        if packet is None:
+            self.stats.packets_concealed += 1
+            self.stats.packets_lost += 1
+            if self.jitter.depth() == 0:
+                self.stats.underruns += 1
+        if packet is not None and self.first_slot is None:
+            self.first_slot = (packet.timestamp, self._start_out + self.fifo.end)
+        if not synthetic:
+            self._append_real(block)
+            event = 0
+        elif self.concealer.codec_native:
+            gain = self._gain(self._burst * BLOCK_FRAMES, BLOCK_FRAMES)
+            self.fifo.append(block * gain)
+            self._burst, self._prediction = self._burst + 1, None
+            self._codec_gap = True
+            event = 1
+        else:
+            self._append_concealed(seq, count_miss=True)
+            event = 1
+        self._request_next()
+        return event
 
     def _gain(self, start: int, length: int) -> np.ndarray:
         t = np.arange(start, start + length, dtype=np.float32)
@@ -331,7 +395,9 @@ class PlayoutEngine:
     def _request_next(self) -> None:
         """Start concealing the next slot now, one block ahead, if its packet is not here yet."""
         nxt = self.jitter.next_seq
-        if self.jitter.has(nxt) or self._faded_out():
+        if self._faded_out() or (self.concealer.codec_native and self._opus is not None):
+            return
+        if self.jitter.has(nxt) and (self._opus is None or not self._opus.synthetic_pending()):
             return
         self.worker.request(nxt, self.fifo.tail(self.concealer.context_samples), self._burst)
         self._requested = nxt

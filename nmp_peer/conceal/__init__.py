@@ -25,10 +25,24 @@ def _lpc() -> Concealer:
     return LpcConcealer()
 
 
+def _opus_plc() -> Concealer:
+    from nmp_peer.conceal.simple import OpusPlcConcealer
+
+    return OpusPlcConcealer()
+
+
+def _opus_fec() -> Concealer:
+    from nmp_peer.conceal.simple import OpusFecConcealer
+
+    return OpusFecConcealer()
+
+
 FACTORIES: dict[str, Callable[[], Concealer]] = {
     "zeros": _zeros,
     "repeat": _repeat,
     "lpc": _lpc,
+    "opus-plc": _opus_plc,
+    "opus-fec": _opus_fec,
 }
 
 

@@ -35,6 +35,10 @@ class Concealer(ABC):
     name: ClassVar[str]
     context_samples: int = 4 * BLOCK_FRAMES
     predict_samples: int = 2 * BLOCK_FRAMES
+    codec_native: ClassVar[bool] = False
+    """True for the codec's own concealment (Opus PLC/FEC): the engine takes the decoder's
+    output for a lost slot instead of calling ``conceal``, which then serves only streams
+    whose codec has none (PCM)."""
     recovery_fade_samples: int = 128
     """Length of the raised-cosine crossfade from the prediction's tail into the first
     packet that arrives after a gap (the engine performs it)."""

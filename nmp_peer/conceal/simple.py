@@ -47,3 +47,17 @@ class RepeatConcealer(Concealer):
             seg = out[start : start + fade]
             seg += offset * self._decay[: len(seg)]
         return out
+
+
+class OpusPlcConcealer(RepeatConcealer):
+    """Opus's own packet-loss concealment (a baseline): on a PCM stream, repetition."""
+
+    name = "opus-plc"
+    codec_native = True
+
+
+class OpusFecConcealer(RepeatConcealer):
+    """Opus in-band FEC from the next packet when it is already here, else Opus PLC."""
+
+    name = "opus-fec"
+    codec_native = True

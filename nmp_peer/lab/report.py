@@ -93,7 +93,9 @@ def write_report(
         "Metric notes: SNR and LSD are computed on the lost packets only. ViSQOL runs in audio "
         "mode at 48 kHz, full reference: the closest offline stand-in for the challenge's "
         "listening test. PLCMOS is a speech-trained, non-intrusive model run at 16 kHz: on "
-        "music it is a coarse signal and it ignores everything above 8 kHz.",
+        "music it is a coarse signal and it ignores everything above 8 kHz. The Opus baselines "
+        "(`opus-plc`, `opus-fec`) send Opus at 128 kbit/s and are scored against Opus's own "
+        "clean decode, so they show the concealment alone, not the coding loss.",
         "",
         "## By method and loss setting",
         "",

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.codec import Codec, Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.lab.impair import Impairment
+from nmp_peer.opus import OpusSettings
 from nmp_peer.latency import LatencyPolicy
 from nmp_peer.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.stats import Stats
@@ -53,13 +54,33 @@ def _aligned(engine: PlayoutEngine, outputs: list[np.ndarray], ts0: int, n: int,
     return out[latency : latency + n]
 
 
+def _encoder(concealer: str | Concealer, channels: int, opus: OpusSettings | None) -> tuple[Codec, int]:
+    """The sender's codec: Opus for the Opus baselines (or when asked), else PCM16.
+
+    Returns it with the delay it adds (samples), which the alignment removes.
+    """
+    name = concealer if isinstance(concealer, str) else concealer.name
+    if opus is None and name.startswith("opus-"):
+        opus = OpusSettings(fec=name == "opus-fec")
+    if opus is None:
+        return Pcm16Codec(), 0
+    from nmp_peer.opus import OpusEncoderStream, codec_delay_samples
+
+    return OpusEncoderStream(channels, opus), codec_delay_samples(opus, channels)
+
+
 def conceal_trace(
-    audio: np.ndarray, lost: np.ndarray, concealer: str | Concealer, config: PlayoutConfig | None = None
+    audio: np.ndarray,
+    lost: np.ndarray,
+    concealer: str | Concealer,
+    config: PlayoutConfig | None = None,
+    opus: OpusSettings | None = None,
 ) -> np.ndarray:
     """Play ``audio`` (frames × channels) with the packets marked in ``lost`` missing.
 
     Returns the played audio, the same length as the input. A trace shorter than the
-    audio means the remaining packets arrive.
+    audio means the remaining packets arrive. The stream is PCM16, or Opus for the
+    ``opus-plc``/``opus-fec`` baselines or when ``opus`` settings are given.
     """
     channels = audio.shape[1]
     blocks = _blocks(audio)
@@ -67,15 +88,17 @@ def conceal_trace(
     mask[: min(len(lost), len(blocks))] = np.asarray(lost, bool)[: len(blocks)]
     blocks[mask] = 0.0  # never read a lost packet's samples
     engine = _engine(concealer, channels, config)
-    packetizer = Packetizer(Pcm16Codec(), channels)
-    ts0 = packetizer.timestamp
+    codec, codec_delay = _encoder(concealer, channels, opus)
+    packetizer = Packetizer(codec, channels)
+    ts0 = packetizer.timestamp + codec_delay  # the codec delays the audio within the slots
     outputs = []
-    extra = engine.config.latency.depth_packets + 2
+    extra = engine.config.latency.depth_packets + 2 + -(-codec_delay // BLOCK_FRAMES)
+    silence = np.zeros_like(blocks[0])
     for k in range(len(blocks) + extra):
         now = float(k * BLOCK_FRAMES)
-        if k < len(blocks):
-            packet = packetizer.packetize(blocks[k])
-            if not mask[k]:
+        if k < len(blocks) or codec_delay:
+            packet = packetizer.packetize(blocks[k] if k < len(blocks) else silence)
+            if k >= len(blocks) or not mask[k]:
                 engine.push(packet, now)
         outputs.append(engine.next_block(now))
     engine.close()

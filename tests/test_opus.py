@@ -1,0 +1,118 @@
+"""Opus beside PCM: the 48 kHz frame mapping, PLC and FEC, and Opus end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nmp_peer import BLOCK_FRAMES
+from nmp_peer.lab import metrics
+from nmp_peer.lab.impair import Impairment
+from nmp_peer.lab.loss import BernoulliLoss
+from nmp_peer.lab.simulate import conceal_trace
+from nmp_peer.latency import LatencyPolicy
+from nmp_peer.loopback import run_loopback
+from nmp_peer.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples, pack_frames, unpack_frames
+from nmp_peer.playout import PlayoutConfig
+from nmp_peer.wire import WireError
+
+from conftest import music_like
+
+
+def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - test) ** 2)))
+
+
+def test_payload_format_roundtrip_and_errors() -> None:
+    payload = pack_frames(2**32 + 7, [b"abc", b"de"])
+    assert unpack_frames(payload) == (7, [b"abc", b"de"])
+    for bad in (b"\x00", payload[:-1], payload + b"x", pack_frames(1, [b"a"])[:5] + b"\x00\x00"):
+        with pytest.raises(WireError):
+            unpack_frames(bad)
+
+
+@pytest.mark.parametrize("frame_ms", [5.0, 10.0, 20.0])
+def test_every_packet_yields_one_block_with_a_constant_measured_delay(frame_ms: float) -> None:
+    settings = OpusSettings(frame_ms=frame_ms)
+    x = music_like(2.0)
+    enc, dec = OpusEncoderStream(1, settings), OpusDecoderStream(1, frame_ms)
+    out = []
+    for k in range(len(x) // BLOCK_FRAMES):
+        payload = enc.encode(x[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+        block, synthetic = dec.decode_slot(payload)
+        assert block.shape == (BLOCK_FRAMES, 1) and not synthetic
+        out.append(block)
+    y = np.concatenate(out)
+    d = codec_delay_samples(settings)
+    assert snr_db(x[2000 : len(y) - d, 0], y[2000 + d :, 0]) > 18.0
+    assert dec.frames_concealed == 0
+
+
+def test_lost_packets_are_concealed_by_opus_and_fec_recovers_with_the_next_packet() -> None:
+    x = music_like(3.0)
+    lost = np.zeros(len(x) // BLOCK_FRAMES + 1, bool)
+    lost[[30, 60, 61, 100, 150, 200]] = True
+    target = conceal_trace(x, np.zeros_like(lost), "opus-plc")
+    plc = conceal_trace(x, lost, "opus-plc")
+    zeros = conceal_trace(x, lost, "zeros")
+    assert metrics.lost_packet_lsd_db(target[:, 0], plc[:, 0], lost) < metrics.lost_packet_lsd_db(x[:, 0], zeros[:, 0], lost)
+    fec_target = conceal_trace(x, np.zeros_like(lost), "opus-fec", opus=OpusSettings(bitrate=24_000, fec=True))
+    fec = conceal_trace(x, lost, "opus-fec", opus=OpusSettings(bitrate=24_000, fec=True))
+    plc24 = conceal_trace(x, lost, "opus-plc", opus=OpusSettings(bitrate=24_000, fec=True))
+    # At 24 kbit/s Opus uses SILK/hybrid and sends LBRR: FEC beats PLC on isolated losses.
+    assert metrics.lost_packet_snr_db(fec_target[:, 0], fec[:, 0], lost) > metrics.lost_packet_snr_db(fec_target[:, 0], plc24[:, 0], lost)
+
+
+@pytest.mark.parametrize("concealer", ["opus-plc", "lpc"])
+def test_opus_loopback_over_udp_counts_losses_and_stays_aligned(concealer: str) -> None:
+    x = music_like(3.0)
+    settings = OpusSettings()
+    cfg = PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2))
+    result = asyncio.run(run_loopback(x, Impairment(BernoulliLoss(0.05, seed=2), seed=2), concealer=concealer,
+                                      playout=cfg, codec=OpusEncoderStream(1, settings), codec_delay=codec_delay_samples(settings)))
+    s = result.stats
+    assert s["packets_lost"] == s["packets_concealed"] == s["injected_drop"] > 0
+    assert s["packets_malformed"] == 0
+    y = result.output[result.latency_samples :]
+    received = ~np.repeat(np.array([d.action == "drop" for d in result.decisions]), BLOCK_FRAMES)[: len(x)]
+    received[:4096] = False
+    assert snr_db(x[received, 0], y[received, 0]) > 12.0
+
+
+def test_a_pcm_peer_and_an_opus_peer_play_each_other(tmp_path: Path) -> None:
+    import socket
+
+    from nmp_peer.audio_io import read_audio, write_audio
+
+    def port() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    write_audio(a, music_like(2.0, seed=1))
+    write_audio(b, music_like(2.0, seed=2))
+    pa, pb = port(), port()
+    cli = [sys.executable, "-m", "nmp_peer.cli", "jam", "--quiet", "--duration", "3.5", "--config", "wan"]
+    pa_proc = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--input", str(a), "--output", str(tmp_path / "a_hears.wav"), "--codec", "pcm16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pb_proc = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pa}", "--input", str(b), "--output", str(tmp_path / "b_hears.wav"), "--codec", "opus"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (oa, ea), (ob, eb) = pa_proc.communicate(timeout=60), pb_proc.communicate(timeout=60)
+    assert pa_proc.returncode == 0 and pb_proc.returncode == 0, (ea, eb)
+    for out in (oa, ob):
+        s = json.loads(out)
+        assert s["packets_received"] > 150 and s["packets_malformed"] == 0
+    heard, _ = read_audio(tmp_path / "a_hears.wav")  # A (PCM) heard B's Opus stream
+    assert np.sqrt(np.mean(heard**2)) > 0.05
+
+
+def test_bench_codec_reports_bitrate_and_latency() -> None:
+    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "bench", "--codec", "opus", "--bitrate", "64000"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert 50 < d["payload_kbps"] < 90 and d["added_latency_ms"] > 2.5
