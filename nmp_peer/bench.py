@@ -153,3 +153,25 @@ def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000
         "wire_kbps": round((size / packets + HEADER_BYTES + 28) * rate * 8 / 1000, 1),
         **extra,
     }
+
+
+def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
+    """CPU of a real-time loopback jam (both ends of one direction, zeros concealer), % of one core."""
+    import asyncio
+
+    from nmp_peer.lab.impair import Impairment
+    from nmp_peer.loopback import run_loopback
+
+    audio = _test_signal(int(seconds * SAMPLE_RATE))
+    asyncio.run(run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True))  # warm up
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = asyncio.run(run_loopback(audio, Impairment(), concealer="zeros", realtime=True))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "path": "jam",
+        "seconds": round(wall, 2),
+        "cpu_percent_of_one_core": round(100 * cpu / wall, 2),
+        "packets": result.stats["packets_sent"],
+        "packets_concealed": result.stats["packets_concealed"],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
+    }

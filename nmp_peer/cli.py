@@ -217,7 +217,7 @@ def lab(
     clips: Annotated[Path, typer.Option(help="Folder of WAV/FLAC/OGG clips (sub-folders name categories).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, metrics.csv/json and plots.")],
     methods: Annotated[str, typer.Option(help="Comma-separated concealers.")] = "zeros,repeat,lpc",
-    loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | trace (comma-separated for several).")] = "gilbert",
+    loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | challenge | trace (comma-separated for several).")] = "gilbert",
     loss: Annotated[str, typer.Option(help="Loss rate(s), comma-separated, e.g. 0.05,0.1,0.2.")] = "0.1",
     burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).")] = 2.0,
     traces: Annotated[Optional[Path], typer.Option(help="Folder of trace files (for --loss-model trace).")] = None,
@@ -257,10 +257,12 @@ def lab(
             if not files:
                 raise UserError(f"no *.txt trace files in {traces}")
             settings += [Setting("trace", trace=str(f)) for f in files]
+        elif model == "challenge":  # bursts of 1-6 packets, some of 7-16, as in the challenge's traces
+            settings += [Setting("challenge", r) for r in rates]
         elif model in ("bernoulli", "gilbert"):
             settings += [Setting(model, r, burst, jitter_ms=jitter_ms) for r in rates]
         else:
-            raise UserError(f"unknown loss model {model!r}; choose bernoulli, gilbert or trace")
+            raise UserError(f"unknown loss model {model!r}; choose bernoulli, gilbert, challenge or trace")
     if not clips.is_dir():
         raise UserError(f"clips folder {clips} does not exist")
     try:
@@ -370,7 +372,7 @@ def devices() -> None:
 
 @app.command()
 def bench(
-    path: Annotated[Optional[str], typer.Option(help="receive: parse + jitter buffer + playout per packet.")] = None,
+    path: Annotated[Optional[str], typer.Option(help="receive: parse + jitter buffer + playout per packet; jam: CPU of a real-time loopback jam.")] = None,
     method: Annotated[Optional[str], typer.Option(help="A concealer: time per concealed packet.")] = None,
     codec: Annotated[Optional[str], typer.Option(help="pcm16 | opus: encode + decode time per packet, bitrate.")] = None,
     bitrate: Annotated[int, typer.Option(help="Opus bitrate for --codec opus.")] = 128_000,
@@ -379,7 +381,7 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
 ) -> None:
     """Benchmarks on one thread; prints one JSON object."""
-    from nmp_peer.bench import bench_codec, bench_method, bench_receive
+    from nmp_peer.bench import bench_codec, bench_jam, bench_method, bench_receive
 
     if sum(x is not None for x in (path, method, codec)) != 1:
         raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
@@ -388,9 +390,9 @@ def bench(
             raise UserError(f"unknown codec {codec!r}; choose pcm16 or opus")
         result = bench_codec(codec, bitrate=bitrate)
     elif path is not None:
-        if path != "receive":
-            raise UserError(f"unknown benchmark path {path!r}; choose receive")
-        result = bench_receive(packets)
+        if path not in ("receive", "jam"):
+            raise UserError(f"unknown benchmark path {path!r}; choose receive or jam")
+        result = bench_receive(packets) if path == "receive" else bench_jam()
     else:
         from nmp_peer.conceal import concealer_names
 

@@ -169,7 +169,7 @@ async def _run_realtime(
         return (loop.time() - t0) * SAMPLE_RATE
 
     def deliver(data: bytes) -> None:
-        loop.create_task(sender.send(data, address))
+        sender.send_nowait(data, address)
 
     async def send() -> None:
         for k, block in enumerate(blocks):
@@ -178,7 +178,10 @@ async def _run_realtime(
             decision = impairment.next_decision()
             decisions.append(decision)
             for delay_s in decision.delays_s:
-                loop.call_later(delay_s, deliver, data)
+                if delay_s > 0:
+                    loop.call_later(delay_s, deliver, data)
+                else:
+                    deliver(data)
 
     async def receive() -> None:
         while True:

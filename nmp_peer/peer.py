@@ -143,7 +143,7 @@ class Peer:
         packet = self.packetizer.packetize(block)
         if self.authenticator is not None:
             packet = self.authenticator.sign(packet)
-        await sock.send(packet.serialize(), addr)
+        sock.send_nowait(packet.serialize(), addr)
         self.engine.stats.packets_sent += 1
 
     async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:

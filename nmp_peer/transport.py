@@ -83,6 +83,13 @@ class UdpSocket:
         except OSError:
             self.send_errors += 1
 
+    def send_nowait(self, data: bytes, addr: Address) -> None:
+        """Send without a task or an await: UDP never blocks, and a full buffer drops (counted)."""
+        try:
+            self._stream._transport.sendto(data, addr)  # asyncio-dgram exposes no synchronous send
+        except OSError:
+            self.send_errors += 1
+
     async def receive(self) -> tuple[bytes, Address]:
         """The next datagram; raises ``asyncio_dgram.TransportClosed`` once closed."""
         while True:

@@ -25,7 +25,7 @@ from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.lab import metrics
 from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import make_loss_model, read_trace
+from nmp_peer.lab.loss import challenge_like_trace, make_loss_model, read_trace
 from nmp_peer.lab.simulate import conceal_trace, play_network
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -47,6 +47,8 @@ class Setting:
     def label(self) -> str:
         if self.model == "trace":
             return f"trace {Path(self.trace or '').stem}"
+        if self.model == "challenge":
+            return f"challenge-like {self.loss:.0%}"
         text = f"{self.model} {self.loss:.0%}"
         if self.model == "gilbert":
             text += f" burst {self.burst:g}"
@@ -139,6 +141,8 @@ def loss_mask(setting: Setting, n_packets: int, seed: int) -> np.ndarray:
         mask = np.zeros(n_packets, bool)
         mask[: min(len(trace), n_packets)] = trace[:n_packets]
         return mask
+    if setting.model == "challenge":
+        return challenge_like_trace(n_packets, seed=seed, loss_rate=setting.loss or 0.10)
     return make_loss_model(setting.model, setting.loss, setting.burst, None, seed).sample(n_packets)
 
 
