@@ -128,7 +128,9 @@ class LpcConcealer(Concealer):
         n = self.context_samples
         if len(hist) < n:
             hist = np.concatenate([np.zeros((n - len(hist), hist.shape[1])), hist])
-        hist = np.nan_to_num(hist[-n:], nan=0.0, posinf=0.0, neginf=0.0)
+        hist = hist[-n:]
+        if not np.isfinite(hist).all():  # rare: nan_to_num's own cost is not
+            hist = np.nan_to_num(hist, nan=0.0, posinf=0.0, neginf=0.0)
         out = np.empty((self.predict_samples, hist.shape[1]), np.float32)
         for ch in range(hist.shape[1]):
             out[:, ch] = self._conceal_channel(hist[:, ch])
