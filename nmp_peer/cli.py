@@ -271,9 +271,19 @@ def lab(
         raise UserError(str(exc)) from None
     job_list = plan(clip_files, clips, settings, method_list, metric_list, seed, max_seconds)
     start = time.perf_counter()
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"{len(clip_files)} clips × {len(settings)} settings × {len(method_list)} methods", total=len(job_list))
-        rows = run_jobs(job_list, jobs, lambda n: progress.advance(task, n))
+    title = f"{len(clip_files)} clips × {len(settings)} settings × {len(method_list)} methods"
+    if sys.stderr.isatty():
+        with Progress(transient=True) as progress:
+            task = progress.add_task(title, total=len(job_list))
+            rows = run_jobs(job_list, jobs, lambda n: progress.advance(task, n))
+    else:  # a log file: one line per job instead of a bar
+        done = [0]
+
+        def log(n: int) -> None:
+            done[0] += n
+            print(f"lab: {done[0]}/{len(job_list)} jobs ({title})", file=sys.stderr, flush=True)
+
+        rows = run_jobs(job_list, jobs, log)
     wall = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     report.write_rows(rows, out)
