@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/nmp-peer demo --out out/demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not docker"
 
 bench: setup
 	$(BIN)/nmp-peer bench --path receive --json
@@ -41,3 +41,5 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+include mk/docker.mk

@@ -1,6 +1,7 @@
-"""``nmp-peer impair``: the UDP impairment relay as a command (see ``nmp_peer.relay``).
+"""``nmp-peer impair`` (the UDP impairment relay, see ``nmp_peer.relay``) and ``nmp-peer scenarios``
+(named hostile networks between two peers, see ``nmp_peer.scenarios``).
 
-``register(app)`` adds the command to the main ``nmp-peer`` app. A bad value raises
+``register(app)`` adds both to the main ``nmp-peer`` app. A bad value raises
 ``ValueError`` with a one-line message, which the main CLI prints as
 ``nmp-peer: error: <msg>`` with exit code 2.
 """
@@ -87,7 +88,9 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``impair`` to ``app`` (once: a second call changes nothing)."""
+    """Add ``impair`` and the ``scenarios`` group to ``app`` (once: a second call changes nothing)."""
+    if not any(info.name == "scenarios" for info in app.registered_groups):
+        app.add_typer(scenarios_app, name="scenarios")
     if any(info.name == "impair" or getattr(info.callback, "__name__", "") == "impair" for info in app.registered_commands):
         return
 
@@ -136,6 +139,72 @@ def register(app: typer.Typer) -> None:
             return await relay.run(duration)
 
         _write_json(summary, asyncio.run(main()))
+
+
+scenarios_app = typer.Typer(
+    no_args_is_help=True,
+    help="Named hostile networks between two peers (conf/scenarios.toml): run them, report what B heard.",
+)
+FileOpt = Annotated[Optional[Path], typer.Option("--file", help="Scenario file (default: conf/scenarios.toml).")]
+
+
+@scenarios_app.command("list")
+def scenarios_list(file: FileOpt = None) -> None:
+    """The scenarios: name, what the network does."""
+    from nmp_peer.scenarios import load_scenarios
+
+    scenarios = load_scenarios(file)
+    width = max(len(s.name) for s in scenarios)
+    for s in scenarios:
+        print(f"{s.name:<{width}}  {s.description}")
+
+
+@scenarios_app.command("run")
+def scenarios_run(
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, plots, results.json and one folder per jam.")],
+    backend: Annotated[str, typer.Option(help="loopback (127.0.0.1) | netns (root) | docker (compose)")] = "loopback",
+    concealers: Annotated[str, typer.Option(help="Comma-separated concealers.")] = "zeros,repeat,lpc",
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated scenario names (default: all).")] = None,
+    seconds: Annotated[float, typer.Option(help="How long A and B play together in each jam.")] = 6.0,
+    file: FileOpt = None,
+    clip: Annotated[str, typer.Option(help="auto (FluidSynth demo clip if installed) | demo | synthetic")] = "auto",
+    visqol: Annotated[bool, typer.Option("--visqol/--no-visqol", help="Also ViSQOL (slow: ~1.3 s per second of audio).")] = False,
+    image: Annotated[str, typer.Option(help="docker: the nmp-peer image (make docker-image).")] = "nmp-peer:latest",
+    netem: Annotated[str, typer.Option(help="docker: off (relay) | on | auto (kernel netem where it can).")] = "off",
+) -> None:
+    """Play every scenario × concealer through the backend; write report.md, plots and results.json.
+
+    Exit code 1 when a jam failed or a peer's counters disagree with the relay's log.
+    """
+    from nmp_peer.scenarios import load_scenarios, select
+    from nmp_peer.scenarios.runner import run_scenarios
+
+    chosen = select(load_scenarios(file), only)
+    names = [c.strip() for c in concealers.split(",") if c.strip()]
+    print(f"{len(chosen)} scenarios × {len(names)} concealers on {backend}, {seconds:g} s each -> {out}", file=sys.stderr)
+    entries = run_scenarios(chosen, out, backend=backend, concealers=names, seconds=seconds, clip=clip, visqol=visqol,
+                            image=image, netem=netem, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    bad = [e for e in entries if e.get("error") or not e["analysis"]["counters"]["ok"]]
+    print(f"wrote {out}/report.md, results.json and plots; {len(entries) - len(bad)}/{len(entries)} jams agree "
+          f"with the relay's log", file=sys.stderr)
+    if bad:
+        raise SystemExit(1)
+
+
+@scenarios_app.command("clip")
+def scenarios_clip(
+    path: Annotated[Path, typer.Argument(help="WAV file to write (mono, 16-bit, 44.1 kHz).")],
+    seconds: Annotated[float, typer.Option(help="Length.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the notes.")] = 1,
+    kind: Annotated[str, typer.Option(help="auto (FluidSynth demo clip if installed) | demo | synthetic")] = "auto",
+) -> None:
+    """Write the clip a scenario peer plays (the compose file's peers use it when none is given)."""
+    from nmp_peer.scenarios.spec import write_clip
+
+    if not 0.5 <= seconds <= 3600:
+        raise ValueError(f"--seconds must be in [0.5, 3600], got {seconds:g}")
+    what = write_clip(path, seconds, seed, kind)
+    print(f"wrote {path} ({what}, {seconds:g} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":  # ``python -m nmp_peer.cli_net impair ...``, whether or not cli.py registers it

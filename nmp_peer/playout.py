@@ -308,6 +308,9 @@ class PlayoutEngine:
         return event
 
     def _append_real(self, block: np.ndarray) -> None:
+        if self._requested is not None:  # the packet came after all: that concealment is stale
+            self.worker.cancel()
+            self._requested = None
         if self._splice is not None:
             n = len(self._splice_fade)
             block = block.copy()
@@ -409,7 +412,8 @@ class PlayoutEngine:
         exactly the right history and becomes the inserted block.
         """
         self._pending_insert = False
-        self._append_concealed(self._requested, count_miss=False)
+        current = self._requested if self._requested == self.jitter.next_seq else None
+        self._append_concealed(current, count_miss=False)
         self.controller.shift(BLOCK_FRAMES)
         self.stats.blocks_inserted += 1
         self._request_next()

@@ -1,0 +1,12 @@
+"""Pre-concert checks: two peers with a hostile network between them, and what the audience hears.
+
+``spec`` (named scenarios from ``conf/scenarios.toml``, the clips), ``jam`` (one jam
+through the relay on the loopback, netns or docker backend), ``analysis`` (counters
+against the relay's ground truth, alignment, quality), ``runner`` (every scenario ×
+concealer), ``report`` (report.md and plots), ``docker`` (engine, compose, netem).
+``nmp-peer scenarios run`` is the command.
+"""
+
+from nmp_peer.scenarios.spec import Scenario, ScenarioError, load_scenarios, select
+
+__all__ = ["Scenario", "ScenarioError", "load_scenarios", "select"]

@@ -1,0 +1,140 @@
+"""The container side: is there a Docker engine, a compose, the image, netem?
+
+``docker/compose.yaml`` holds the services; ``mk/docker.mk`` builds the image
+(``make docker-image``). Each check returns None when all is well, else the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from nmp_peer.netns import check_address
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent.parent / "docker" / "compose.yaml"
+DEFAULT_IMAGE = "nmp-peer:latest"
+SUBNET_SPACE = ipaddress.ip_network("198.18.0.0/15")
+RESERVED_THIRD_OCTETS = range(0, 8)
+"""198.18.0-7.x stay free for the namespace lab (198.18.1.0/24 and 198.18.2.0/24)."""
+
+
+def _quiet(args: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def engine_answers() -> bool:
+    r = _quiet(["docker", "info", "--format", "{{.ServerVersion}}"])
+    return r is not None and r.returncode == 0 and bool(r.stdout.strip())
+
+
+def start_dockerd(log: str = "/tmp/dockerd.log", timeout_s: float = 30.0) -> str | None:
+    """Start ``dockerd`` in the background when no engine answers; None once one does, else why not."""
+    if engine_answers():
+        return None
+    if shutil.which("dockerd") is None:
+        return "no Docker engine answers and `dockerd` is not installed (apt-get install docker.io)"
+    if os.geteuid() != 0:
+        return f"no Docker engine answers and starting dockerd needs root (running as uid {os.geteuid()})"
+    with open(log, "ab") as f:
+        subprocess.Popen(["dockerd"], stdout=f, stderr=f, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if engine_answers():
+            return None
+        time.sleep(0.5)
+    return f"dockerd did not answer within {timeout_s:g} s (see {log})"
+
+
+def compose_command(project: str) -> list[str]:
+    """``docker-compose`` (v1) or ``docker compose`` (v2), for ``project`` and docker/compose.yaml."""
+    if shutil.which("docker-compose"):
+        base = ["docker-compose"]
+    else:
+        base = ["docker", "compose"]
+    return [*base, "--project-name", project, "--file", str(COMPOSE_FILE)]
+
+
+def compose_unavailable() -> str | None:
+    if shutil.which("docker-compose"):
+        return None
+    r = _quiet(["docker", "compose", "version"])
+    if r is not None and r.returncode == 0:
+        return None
+    return "neither `docker-compose` nor `docker compose` is installed (apt-get install docker-compose)"
+
+
+def image_exists(image: str = DEFAULT_IMAGE) -> bool:
+    r = _quiet(["docker", "image", "inspect", image])
+    return r is not None and r.returncode == 0
+
+
+def docker_unavailable(image: str = DEFAULT_IMAGE, *, start: bool = False) -> str | None:
+    """None when the docker backend can run ``image`` here (starting dockerd if ``start``), else why not."""
+    if shutil.which("docker") is None:
+        return "the `docker` command is not installed (apt-get install docker.io)"
+    reason = start_dockerd() if start else (None if engine_answers() else "no Docker engine answers (start dockerd)")
+    if reason:
+        return reason
+    reason = compose_unavailable()
+    if reason:
+        return reason
+    if not image_exists(image):
+        return f"image {image} not found: build it with `make docker-image`"
+    return None
+
+
+def used_subnets() -> list[ipaddress.IPv4Network]:
+    r = _quiet(["docker", "network", "ls", "-q"])
+    if r is None or r.returncode != 0 or not r.stdout.split():
+        return []
+    r = _quiet(["docker", "network", "inspect", *r.stdout.split()])
+    nets: list[ipaddress.IPv4Network] = []
+    for net in json.loads(r.stdout) if r is not None and r.returncode == 0 else []:
+        for cfg in (net.get("IPAM") or {}).get("Config") or []:
+            try:
+                nets.append(ipaddress.ip_network(cfg.get("Subnet", ""), strict=False))  # type: ignore[arg-type]
+            except ValueError:
+                pass
+    return nets
+
+
+def pick_subnet() -> str:
+    """A free /24 inside 198.18.0.0/15 as its first three octets ("198.18.57"), at random."""
+    used = used_subnets()
+    candidates = [f"198.{hi}.{lo}" for hi in (18, 19) for lo in range(256) if not (hi == 18 and lo in RESERVED_THIRD_OCTETS)]
+    random.shuffle(candidates)
+    for prefix in candidates:
+        net = ipaddress.ip_network(f"{prefix}.0/24")
+        if net.subnet_of(SUBNET_SPACE) and not any(net.overlaps(u) for u in used):
+            check_address(f"{prefix}.2")
+            return prefix
+    raise RuntimeError("no free /24 left in 198.18.0.0/15 for a container network")
+
+
+def netem_unavailable() -> str | None:
+    """None when this kernel has netem (``tc qdisc add dev lo root netem`` in a throwaway namespace)."""
+    if shutil.which("tc") is None or shutil.which("ip") is None:
+        return "`tc` or `ip` (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "probing netem needs root (a throwaway network namespace)"
+    ns = f"nmpnetem{os.getpid() % 100000}{secrets.token_hex(2)}"
+    r = _quiet(["ip", "netns", "add", ns])
+    if r is None or r.returncode != 0:
+        return f"cannot create a network namespace to probe netem: {r.stderr.strip() if r else 'ip failed'}"
+    try:
+        r = _quiet(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+        if r is None:
+            return "tc did not answer"
+        return None if r.returncode == 0 else f"this kernel has no netem: {r.stderr.strip()}"
+    finally:
+        _quiet(["ip", "netns", "del", ns])
