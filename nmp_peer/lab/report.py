@@ -60,6 +60,30 @@ def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequenc
     return "\n".join(lines)
 
 
+def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequence[str]) -> str:
+    """Per setting, each method minus ``baseline`` on the same clip: the mean difference and
+    its 95 % CI. Pairing removes the clip-to-clip spread that dominates the plain means."""
+    by_key = {(r["setting"], r["clip"], r["method"]): r for r in rows}
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
+    header = ["setting", "method", "n", *(f"Δ {METRIC_INFO.get(m, (m,))[0]}" for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting in sorted({r["setting"] for r in rows}):
+        clips = sorted({r["clip"] for r in rows if r["setting"] == setting})
+        for method in methods:
+            cells, n = [], 0
+            for m in metrics:
+                diffs = []
+                for c in clips:
+                    a, b = by_key.get((setting, c, method)), by_key.get((setting, c, baseline))
+                    if a is not None and b is not None:
+                        diffs.append(float(a.get(m, math.nan)) - float(b.get(m, math.nan)))
+                mean, half, k = mean_ci(diffs)
+                n = max(n, k)
+                cells.append("–" if math.isnan(mean) else (f"{mean:+.3f}" if math.isnan(half) else f"{mean:+.3f} ± {half:.3f}"))
+            lines.append("| " + " | ".join([setting, f"{method} − {baseline}", str(n), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def write_rows(rows: Sequence[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fields: list[str] = []
@@ -102,6 +126,18 @@ def write_report(
         _table(rows, ["setting", "method"], shown),
         "",
     ]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if "repeat" in methods and len(methods) > 1:
+        quality = [m for m in shown if m != "conceal_ms_per_packet"]
+        sections += [
+            "## Paired with `repeat` on the same clips",
+            "",
+            "Each method minus `repeat`, clip by clip; an interval that excludes 0 is a "
+            "difference the clips support (for LSD and MR-STFT, negative is better).",
+            "",
+            paired_table(rows, "repeat", quality),
+            "",
+        ]
     categories = {r["category"] for r in rows}
     if len(categories) > 1:
         sections += ["## By category (all settings)", "", _table(rows, ["category", "method"], [m for m in shown if m in ("visqol", "lsd", "snr", "plcmos")]), ""]
