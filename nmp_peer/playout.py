@@ -316,7 +316,14 @@ class PlayoutEngine:
             block = block.copy()
             block[:n] = self._splice[:n] + (block[:n] - self._splice[:n]) * self._splice_fade
             self._splice = None
-        if self._burst > 0 and self._codec_gap:  # the codec joins its own concealment
+        if self._burst > 0 and self._codec_gap:
+            # The codec joins its own concealment; only where the burst fade attenuated
+            # that concealment does the real audio fade back in, from the level it reached.
+            level = float(self._gain(self._burst * BLOCK_FRAMES, 1)[0, 0])
+            if level < 1.0:
+                block = block.copy()
+                n = len(self._recovery)
+                block[:n] *= level + (1.0 - level) * self._recovery
             self._burst, self._codec_gap = 0, False
         if self._burst > 0:
             block = block.copy()

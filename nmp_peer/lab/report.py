@@ -145,6 +145,7 @@ def write_report(
         sections += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     path = out / "report.md"
     path.write_text("\n".join(sections))
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return path
 
 
