@@ -12,6 +12,8 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
+from nmp_peer.jsonio import write_json
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -35,18 +37,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmp_peer.synth.render import SynthUnavailableError
 
     return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError, KeyFileError)
-
-
-def _write_json(path: Path | None, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True)
-    if path is None:
-        print(text)
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
@@ -84,10 +74,10 @@ def _config(config: str | None, concealer: str | None, channels: int | None = No
     except Exception as exc:  # pydantic's ValidationError, reworded as the config loader does
         from pydantic import ValidationError
 
-        from nmp_peer.config import _first_error
+        from nmp_peer.config import first_error
 
         if isinstance(exc, ValidationError):
-            raise ConfigError(_first_error(exc)) from None
+            raise ConfigError(first_error(exc)) from None
         raise
 
 
@@ -130,9 +120,9 @@ def jam(
         codec=encoder,
     )
     summary = asyncio.run(Peer(options).run())
-    _write_json(None, summary)
+    write_json(None, summary)
     if stats is not None:
-        _write_json(stats, summary)
+        write_json(stats, summary)
 
 
 @app.command()
@@ -183,7 +173,7 @@ def loopback(
     result.stats["concealer"] = cfg.conceal.method
     result.stats["mode"] = "realtime" if realtime else "fast"
     result.stats["codec"] = cfg.audio.codec
-    _write_json(stats, result.stats)
+    write_json(stats, result.stats)
     if plot is not None:
         from nmp_peer.plots import plot_timeline
 

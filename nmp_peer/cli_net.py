@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from nmp_peer.jsonio import write_json
 
 from nmp_peer.lab.impair import Impairment
 from nmp_peer.lab.loss import LOSS_KINDS, make_loss_model
@@ -75,18 +76,6 @@ def make_impairment(
     return Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
 
 
-def _write_json(path: Path | None, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True)
-    if path is None:
-        print(text)
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise ValueError(f"cannot write {path}: {exc.strerror}") from None
-
-
 def register(app: typer.Typer) -> None:
     """Add ``impair`` and the ``scenarios`` group to ``app`` (once: a second call changes nothing)."""
     if not any(info.name == "scenarios" for info in app.registered_groups):
@@ -138,7 +127,7 @@ def register(app: typer.Typer) -> None:
             print(f"nmp-peer impair: relaying {host}:{port} <-> {relay.forward}", file=sys.stderr, flush=True)
             return await relay.run(duration)
 
-        _write_json(summary, asyncio.run(main()))
+        write_json(summary, asyncio.run(main()))
 
 
 scenarios_app = typer.Typer(

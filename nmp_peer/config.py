@@ -124,13 +124,26 @@ class Config(_Section):
         return replace(base, latency=latency)
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """The first validation error as ``key.path: reason``."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     return f"{where}: {msg}"
+
+
+def read_toml(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """Parse a TOML file; any failure becomes ``error`` with a one-line message naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -140,18 +153,11 @@ def load_config(path: str | Path | None = None) -> Config:
     p = Path(path)
     if not p.exists() and (CONF_DIR / f"{path}.toml").exists():
         p = CONF_DIR / f"{path}.toml"
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    data = read_toml(p, ConfigError, "config file")
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{p}: {_first_error(exc)}") from None
+        raise ConfigError(f"{p}: {first_error(exc)}") from None
     key_file = cfg.security.key_file
     if key_file is not None and not Path(key_file).is_absolute():
         cfg.security.key_file = str(p.parent / key_file)

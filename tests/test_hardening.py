@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +20,6 @@ from nmp_peer.stats import Stats
 from nmp_peer.transport import Packetizer
 from nmp_peer.wire import Packet
 
-from conftest import music_like
 
 PEER = ("198.18.0.1", 5000)
 TONE_HZ = 4 * SAMPLE_RATE / BLOCK_FRAMES  # whole periods per packet: every packet identical, seams smooth

@@ -11,7 +11,6 @@ no real clock is running.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -11,7 +11,6 @@ scenario and the reason in one line, like ``conf/*.toml``.
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.config import CONF_DIR
+from nmp_peer.config import CONF_DIR, first_error, read_toml
+from nmp_peer.synth.signals import synthetic_music
 
 SCENARIOS_FILE = CONF_DIR / "scenarios.toml"
 PACKET_MS = 1000.0 * BLOCK_FRAMES / SAMPLE_RATE
@@ -150,40 +150,24 @@ class ScenarioFile(BaseModel):
     scenario: list[dict[str, object]]
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"{where}: {msg}"
-
-
 def load_scenarios(path: str | Path | None = None) -> list[Scenario]:
     """All scenarios of ``path`` (default ``conf/scenarios.toml``), in file order.
 
     ``[defaults]`` gives values every scenario starts from (e.g. ``seed``, ``config``).
     """
     p = Path(path) if path is not None else SCENARIOS_FILE
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"scenario file {p} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"cannot read scenario file {p}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
+    data = read_toml(p, ScenarioError, "scenario file")
     try:
         parsed = ScenarioFile.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(f"{p}: {_first_error(exc)}") from None
+        raise ScenarioError(f"{p}: {first_error(exc)}") from None
     out: list[Scenario] = []
     for i, raw in enumerate(parsed.scenario):
         label = raw.get("name", f"#{i + 1}")
         try:
             out.append(Scenario.model_validate({**parsed.defaults, **raw}))
         except ValidationError as exc:
-            raise ScenarioError(f"{p}: scenario {label}: {_first_error(exc)}") from None
+            raise ScenarioError(f"{p}: scenario {label}: {first_error(exc)}") from None
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -204,25 +188,6 @@ def select(scenarios: list[Scenario], only: str | list[str] | None) -> list[Scen
 
 
 # ---------------------------------------------------------------------- clips
-def synthetic_music(seconds: float, seed: int = 0) -> np.ndarray:
-    """Harmonic notes with vibrato, a bass line and noise bursts, mono, exact in PCM16.
-
-    The tests' signal: needs nothing installed, and its notes change every quarter
-    second, so every block of it aligns with the sent clip at one lag only.
-    """
-    from nmp_peer.codec import float_to_pcm16, pcm16_to_float
-
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    note = 220 * 2 ** (rng.integers(0, 12, size=int(seconds * 4) + 1) / 12)
-    f = note[(t * 4).astype(int)]
-    phase = 2 * np.pi * np.cumsum(f * (1 + 0.003 * np.sin(2 * np.pi * 5 * t))) / SAMPLE_RATE
-    x = sum(0.15 / k * np.sin(k * phase) for k in range(1, 6))
-    x = x + 0.2 * np.sin(2 * np.pi * 55 * t) + 0.02 * rng.standard_normal(n) * (np.sin(2 * np.pi * 2 * t) > 0.9)
-    return pcm16_to_float(float_to_pcm16(np.asarray(x)[:, None]))
-
-
 def write_clip(path: str | Path, seconds: float, seed: int, kind: str = "auto") -> str:
     """Write a mono PCM16 clip; returns what it is: ``demo`` (FluidSynth piano, bass, drums) or ``synthetic``.
 
