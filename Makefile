@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= opus,lab,test
+EXTRAS  ?= opus,lab,train,test
 APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed

@@ -175,3 +175,25 @@ def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
         "packets_concealed": result.stats["packets_concealed"],
         "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
     }
+
+
+def opus_quality(clips: list[str], bitrates: list[int], seconds: float = 8.0) -> list[dict[str, Any]]:
+    """Quality of clean Opus transmission (no loss) against the original, per bitrate: the
+    lab's ViSQOL and the SNR of the aligned decode, averaged over the clips."""
+    from nmp_peer.lab import metrics
+    from nmp_peer.lab.run import load_clip
+    from nmp_peer.lab.simulate import conceal_trace
+    from nmp_peer.opus import OpusSettings
+
+    refs = [load_clip(c, seconds) for c in clips]
+    rows = []
+    for bitrate in bitrates:
+        settings = OpusSettings(bitrate=bitrate)
+        visqol, snr = [], []
+        for ref in refs:
+            out = conceal_trace(ref, np.zeros(len(ref) // BLOCK_FRAMES + 1, bool), "opus-plc", opus=settings)
+            visqol.append(metrics.visqol_audio(ref[:, 0], out[:, 0]))
+            err = ref[:, 0] - out[:, 0]
+            snr.append(10 * np.log10(np.sum(ref[:, 0] ** 2) / max(np.sum(err**2), 1e-20)))
+        rows.append({"codec": "opus", "bitrate": bitrate, "clips": len(refs), "visqol": round(float(np.mean(visqol)), 3), "snr_db": round(float(np.mean(snr)), 2)})
+    return rows

@@ -25,6 +25,12 @@ def _lpc() -> Concealer:
     return LpcConcealer()
 
 
+def _gan() -> Concealer:
+    from nmp_peer.conceal.gan import GanConcealer
+
+    return GanConcealer()
+
+
 def _opus_plc() -> Concealer:
     from nmp_peer.conceal.simple import OpusPlcConcealer
 
@@ -41,6 +47,7 @@ FACTORIES: dict[str, Callable[[], Concealer]] = {
     "zeros": _zeros,
     "repeat": _repeat,
     "lpc": _lpc,
+    "gan": _gan,
     "opus-plc": _opus_plc,
     "opus-fec": _opus_fec,
 }

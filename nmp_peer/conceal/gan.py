@@ -4,8 +4,10 @@ On each lost packet the LPC concealer predicts 1024 samples (this packet and the
 The last 3072 samples of the history and those 1024 form a 4096-sample chunk; its
 compressed STFT magnitude (1 x 256 bins x 256 frames) goes through the generator, an
 onnxruntime session, and the refined magnitude with the LP phase is inverted back to
-the last 1024 samples. The first 128 samples of the packet fade from LP to the refined
-signal (half-Hann), so the seam with the history stays the LPC's.
+the last 1024 samples. The exported generator computes only the 79 output frames that
+reach those samples (``nmp_peer.train.export``), exactly as the full network would.
+The first 128 samples of the packet fade from LP to the refined signal (half-Hann), so
+the seam with the history stays the LPC's.
 
 The spectral front end (``SpectralFrontEnd``) is numpy only and is also what training
 uses to make the network's inputs and targets, so training and runtime agree by
@@ -184,7 +186,9 @@ class GanConcealer(Concealer):
     context_samples = 3584
     predict_samples = PREDICT_SAMPLES
 
-    def __init__(self, model_path: str | Path | None = None, threads: int = 1, lpc: LpcConcealer | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, threads: int = 1, lpc: LpcConcealer | None = None
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(model_path) if model_path is not None else default_model_path()
@@ -194,7 +198,7 @@ class GanConcealer(Concealer):
                 "python -m nmp_peer.train.train ... and python -m nmp_peer.train.export "
                 "(see docs/model-card.md), or choose another concealer"
             )
-        self.lpc = lpc if lpc is not None else LpcConcealer(context_samples=self.context_samples, predict_samples=PREDICT_SAMPLES)
+        self.lpc = lpc or LpcConcealer(context_samples=self.context_samples, predict_samples=PREDICT_SAMPLES)
         if self.lpc.predict_samples != PREDICT_SAMPLES or self.lpc.context_samples > self.context_samples:
             raise ValueError("the LPC stage must predict 1024 samples from at most 3584")
         self.recovery_fade_samples = self.lpc.recovery_fade_samples
@@ -205,11 +209,17 @@ class GanConcealer(Concealer):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
-        for key, value in (("n_fft", N_FFT), ("hop", HOP), ("chunk_samples", CHUNK_SAMPLES)):
+        expected = {"n_fft": N_FFT, "hop": HOP, "chunk_samples": CHUNK_SAMPLES, "output_from_frame": GAP_FRAME}
+        for key, value in expected.items():
             if key in meta and int(meta[key]) != value:
                 raise ValueError(f"{path}: model was trained with {key}={meta[key]}, runtime uses {value}")
         self.metadata = dict(meta)
         self._input = self.session.get_inputs()[0].name
+        frames = self.session.get_outputs()[0].shape[-1]
+        if frames not in (N_FRAMES, N_FRAMES - GAP_FRAME):
+            raise ValueError(
+                f"{path}: the model outputs {frames} frames, expected {N_FRAMES - GAP_FRAME} or {N_FRAMES}"
+            )
         self.front = SpectralFrontEnd()
         self._chunk = np.empty(CHUNK_SAMPLES, np.float32)
         self._lock = threading.Lock()

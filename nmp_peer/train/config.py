@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     features: int = 16
     norm: str = "batch"
+    residual: bool = True
     disc_features: int = 16
 
 
@@ -47,6 +48,10 @@ class LossConfig:
     adversarial_start_step: int = 0
     log_eps: float = 1e-4
     discriminator_frames: int = 128
+    loss_frames: str = "gap"
+    """Frames the spectral losses compare: ``"gap"``, the 79 that reach the 1024 predicted
+    samples; ``"packet"``, the 67 that reach what the engine plays of them, the first
+    packet and the 64-sample recovery fade (a burst's next packet is predicted afresh)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,13 @@ class TrainConfig:
         return asdict(self)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataSettings, "optim": OptimConfig, "loss": LossConfig, "train": RunConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataSettings,
+    "optim": OptimConfig,
+    "loss": LossConfig,
+    "train": RunConfig,
+}
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, dict[str, Any]]:
@@ -147,8 +158,10 @@ def _check(c: TrainConfig, path: Path) -> None:
         problems.append("optim.final_lr_fraction must be in (0, 1]")
     if c.loss.generator_steps_per_discriminator_step < 1:
         problems.append("loss.generator_steps_per_discriminator_step must be >= 1")
-    if c.loss.discriminator_frames not in (64, 128, 256):
-        problems.append("loss.discriminator_frames must be 64, 128 or 256")
+    if c.loss.discriminator_frames not in (128, 256):
+        problems.append("loss.discriminator_frames must be 128 or 256 (it must hold the 79 gap frames)")
+    if c.loss.loss_frames not in ("gap", "packet"):
+        problems.append("loss.loss_frames must be gap or packet")
     if not 0 <= c.train.ema_decay < 1:
         problems.append("train.ema_decay must be in [0, 1)")
     if not 0 <= c.data.burst_fraction <= 1:

@@ -8,8 +8,12 @@ the gap is predicted from a history that holds that concealment, as in the secon
 packet of a burst (Daniotti & Turchet trained with already-concealed contexts).
 
 LP filling costs about a millisecond per example, so it is done once: one ``.npz``
-shard per clip, int16, written by a pool of processes, reused while the clips and the
-data settings stay the same (a hash of both names the cache). Rendering, caching and
+shard per clip, written by a pool of processes, reused while the clips and the data
+settings stay the same (a hash of both names the cache). The true chunks are stored as
+int16 (they come from 16-bit WAVs, exactly), the LP part as float32, exactly as the
+runtime hands it to the network: a first cache stored it as int16 too, which added a
+16-bit noise floor (+3 dB in empty bands) to every training input but to no runtime
+input, and the network learned to remove it (docs/model-card.md). Rendering, caching and
 training may therefore be interrupted and resumed at any point.
 """
 
@@ -33,6 +37,8 @@ LPC_CONTEXT_SAMPLES = 3584
 FILL_SAMPLES = PREDICT_SAMPLES + BLOCK_FRAMES
 """Stored per example besides the clean chunk: the input's last 1536 samples (a concealed
 packet before the gap, if any, and the LP part)."""
+CACHE_FORMAT = 2
+"""Bumped when what a shard holds changes (2: the LP part in float32), so old caches are not reused."""
 LEAD_SAMPLES = LPC_CONTEXT_SAMPLES + BLOCK_FRAMES - CHUNK_CONTEXT_SAMPLES
 """Audio needed before a chunk: the LPC context of the earlier packet of a burst."""
 
@@ -50,7 +56,7 @@ class DataSettings:
 
 @dataclass
 class ChunkSet:
-    """``clean``: (N, 4096) int16, the true chunks; ``fill``: (N, 1536) int16, the input's tail."""
+    """``clean``: (N, 4096) int16, the true chunks; ``fill``: (N, 1536) float32, the input's tail."""
 
     clean: np.ndarray
     fill: np.ndarray
@@ -62,7 +68,7 @@ class ChunkSet:
         """(LP-filled input, clean target) as float32 ``(B, 4096)``."""
         clean = self.clean[index].astype(np.float32) * (1.0 / 32768.0)
         inp = clean.copy()
-        inp[:, -FILL_SAMPLES:] = self.fill[index].astype(np.float32) * (1.0 / 32768.0)
+        inp[:, -FILL_SAMPLES:] = self.fill[index]
         return inp, clean
 
 
@@ -78,7 +84,9 @@ def find_clips(data_dir: Path) -> tuple[list[Path], list[Path]]:
     return [f for f in files if f not in held], held
 
 
-def make_examples(audio: np.ndarray, settings: DataSettings, seed: Sequence[int], max_chunks: int | None = None) -> ChunkSet:
+def make_examples(
+    audio: np.ndarray, settings: DataSettings, seed: Sequence[int], max_chunks: int | None = None
+) -> ChunkSet:
     """Cut and LP-fill the examples of one clip (mono float)."""
     rng = np.random.default_rng(list(seed))
     lpc = LpcConcealer(context_samples=LPC_CONTEXT_SAMPLES, predict_samples=PREDICT_SAMPLES)
@@ -101,9 +109,9 @@ def make_examples(audio: np.ndarray, settings: DataSettings, seed: Sequence[int]
                 work[first:gap] = lpc.conceal(work[first - LPC_CONTEXT_SAMPLES : first, None], 0)[:BLOCK_FRAMES, 0]
             work[gap:] = lpc.conceal(work[gap - LPC_CONTEXT_SAMPLES : gap, None], 1)[:, 0]
             clean.append(_pcm16(seg[LEAD_SAMPLES:]))
-            fill.append(_pcm16(work[-FILL_SAMPLES:]))
+            fill.append(work[-FILL_SAMPLES:].astype(np.float32))
     if not clean:
-        return ChunkSet(np.zeros((0, CHUNK_SAMPLES), np.int16), np.zeros((0, FILL_SAMPLES), np.int16))
+        return ChunkSet(np.zeros((0, CHUNK_SAMPLES), np.int16), np.zeros((0, FILL_SAMPLES), np.float32))
     return ChunkSet(np.stack(clean), np.stack(fill))
 
 
@@ -142,7 +150,7 @@ def build_cache(
 ) -> ChunkSet:
     """LP-fill the examples of ``files`` into ``cache_dir`` (reusing shards already there) and load them."""
     key = hashlib.sha256(
-        json.dumps([asdict(settings), max_chunks_per_clip, [f.name for f in files]]).encode()
+        json.dumps([CACHE_FORMAT, asdict(settings), max_chunks_per_clip, [f.name for f in files]]).encode()
     ).hexdigest()[:12]
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,13 @@ the encoder has ``features * (1, 2, 4, 4, 4)`` channels, so ``features=16`` is t
 report's [16, 32, 64, 64, 64] (about 81 K parameters, the authors' training configs)
 and ``features=64`` reproduces the report's Table I (1,152,449 parameters).
 
+``residual`` (a departure from the report, on by default) adds the input's logit before
+the output sigmoid, so the network learns a correction of the LP-filled spectrogram
+rather than the whole spectrogram; its last layer starts at zero, so the untrained
+generator returns the LPC prediction unchanged. The LPC it refines is already good
+(it keeps level and spectrum, see ``nmp_peer.conceal.lpc``), and a short training run
+cannot spend its steps relearning the identity.
+
 ``norm`` picks the normalisation after each pointwise convolution: ``"batch"`` (the
 report's BatchNorm; folded into the convolutions at export) or ``"group"`` (GroupNorm,
 no running statistics, so no train/eval mismatch and no recalibration; costs a little
@@ -22,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ENCODER_MULTIPLIERS = (1, 2, 4, 4, 4)
+OUTPUT_BIAS_INIT = -4.0
+RESIDUAL_EPS = 1e-6
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -61,40 +70,81 @@ class DownBlock(nn.Module):
         return self.act(self.norm(y))
 
 
+_SUBPIXEL_TAPS = torch.zeros(2, 3, 4)
+# ConvTranspose(k=4, stride 2, padding 1) along one axis: output 2m takes x[m-1] w[3] +
+# x[m] w[1], output 2m+1 takes x[m] w[2] + x[m+1] w[0]; row a (output parity) maps the
+# 4 kernel taps onto the 3 input offsets -1, 0, +1.
+_SUBPIXEL_TAPS[0, 0, 3] = _SUBPIXEL_TAPS[0, 1, 1] = 1.0
+_SUBPIXEL_TAPS[1, 1, 2] = _SUBPIXEL_TAPS[1, 2, 0] = 1.0
+
+
 class UpBlock(nn.Module):
     """4x4 depthwise transposed conv, stride 2 -> 1x1 pointwise -> norm -> ReLU
-    (the last one: no norm, sigmoid). ``fused`` as in ``DownBlock``."""
+    (the last one: no norm; the generator applies the sigmoid).
 
-    def __init__(self, c_in: int, c_out: int, norm: str, last: bool = False, fused: bool = False) -> None:
+    ``form`` says how the same function is computed:
+
+    - ``"separable"``: literally, as the two layers;
+    - ``"fused"``: one dense transposed convolution with the product kernel (faster to
+      train on a CPU at high resolution, as in ``DownBlock``);
+    - ``"subpixel"``: each of the four output phases (row and column parity) is a 3x3
+      depthwise convolution of the input followed by the pointwise one, and a pixel
+      shuffle interleaves them. This is the exported form: onnxruntime's grouped
+      ``ConvTranspose`` is slow (~3x the whole network's time on its own) whereas
+      depthwise ``Conv`` has a fast path.
+    """
+
+    def __init__(self, c_in: int, c_out: int, norm: str, last: bool = False) -> None:
         super().__init__()
         self.depthwise = nn.ConvTranspose2d(c_in, c_in, 4, stride=2, padding=1, groups=c_in, bias=False)
         self.pointwise = nn.Conv2d(c_in, c_out, 1, bias=last or norm == "none")
         self.norm = nn.Identity() if last else _norm(norm, c_out)
-        self.act = nn.Sigmoid() if last else nn.ReLU()
-        self.fused = fused
+        self.act = nn.Identity() if last else nn.ReLU()
+        self.form = "separable"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            pw = self.pointwise.weight  # (out, in, 1, 1)
-            kernel = self.depthwise.weight * pw.transpose(0, 1)  # (in, out, 4, 4)
+        if self.form == "fused":
+            kernel = self.depthwise.weight * self.pointwise.weight.transpose(0, 1)  # (in, out, 4, 4)
             y = F.conv_transpose2d(x, kernel, self.pointwise.bias, stride=2, padding=1)
+        elif self.form == "subpixel":
+            y = self._subpixel(x)
         else:
             y = self.pointwise(self.depthwise(x))
         return self.act(self.norm(y))
+
+    def _subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        taps = _SUBPIXEL_TAPS.to(x.dtype)
+        # phase kernels (C, 2, 2, 3, 3): [c, a, b] is the 3x3 kernel of output parity (a, b)
+        kernels = torch.einsum("aik,bjl,ckl->cabij", taps, taps, self.depthwise.weight[:, 0])
+        phases = [
+            self.pointwise(F.conv2d(x, kernels[:, a, b, None], padding=1, groups=c))
+            for a in (0, 1)
+            for b in (0, 1)
+        ]
+        y = torch.stack(phases, dim=2).reshape(n, -1, h, w)  # channel o * 4 + 2a + b
+        return F.pixel_shuffle(y, 2)
 
 
 class Generator(nn.Module):
     """Depthwise-separable U-Net: five stride-2 stages down, a 3x3 bottleneck, five up."""
 
-    def __init__(self, features: int = 16, norm: str = "batch", multipliers: Sequence[int] = ENCODER_MULTIPLIERS) -> None:
+    def __init__(
+        self,
+        features: int = 16,
+        norm: str = "batch",
+        residual: bool = True,
+        multipliers: Sequence[int] = ENCODER_MULTIPLIERS,
+    ) -> None:
         super().__init__()
         self.features = features
         self.norm_kind = norm
+        self.residual = residual
         chans = [features * m for m in multipliers]
         self.down = nn.ModuleList()
         c_prev = 1
         for k, c in enumerate(chans):
-            self.down.append(DownBlock(c_prev, c, norm, fused=k == 0))
+            self.down.append(DownBlock(c_prev, c, norm))
             c_prev = c
         self.bottleneck = nn.Sequential(
             nn.Conv2d(chans[-1], chans[-1], 3, padding=1, bias=norm == "none"),
@@ -106,27 +156,81 @@ class Generator(nn.Module):
         c_in = chans[-1]
         for k in range(len(chans) - 1, -1, -1):
             c_out = chans[k - 1] if k > 0 else 1
-            self.up.append(UpBlock(c_in + chans[k], c_out, norm, last=k == 0, fused=k <= 1))
+            self.up.append(UpBlock(c_in + chans[k], c_out, norm, last=k == 0))
             c_in = c_out
+        with torch.no_grad():
+            last = self.up[-1].pointwise
+            if residual:
+                # zero-initialised correction: the untrained generator returns its input
+                last.weight.zero_()
+                last.bias.zero_()
+            else:
+                # start the sigmoid near the median feature of music (about 0.01) instead of
+                # 0.5, a level 30 dB too loud everywhere that early steps would spend undoing
+                last.bias.fill_(OUTPUT_BIAS_INIT)
 
-    def set_fused(self, fused: bool) -> None:
-        """Dense form on the stages where it is faster (training), or the literal
-        depthwise-separable form everywhere (``False``: export, and the runtime's graph)."""
+    def set_form(self, form: str) -> None:
+        """How the separable blocks are computed; the function and parameters stay the same.
+
+        ``"train"``: dense product kernels on the high-resolution stages, where PyTorch's
+        CPU depthwise kernels are slowest (about 2x faster steps); ``"export"``: sub-pixel
+        decoder with a dense last block, the form onnxruntime runs fastest (measured
+        against the other mixes, interleaved, same process); ``"separable"``: as written.
+        """
+        if form not in ("train", "export", "separable"):
+            raise ValueError(f"unknown form {form!r}")
         n = len(self.down)
         for k, block in enumerate(self.down):
-            block.fused = fused and k == 0
+            block.fused = form == "train" and k == 0
         for k, block in enumerate(self.up):
-            block.fused = fused and k >= n - 2
+            if form == "train":
+                block.form = "fused" if k >= n - 2 else "separable"
+            elif form == "export":
+                # the last block maps to one channel: there the dense transposed convolution
+                # reads its input once and is the fastest (~17 % of the whole network)
+                block.form = "fused" if k == n - 1 else "subpixel"
+            else:
+                block.form = "separable"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_output_from(self, frame: int | None) -> None:
+        """Compute only output frames ``frame`` onwards (the runtime uses only the frames
+        that reach the predicted samples), or all of them (``None``).
+
+        Each decoder block then works on the time range its outputs need, and nothing
+        else. A stride-2, kernel-4 transposed convolution makes output ``o`` from inputs
+        ``(o - 2) // 2 .. (o + 1) // 2``, so an input cropped to start at ``i`` (zeros
+        before it) gives exact outputs from ``2 i + 1`` on; the block's start is chosen
+        so, from the last block back, and the first inexact frame is dropped at the end.
+        The result equals the full network's ``[..., frame:]`` exactly (tested); with
+        ``frame = 177`` the two high-resolution blocks do a third of their work.
+        """
+        self.output_from = frame
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        x = inp
         skips = []
         for block in self.down:
             x = block(x)
             skips.append(x)
         x = self.bottleneck(x)
-        for block, skip in zip(self.up, reversed(skips)):
-            x = block(torch.cat([x, skip], dim=1))
-        return x
+        start = getattr(self, "output_from", None)
+        if start is None:
+            for block, skip in zip(self.up, reversed(skips)):
+                x = block(torch.cat([x, skip], dim=1))
+        else:
+            needs = [start]  # first exact output frame each block must deliver, last block first
+            for _ in self.up:
+                needs.append(max((needs[-1] - 1) // 2, 0))
+            offset = 0  # absolute frame index of x[..., 0] at the current resolution
+            for k, (block, skip) in enumerate(zip(self.up, reversed(skips))):
+                first_in = needs[len(self.up) - k]  # crop inputs to start here
+                x = block(torch.cat([x[..., first_in - offset :], skip[..., first_in:]], dim=1))
+                offset = 2 * first_in
+            x = x[..., start - offset :]
+            inp = inp[..., start:]
+        if self.residual:
+            x = x + torch.logit(inp.clamp(RESIDUAL_EPS, 1.0 - RESIDUAL_EPS))
+        return torch.sigmoid(x)
 
 
 class Discriminator(nn.Module):
@@ -164,7 +268,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 1, 256, 256)) -> int:
     """Multiply-accumulates of one forward pass (convolutions, transposed convolutions and
-    linear layers; normalisations and activations not counted), measured with forward hooks."""
+    linear layers; normalisations and activations not counted), measured with forward hooks
+    on the separable form (for a generator restricted by ``set_output_from``, of that part)."""
     total = 0
 
     def conv_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -186,6 +291,10 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 1, 256, 256)) 
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
     ]
     was_training = model.training
+    forms = [(m, m.fused) for m in model.modules() if isinstance(m, DownBlock)]
+    forms += [(m, m.form) for m in model.modules() if isinstance(m, UpBlock)]
+    if isinstance(model, Generator):
+        model.set_form("separable")  # count the network as designed, not a computation form
     model.eval()
     try:
         with torch.no_grad():
@@ -194,12 +303,17 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 1, 256, 256)) 
         for h in handles:
             h.remove()
         model.train(was_training)
+        for m, f in forms:
+            if isinstance(m, DownBlock):
+                m.fused = f
+            else:
+                m.form = f
     return total
 
 
-def model_info(features: int = 16, norm: str = "batch") -> dict[str, int | str]:
+def model_info(features: int = 16, norm: str = "batch", residual: bool = True) -> dict[str, int | str]:
     """Parameter count and mult-adds of the generator at this width (for ``model-info``)."""
-    g = Generator(features, norm)
+    g = Generator(features, norm, residual)
     return {
         "model": f"bin2bin-v2 generator, features={features}, norm={norm}",
         "parameters": count_parameters(g),

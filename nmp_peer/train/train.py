@@ -35,13 +35,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, GAP_FRAME, SpectralFrontEnd
+from nmp_peer import BLOCK_FRAMES
+from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, GAP_FRAME, HOP, PAD, SpectralFrontEnd
+from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.lab import metrics
 from nmp_peer.train import losses
 from nmp_peer.train.config import TrainConfig, config_from_dict, load_config
 from nmp_peer.train.data import ChunkSet, build_cache, find_clips
 from nmp_peer.train.model import Discriminator, Generator, count_parameters
 
+RECOVERY_FADE_SAMPLES = LpcConcealer.recovery_fade_samples
+PACKET_END_FRAME = (CHUNK_CONTEXT_SAMPLES + BLOCK_FRAMES + RECOVERY_FADE_SAMPLES - 1 + PAD) // HOP + 1
+"""One past the last frame that reaches what the engine plays of a prediction: the first
+packet and the recovery fade from the second (244)."""
+VALIDATION = "engine-v3"
+"""What the validation numbers mean; a checkpoint made under another definition does not
+keep its best score (see ``Trainer.predict``)."""
 TRAIN_FIELDS = ("step", "seconds", "lr", "sc", "log_mag", "adv_g", "adv_d", "sec_per_step")
 VALID_FIELDS = ("step", "lsd_db", "snr_db", "lsd_raw_db", "snr_raw_db", "lsd_lpc_db", "snr_lpc_db")
 
@@ -67,8 +76,8 @@ class Trainer:
         self.front = SpectralFrontEnd()
         torch.manual_seed(config.train.seed)
         m = config.model
-        self.G = Generator(m.features, m.norm).to(memory_format=torch.channels_last)
-        self.G.set_fused(True)
+        self.G = Generator(m.features, m.norm, m.residual).to(memory_format=torch.channels_last)
+        self.G.set_form("train")
         self.D = Discriminator(m.disc_features, frames=config.loss.discriminator_frames).to(
             memory_format=torch.channels_last
         )
@@ -80,6 +89,7 @@ class Trainer:
         self.seconds = 0.0
         self.best_lsd = float("inf")
         self.lpc_scores: dict[str, float] | None = None
+        self.last_d_loss = float("nan")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -87,6 +97,7 @@ class Trainer:
             "step": self.step,
             "seconds": self.seconds,
             "best_lsd": self.best_lsd,
+            "validation": VALIDATION,
             "config": self.config.to_dict(),
             "generator": self.G.state_dict(),
             "discriminator": self.D.state_dict(),
@@ -107,7 +118,7 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
-        self.best_lsd = float(state["best_lsd"])
+        self.best_lsd = float(state["best_lsd"]) if state.get("validation") == VALIDATION else float("inf")
 
     # ------------------------------------------------------------------ data
     def batch(self, rng: np.random.Generator, data: ChunkSet, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,13 +141,14 @@ class Trainer:
         x, y = self.batch(rng, self.train_set, c.optim.batch_size)
         self.G.train()
         out = self.G(x)
-        pred_mag = losses.magnitude(out[..., GAP_FRAME:])
-        true_mag = losses.magnitude(y[..., GAP_FRAME:])
+        frames = slice(GAP_FRAME, PACKET_END_FRAME if c.loss.loss_frames == "packet" else None)
+        pred_mag = losses.magnitude(out[..., frames])
+        true_mag = losses.magnitude(y[..., frames])
         sc = losses.spectral_convergence(true_mag, pred_mag)
         log_mag = losses.log_magnitude(true_mag, pred_mag, c.loss.log_eps)
         loss = c.loss.spectral_weight * (sc + log_mag)
         adversarial = c.loss.adversarial_weight > 0 and self.step >= c.loss.adversarial_start_step
-        adv_g = adv_d = float("nan")
+        adv_g = float("nan")
         if adversarial:
             k = c.loss.discriminator_frames
             # the critic sees the last k frames; before the gap both candidates hold the truth
@@ -144,7 +156,7 @@ class Trainer:
             cond = x[..., -k:]
             g_adv = losses.lsgan_generator(self.D(fake, cond))
             loss = loss + c.loss.adversarial_weight * g_adv
-            adv_g = float(g_adv)
+            adv_g = float(g_adv.detach())
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
@@ -154,9 +166,15 @@ class Trainer:
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_D.step()
-            adv_d = float(d_loss)
+            self.last_d_loss = float(d_loss.detach())
         self.step += 1
-        return {"lr": lr, "sc": float(sc), "log_mag": float(log_mag), "adv_g": adv_g, "adv_d": adv_d}
+        return {
+            "lr": lr,
+            "sc": float(sc.detach()),
+            "log_mag": float(log_mag.detach()),
+            "adv_g": adv_g,
+            "adv_d": self.last_d_loss,
+        }
 
     def _update_ema(self) -> None:
         decay = min(self.config.train.ema_decay, (1.0 + self.step) / (10.0 + self.step))
@@ -184,8 +202,17 @@ class Trainer:
                 bn.momentum = 0.1
         return model.eval()
 
-    def predict(self, model: nn.Module | None, data: ChunkSet, batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reference, played and mask over the validation chunks; ``model=None``: LPC alone."""
+    def predict(
+        self, model: nn.Module | None, data: ChunkSet, batch: int = 16
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reference, played and mask over the validation chunks; ``model=None``: LPC alone.
+
+        As the playout engine plays an isolated loss: two packets of history, the first
+        predicted packet, then the real next packet, faded in from the prediction's
+        second packet over the concealer's recovery fade. The LSD frame of the lost packet
+        (1024 samples centred on it) thus sees both seams, as in the lab's measurements.
+        """
+        fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(RECOVERY_FADE_SAMPLES) + 0.5) / RECOVERY_FADE_SAMPLES)
         refs, tests = [], []
         for start in range(0, len(data), batch):
             index = np.arange(start, min(start + batch, len(data)))
@@ -200,8 +227,12 @@ class Trainer:
                 pred = np.clip(self.front.crossfade(lp, self.front.synthesize(out, gap_spec, gain)), -1, 1)
             seg = slice(CHUNK_CONTEXT_SAMPLES - 1024, None)  # 2 packets of history, the 2 predicted
             refs.append(clean[:, seg])
-            played = inp[:, seg].copy()
-            played[:, 1024:] = pred
+            played = clean[:, seg].copy()
+            played[:, :1024] = inp[:, seg][:, :1024]
+            played[:, 1024:1536] = pred[:, :BLOCK_FRAMES]
+            tail = pred[:, BLOCK_FRAMES : BLOCK_FRAMES + RECOVERY_FADE_SAMPLES]
+            head = played[:, 1536 : 1536 + RECOVERY_FADE_SAMPLES]
+            played[:, 1536 : 1536 + RECOVERY_FADE_SAMPLES] = tail + (head - tail) * fade
             tests.append(played)
         ref = np.concatenate(refs).ravel()
         test = np.concatenate(tests).ravel()
@@ -276,7 +307,10 @@ class CsvLog:
 
     def read(self) -> list[dict[str, float]]:
         with open(self.path, newline="") as f:
-            return [{k: float(v) if v not in ("", "nan") else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
+            return [
+                {k: float(v) if v not in ("", "nan") else float("nan") for k, v in r.items()}
+                for r in csv.DictReader(f)
+            ]
 
 
 def plot_logs(out: Path, train_log: CsvLog, valid_log: CsvLog) -> None:
@@ -309,7 +343,11 @@ def plot_logs(out: Path, train_log: CsvLog, valid_log: CsvLog) -> None:
     if rows:
         steps = np.array([r["step"] for r in rows])
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, metric, title in ((axes[0], "lsd", "LSD on the predicted packet, dB (lower is better)"), (axes[1], "snr", "SNR on the predicted packet, dB")):
+        panels = (
+            (axes[0], "lsd", "LSD on the predicted packet, dB (lower is better)"),
+            (axes[1], "snr", "SNR on the predicted packet, dB"),
+        )
+        for ax, metric, title in panels:
             ax.plot(steps, [r[f"{metric}_db"] for r in rows], "o-", label="EMA + recalibrated BN")
             ax.plot(steps, [r[f"{metric}_raw_db"] for r in rows], "x--", label="raw weights")
             ax.axhline(rows[0][f"{metric}_lpc_db"], color="gray", ls=":", label="LPC alone")
@@ -329,7 +367,14 @@ def _smooth(v: np.ndarray, n: int = 20) -> np.ndarray:
 
 
 def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -356,12 +401,17 @@ def load_data(config: TrainConfig, data_dir: Path, cache_dir: Path, show: bool) 
                 progress.update(task, completed=done)
 
             if name == "train":
-                train_set = build_cache(files, cache_dir / "train", config.data, jobs=jobs, max_chunks_per_clip=cap, progress=report)
+                train_set = build_cache(
+                    files, cache_dir / "train", config.data, jobs=jobs, max_chunks_per_clip=cap, progress=report
+                )
             else:
                 per_clip = -(-config.data.max_valid_chunks // len(files))
-                valid_set = build_cache(files, cache_dir / "valid", config.data, jobs=jobs, max_chunks_per_clip=per_clip, progress=report)
+                valid_set = build_cache(
+                    files, cache_dir / "valid", config.data, jobs=jobs, max_chunks_per_clip=per_clip, progress=report
+                )
     if len(valid_set) > config.data.max_valid_chunks:
-        valid_set = ChunkSet(valid_set.clean[: config.data.max_valid_chunks], valid_set.fill[: config.data.max_valid_chunks])
+        keep = config.data.max_valid_chunks
+        valid_set = ChunkSet(valid_set.clean[:keep], valid_set.fill[:keep])
     return train_set, valid_set
 
 
@@ -417,7 +467,14 @@ def train(
                 trainer.seconds += dt
                 window = (window + [dt])[-20:]
                 if trainer.step % config.train.log_every == 0 or trainer.step == total:
-                    train_log.append({"step": trainer.step, "seconds": trainer.seconds, "sec_per_step": float(np.mean(window)), **row})
+                    train_log.append(
+                        {
+                            "step": trainer.step,
+                            "seconds": trainer.seconds,
+                            "sec_per_step": float(np.mean(window)),
+                            **row,
+                        }
+                    )
                 if trainer.step % config.train.valid_every == 0 or trainer.step == total:
                     v = trainer.validate()
                     valid_log.append(v)
@@ -428,7 +485,8 @@ def train(
                 bar.update(
                     task,
                     completed=trainer.step,
-                    info=f"sc {row['sc']:.3f} logmag {row['log_mag']:.3f} {np.mean(window):.2f} s/step {last_valid}",
+                    info=f"sc {row['sc']:.3f} log-mag {row['log_mag']:.3f} "
+                    f"{np.mean(window):.2f} s/step {last_valid}",
                 )
     except KeyboardInterrupt:
         pass

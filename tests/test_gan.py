@@ -1,0 +1,169 @@
+"""GanConcealer (LPC + bin2bin-v2 in onnxruntime) with the shipped model: contract, causality,
+robustness, and the numpy spectral front end it shares with training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nmp_peer import BLOCK_FRAMES
+from nmp_peer.conceal.gan import (
+    CHUNK_CONTEXT_SAMPLES,
+    CHUNK_SAMPLES,
+    GAP_FRAME,
+    N_BINS,
+    N_FRAMES,
+    GanConcealer,
+    ModelNotFoundError,
+    SpectralFrontEnd,
+    default_model_path,
+)
+from nmp_peer.conceal.lpc import LpcConcealer
+from nmp_peer.lab.simulate import conceal_trace
+
+from conftest import music_like
+
+CTX = 3584
+PRED = 1024
+
+
+@pytest.fixture(scope="module")
+def gan() -> GanConcealer:
+    return GanConcealer()
+
+
+def _history(seconds: float = 0.5, seed: int = 0, channels: int = 1) -> np.ndarray:
+    return np.ascontiguousarray(music_like(seconds, channels=channels, seed=seed)[-CTX:])
+
+
+def test_the_model_ships_with_the_package():
+    path = default_model_path()
+    assert path.is_file() and path.name == "bin2bin_v2.onnx"
+    assert path.stat().st_size < 5_000_000
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ModelNotFoundError, match="nmp_peer.train"):
+        GanConcealer(model_path=tmp_path / "absent.onnx")
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_shape_dtype_and_contract(gan, channels):
+    history = _history(channels=channels)
+    out = gan.conceal(history, 0)
+    assert out.shape == (PRED, channels) and out.dtype == np.float32
+    assert gan.context_samples == CTX and gan.predict_samples == PRED
+    assert gan.name == "gan"
+    assert np.all(np.isfinite(out)) and np.max(np.abs(out)) <= 1.0
+
+
+def test_stages_yield_the_lpc_prediction_first_then_the_refined_one(gan):
+    history = _history(seed=3)
+    stages = list(gan.stages(history, 0))
+    assert len(stages) == 2
+    np.testing.assert_array_equal(stages[0], LpcConcealer().conceal(history, 0))
+    np.testing.assert_array_equal(stages[1], gan.conceal(history, 0))
+    assert not np.array_equal(stages[0], stages[1])  # the network changes something
+
+
+def test_refined_packet_starts_exactly_as_lpc(gan):
+    """The first samples are LP's (the crossfade starts there), so the seam is the LPC's."""
+    history = _history(seed=4)
+    lp, refined = list(gan.stages(history, 0))
+    assert abs(float(refined[0, 0] - lp[0, 0])) < 1e-2 * max(1e-3, float(np.max(np.abs(lp))))
+
+
+def test_same_history_same_output_and_no_state(gan):
+    history = _history(seed=5)
+    kept = history.copy()
+    reference = gan.conceal(history, 0)
+    np.testing.assert_array_equal(history, kept)
+    gan.conceal((0.5 * np.random.default_rng(1).standard_normal((CTX, 1))).astype(np.float32), 2)
+    np.testing.assert_array_equal(gan.conceal(history, 0), reference)
+    np.testing.assert_array_equal(gan.conceal(history, 1), reference)  # burst index is not an input
+
+
+def test_causal_through_the_playout_engine(gan):
+    """Changing the audio after a lost packet changes nothing played up to its end."""
+    audio = music_like(1.0, seed=6)
+    lost = np.zeros(len(audio) // BLOCK_FRAMES + 1, bool)
+    lost[[20, 40, 41, 60]] = True
+    base = conceal_trace(audio, lost, gan)
+    for n in (20, 41, 60):
+        changed = audio.copy()
+        end = (n + 1) * BLOCK_FRAMES
+        changed[end:] = np.random.default_rng(n).uniform(-0.9, 0.9, changed[end:].shape).astype(np.float32)
+        assert np.array_equal(conceal_trace(changed, lost, gan)[:end], base[:end]), f"packet {n}"
+
+
+@pytest.mark.parametrize(
+    "kind", ["silence", "tiny", "white", "loud_noise", "clipped_square", "dc", "impulse", "nan"]
+)
+def test_no_nan_and_in_range_on_hard_inputs(gan, kind):
+    rng = np.random.default_rng(7)
+    t = np.arange(CTX)
+    history = {
+        "silence": np.zeros(CTX),
+        "tiny": 1e-7 * rng.standard_normal(CTX),
+        "white": 0.3 * rng.standard_normal(CTX),
+        "loud_noise": np.clip(3.0 * rng.standard_normal(CTX), -1, 1),
+        "clipped_square": np.sign(np.sin(2 * np.pi * 110 * t / 44_100)),
+        "dc": np.full(CTX, 0.9),
+        "impulse": np.eye(1, CTX, CTX - 3)[0],
+        "nan": np.where(t % 97 == 0, np.nan, 0.2 * np.sin(2 * np.pi * 330 * t / 44_100)),
+    }[kind].astype(np.float32)[:, None]
+    for stage in gan.stages(history, 0):
+        assert stage.shape == (PRED, 1)
+        assert np.all(np.isfinite(stage)), kind
+        assert np.max(np.abs(stage)) <= 1.0
+    if kind == "silence":
+        assert not np.any(gan.conceal(history, 0))
+
+
+def test_runtime_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "from nmp_peer.conceal.gan import GanConcealer\n"
+        "c = GanConcealer(); c.warm_up()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------- spectral front end
+
+
+def test_front_end_shapes_and_perfect_reconstruction():
+    front = SpectralFrontEnd()
+    rng = np.random.default_rng(8)
+    noise = 0.3 * rng.standard_normal((2, CHUNK_SAMPLES))
+    chunks = np.concatenate([noise, music_like(0.1)[:CHUNK_SAMPLES, 0][None]])
+    feature, gap_spec, gain = front.analyze(chunks.astype(np.float32))
+    assert feature.shape == (3, N_BINS, N_FRAMES) == (3, 256, 256)
+    assert gap_spec.shape == (3, N_FRAMES - GAP_FRAME, N_BINS)
+    assert feature.max() <= 1.0  # the input never exceeds the sigmoid's ceiling
+    back = front.synthesize(feature, gap_spec, gain)
+    np.testing.assert_allclose(back, chunks[:, CHUNK_CONTEXT_SAMPLES:], atol=1e-5)
+    one = front.analyze(chunks[1])
+    np.testing.assert_array_equal(one[0][0], feature[1])
+
+
+def test_gap_frames_are_exactly_those_that_reach_the_prediction():
+    front = SpectralFrontEnd()
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal(CHUNK_SAMPLES).astype(np.float32)
+    b = a.copy()
+    b[CHUNK_CONTEXT_SAMPLES:] = rng.standard_normal(PRED)
+    fa, fb = front.analyze(a)[0][0], front.analyze(b)[0][0]
+    same = np.all(fa == fb, axis=0)
+    assert same[:GAP_FRAME].all() and not same[GAP_FRAME:].any()
+
+
+def test_feature_is_level_invariant():
+    front = SpectralFrontEnd()
+    x = music_like(0.2, seed=10)[:CHUNK_SAMPLES, 0]
+    np.testing.assert_allclose(front.analyze(x)[0], front.analyze(0.01 * x)[0], atol=1e-4)

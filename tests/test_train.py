@@ -1,0 +1,164 @@
+"""The training pipeline end to end on a few seconds of audio: cache, train, resume, export, run.
+
+Needs the ``train`` extra (PyTorch, onnx); skipped only when PyTorch is not installed.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nmp_peer.audio_io import write_audio  # noqa: E402
+from nmp_peer.conceal.gan import (  # noqa: E402
+    CHUNK_CONTEXT_SAMPLES,
+    CHUNK_SAMPLES,
+    FEATURE_CEILING,
+    GanConcealer,
+    SpectralFrontEnd,
+)
+from nmp_peer.conceal.lpc import LpcConcealer  # noqa: E402
+from nmp_peer.train import losses  # noqa: E402
+from nmp_peer.train.config import ConfigError, load_config  # noqa: E402
+from nmp_peer.train.data import DataSettings, make_examples  # noqa: E402
+from nmp_peer.train.export import export  # noqa: E402
+from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
+from nmp_peer.train.train import lr_at, train  # noqa: E402
+
+from conftest import music_like  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    for split, seeds in (("train", (0, 1)), ("valid", (2,))):
+        (root / split).mkdir()
+        for seed in seeds:
+            write_audio(root / split / f"clip{seed}.wav", music_like(1.5, seed=seed))
+    return root
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
+    config = load_config("tiny")
+    out = tmp_path / "run"
+    trainer = train(config, data_dir, out, progress=False)
+    assert trainer.step == config.optim.steps == 4
+    for name in ("last.pt", "best.pt", "train_log.csv", "valid_log.csv", "losses.png", "valid.png"):
+        assert (out / name).is_file(), name
+    assert [int(r["step"]) for r in _rows(out / "train_log.csv")] == [1, 2, 3, 4]
+    valid = _rows(out / "valid_log.csv")
+    assert [int(r["step"]) for r in valid] == [2, 4]
+    assert all(np.isfinite(float(r[k])) for r in valid for k in ("lsd_db", "snr_db", "lsd_lpc_db"))
+
+    # resume: picks up at step 4, continues to 6, logs stay one row per step
+    before = torch.load(out / "last.pt", weights_only=False)["generator"]
+    trainer = train(config, data_dir, out, steps=6, progress=False)
+    assert trainer.step == 6
+    assert [int(r["step"]) for r in _rows(out / "train_log.csv")] == [1, 2, 3, 4, 5, 6]
+    after = torch.load(out / "last.pt", weights_only=False)["generator"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    onnx_path = tmp_path / "tiny.onnx"
+    info = export(out / "best.pt", onnx_path)
+    assert info["parity_max_abs_diff"] < 1e-4
+    assert info["parameters"] == count_parameters(Generator(2))
+
+    gan = GanConcealer(model_path=onnx_path)
+    history = music_like(0.2, seed=3)[-gan.context_samples :]
+    out_gan = gan.conceal(history, 0)
+    assert out_gan.shape == (1024, 1) and np.all(np.isfinite(out_gan))
+
+
+def test_untrained_residual_generator_returns_the_lpc_prediction(tmp_path: Path):
+    """Its last layer starts at zero: before training the concealer is LPC alone."""
+    config = load_config("tiny")
+    path = tmp_path / "init.pt"
+    torch.save({"config": config.to_dict(), "generator": Generator(2).state_dict(), "step": 0}, path)
+    export(path, tmp_path / "init.onnx")
+    gan = GanConcealer(model_path=tmp_path / "init.onnx")
+    history = music_like(0.2, seed=4)[-gan.context_samples :]
+    lp, refined = list(gan.stages(history, 0))
+    np.testing.assert_allclose(refined, lp, atol=2e-4)
+
+
+def test_generator_sizes_match_the_report():
+    assert count_parameters(Generator(16)) == 80_641  # the authors' configs: ~81 K
+    assert abs(count_parameters(Generator(64)) - 1_152_449) < 1_000  # the report's Table I
+    info = model_info(16)
+    assert info["parameters"] == 80_641 and 50e6 < info["macs"] < 100e6
+    assert count_parameters(Discriminator()) > 0
+
+
+@pytest.mark.parametrize("form", ["train", "export"])
+def test_computation_forms_are_the_same_function(form: str):
+    torch.manual_seed(0)
+    g = Generator(4).eval()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0, 0.2)
+    x = torch.rand(2, 1, 256, 256) * 0.5
+    g.set_form("separable")
+    reference = g(x)
+    g.set_form(form)
+    torch.testing.assert_close(g(x), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_front_end_matches_torch_stft():
+    x = music_like(0.2, seed=5)[:CHUNK_SAMPLES, 0]
+    feature, _, gain = SpectralFrontEnd().analyze(x)
+    spec = torch.stft(
+        torch.from_numpy(x).double(), 511, 16, 511, torch.hann_window(511, dtype=torch.float64),
+        center=True, pad_mode="reflect", return_complex=True,
+    ).abs().numpy()
+    np.testing.assert_allclose(feature[0], np.sqrt(spec / gain[0]) / FEATURE_CEILING, atol=1e-4)
+
+
+def test_examples_are_lp_filled_from_the_past_only():
+    audio = music_like(1.0, seed=6)[:, 0]
+    chunks = make_examples(audio, DataSettings(chunks_per_second=4.0, burst_fraction=0.0), [0])
+    assert len(chunks) > 0
+    inp, clean = chunks.batch(np.arange(len(chunks)))
+    np.testing.assert_array_equal(inp[:, :CHUNK_CONTEXT_SAMPLES], clean[:, :CHUNK_CONTEXT_SAMPLES])
+    # the LP part is what the runtime's LPC predicts from the 3584 samples before the gap
+    start = next(s for s in range(len(audio) - CHUNK_SAMPLES) if np.array_equal(
+        np.round(audio[s : s + CHUNK_SAMPLES] * 32768), clean[0] * 32768))
+    history = audio[start + CHUNK_CONTEXT_SAMPLES - 3584 : start + CHUNK_CONTEXT_SAMPLES, None]
+    lp = LpcConcealer().conceal(history, 0)[:, 0]
+    np.testing.assert_allclose(inp[0, CHUNK_CONTEXT_SAMPLES:], lp, atol=1.0 / 32768)
+
+
+def test_losses_are_zero_for_a_perfect_prediction():
+    m = torch.rand(2, 1, 256, 79)
+    assert float(losses.spectral_convergence(m, m)) == 0.0
+    assert float(losses.log_magnitude(m, m)) == 0.0
+    assert float(losses.lsgan_discriminator(torch.ones(3), torch.zeros(3))) == 0.0
+
+
+def test_cosine_schedule_ends_at_half():
+    config = load_config("bin2bin_v2")
+    assert lr_at(0, config) == pytest.approx(2e-4)
+    assert lr_at(config.optim.steps, config) == pytest.approx(1e-4)
+    assert lr_at(10 * config.optim.steps, config) == pytest.approx(1e-4)
+
+
+def test_config_refuses_unknown_keys(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    tiny = Path(__file__).parents[1] / "conf" / "train" / "tiny.toml"
+    bad.write_text(f'base = "{tiny}"\n[optim]\nlearning_rate = 1.0\n')
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        load_config(bad)
+    paper = load_config("bin2bin_v2")
+    assert (paper.loss.spectral_weight, paper.loss.adversarial_weight) == (10.0, 1.0)
+    assert paper.loss.generator_steps_per_discriminator_step == 10
+    assert (paper.optim.lr, paper.optim.betas, paper.optim.batch_size) == (2e-4, (0.9, 0.999), 16)
