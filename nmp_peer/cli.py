@@ -148,8 +148,7 @@ def loopback(
 ) -> None:
     """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
     from nmp_peer.audio_io import read_audio, write_audio
-    from nmp_peer.lab.impair import Impairment
-    from nmp_peer.lab.loss import make_loss_model
+    from nmp_peer.cli_net import make_impairment
     from nmp_peer.loopback import run_loopback
 
     audio, file_rate = read_audio(input)
@@ -159,8 +158,10 @@ def loopback(
     audio = audio[:, : cfg.audio.channels]
     encoder, codec_delay = _encoder(cfg)
     try:
-        model = make_loss_model(loss_model if loss > 0 or trace else "none", loss, burst, trace, seed)
-        impairment = Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
+        impairment = make_impairment(
+            loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
+            jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate, seed=seed,
+        )
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     result = asyncio.run(
