@@ -122,18 +122,9 @@ class JitterBuffer:
         self._popped_any = True
         return seq, packet
 
-    def drop_next(self) -> int:
-        """Discard the next slot without playing it (the engine shrinks the buffer)."""
-        seq, _ = self.pop()
-        return seq
-
     def depth(self) -> int:
         """Packets stored at or after the playout position."""
         return len(self._slots)
-
-    def newest(self) -> int:
-        """Highest unwrapped sequence number stored or played."""
-        return max(self._highest, self.next_seq - 1)
 
     def _restart(self, packet: Packet) -> None:
         self.stream_id = packet.stream_id

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,3 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Callable[[int], None] 
                 progress(1)
     return rows
 
-
-def job_dict(job: Job) -> dict[str, Any]:
-    return asdict(job)
