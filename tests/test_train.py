@@ -27,7 +27,7 @@ from nmp_peer.train.config import ConfigError, load_config  # noqa: E402
 from nmp_peer.train.data import DataSettings, make_examples  # noqa: E402
 from nmp_peer.train.export import export  # noqa: E402
 from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
-from nmp_peer.train.train import lr_at, train  # noqa: E402
+from nmp_peer.train.train import DeviceChunks, TorchFrontEnd, lr_at, train  # noqa: E402
 
 from conftest import music_like  # noqa: E402
 
@@ -122,6 +122,26 @@ def test_front_end_matches_torch_stft():
         center=True, pad_mode="reflect", return_complex=True,
     ).abs().numpy()
     np.testing.assert_allclose(feature[0], np.sqrt(spec / gain[0]) / FEATURE_CEILING, atol=1e-4)
+
+
+def test_training_batches_match_the_runtime_front_end():
+    """Training makes its batches in torch (on the GPU when there is one); they must be the
+    numpy front end's features of the same LP-filled examples."""
+    audio = music_like(1.0, seed=7)[:, 0]
+    chunks = make_examples(audio, DataSettings(chunks_per_second=6.0, burst_fraction=0.5), [1])
+    index = np.arange(len(chunks))
+    sign = np.where(index % 2 == 0, 1.0, -1.0).astype(np.float32)[:, None]
+    inp_t, clean_t = DeviceChunks(chunks, torch.device("cpu")).batch(index, sign)
+    inp, clean = chunks.batch(index)
+    np.testing.assert_array_equal(inp_t.numpy(), inp * sign)
+    np.testing.assert_array_equal(clean_t.numpy(), clean * sign)
+    front = TorchFrontEnd(torch.device("cpu"))
+    feature_t, gain_t = front.analyze(inp_t)
+    feature, _, gain = SpectralFrontEnd().analyze(inp * sign)
+    np.testing.assert_allclose(gain_t.numpy(), gain, rtol=1e-6)
+    np.testing.assert_allclose(feature_t.numpy(), feature, atol=3e-4)  # sqrt of float32 FFT noise
+    target = SpectralFrontEnd().target_features(clean * sign, gain)
+    np.testing.assert_allclose(front.target_features(clean_t, gain_t).numpy(), target, atol=3e-4)
 
 
 def test_examples_are_lp_filled_from_the_past_only():

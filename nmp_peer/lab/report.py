@@ -60,6 +60,10 @@ def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequenc
     return "\n".join(lines)
 
 
+REFINES_LPC = ("gan",)
+"""Concealers that refine the LPC prediction: the report also pairs them with ``lpc``."""
+
+
 def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequence[str]) -> str:
     """Per setting, each method minus ``baseline`` on the same clip: the mean difference and
     its 95 % CI. Pairing removes the clip-to-clip spread that dominates the plain means."""
@@ -136,6 +140,17 @@ def write_report(
             "difference the clips support (for LSD and MR-STFT, negative is better).",
             "",
             paired_table(rows, "repeat", quality),
+            "",
+        ]
+    refined = [m for m in methods if m in REFINES_LPC]
+    if "lpc" in methods and refined:
+        quality = [m for m in shown if m != "conceal_ms_per_packet"]
+        sections += [
+            "## Paired with `lpc` on the same clips",
+            "",
+            f"What {', '.join(f'`{m}`' for m in refined)} add to the LPC prediction they start from, clip by clip.",
+            "",
+            paired_table([r for r in rows if r["method"] in ("lpc", *refined)], "lpc", quality),
             "",
         ]
     categories = {r["category"] for r in rows}

@@ -112,16 +112,23 @@ class UpBlock(nn.Module):
             y = self.pointwise(self.depthwise(x))
         return self.act(self.norm(y))
 
+    def phase_kernels(self) -> list[torch.Tensor]:
+        """The four 3x3 depthwise kernels ``(C, 1, 3, 3)`` of output parities (0,0), (0,1),
+        (1,0), (1,1), from the 4x4 transposed-convolution kernel."""
+        taps = _SUBPIXEL_TAPS.to(self.depthwise.weight.dtype)
+        kernels = torch.einsum("aik,bjl,ckl->cabij", taps, taps, self.depthwise.weight[:, 0])
+        return [kernels[:, a, b, None].contiguous() for a in (0, 1) for b in (0, 1)]
+
+    def freeze_phase_kernels(self) -> None:
+        """Compute the phase kernels once, for export: the ONNX graph then holds them as
+        constants (which onnxruntime prepacks) instead of recomputing them on every run."""
+        with torch.no_grad():
+            self.frozen_kernels: list[torch.Tensor] | None = self.phase_kernels()
+
     def _subpixel(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        taps = _SUBPIXEL_TAPS.to(x.dtype)
-        # phase kernels (C, 2, 2, 3, 3): [c, a, b] is the 3x3 kernel of output parity (a, b)
-        kernels = torch.einsum("aik,bjl,ckl->cabij", taps, taps, self.depthwise.weight[:, 0])
-        phases = [
-            self.pointwise(F.conv2d(x, kernels[:, a, b, None], padding=1, groups=c))
-            for a in (0, 1)
-            for b in (0, 1)
-        ]
+        kernels = getattr(self, "frozen_kernels", None) or self.phase_kernels()
+        phases = [self.pointwise(F.conv2d(x, k, padding=1, groups=c)) for k in kernels]
         y = torch.stack(phases, dim=2).reshape(n, -1, h, w)  # channel o * 4 + 2a + b
         return F.pixel_shuffle(y, 2)
 

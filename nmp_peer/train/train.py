@@ -36,12 +36,21 @@ import torch
 from torch import nn
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, GAP_FRAME, HOP, PAD, SpectralFrontEnd
+from nmp_peer.conceal.gan import (
+    CHUNK_CONTEXT_SAMPLES,
+    FEATURE_CEILING,
+    GAIN_FLOOR,
+    GAP_FRAME,
+    HOP,
+    N_FFT,
+    PAD,
+    SpectralFrontEnd,
+)
 from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.lab import metrics
 from nmp_peer.train import losses
 from nmp_peer.train.config import TrainConfig, config_from_dict, load_config
-from nmp_peer.train.data import ChunkSet, build_cache, find_clips
+from nmp_peer.train.data import FILL_SAMPLES, ChunkSet, build_cache, find_clips
 from nmp_peer.train.model import Discriminator, Generator, count_parameters
 
 RECOVERY_FADE_SAMPLES = LpcConcealer.recovery_fade_samples
@@ -63,23 +72,90 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return low + (o.lr - low) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def to_tensor(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x[:, None])).contiguous(memory_format=torch.channels_last)
+def to_tensor(x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x[:, None])).to(device)
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class TorchFrontEnd:
+    """``SpectralFrontEnd.analyze`` / ``target_features`` in torch, on the training device.
+
+    The same STFT (n_fft 511, hop 16, periodic Hann, centred frames with reflect padding)
+    and the same feature ``sqrt(|S| / g) / C``; tests/test_train.py checks it against the
+    numpy front end the runtime uses. Training batches are made with it so that a GPU
+    never waits for the CPU; validation goes through the numpy front end.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64).float().to(device)
+
+    def _features(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            x, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True
+        )  # (B, 256 bins, 256 frames)
+        return torch.sqrt(spec.abs() / gain[:, None, None]) * (1.0 / FEATURE_CEILING)
+
+    def analyze(self, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(B, 256, 256)`` and gains ``(B,)`` of LP-filled chunks ``(B, 4096)``."""
+        gain = chunks.abs().amax(dim=1).clamp_min(GAIN_FLOOR)
+        return self._features(chunks, gain), gain
+
+    def target_features(self, chunks: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return self._features(chunks, gain)
+
+
+class DeviceChunks:
+    """A ``ChunkSet`` held as tensors on the training device (int16 clean, float32 fill)."""
+
+    def __init__(self, data: ChunkSet, device: torch.device) -> None:
+        self.clean = torch.from_numpy(data.clean).to(device)
+        self.fill = torch.from_numpy(data.fill).to(device)
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def batch(self, index: np.ndarray, sign: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``ChunkSet.batch``, times ``sign``: (LP-filled input, clean target) ``(B, 4096)``."""
+        i = torch.from_numpy(index).to(self.clean.device)
+        s = torch.from_numpy(sign).to(self.clean.device)
+        clean = self.clean[i].float() * (s / 32768.0)
+        inp = clean.clone()
+        inp[:, -FILL_SAMPLES:] = self.fill[i] * s
+        return inp, clean
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, train_set: ChunkSet, valid_set: ChunkSet, out: Path) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_set: ChunkSet,
+        valid_set: ChunkSet,
+        out: Path,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.config = config
+        self.device = torch.device(device)
         self.train_set = train_set
+        self.train_chunks = DeviceChunks(train_set, self.device)
         self.valid_set = valid_set
         self.out = out
         self.front = SpectralFrontEnd()
+        self.torch_front = TorchFrontEnd(self.device)
         torch.manual_seed(config.train.seed)
         m = config.model
-        self.G = Generator(m.features, m.norm, m.residual).to(memory_format=torch.channels_last)
+        self.G = Generator(m.features, m.norm, m.residual).to(self.device, memory_format=torch.channels_last)
         self.G.set_form("train")
         self.D = Discriminator(m.disc_features, frames=config.loss.discriminator_frames).to(
-            memory_format=torch.channels_last
+            self.device, memory_format=torch.channels_last
         )
         self.ema = copy.deepcopy(self.G).requires_grad_(False)
         o = config.optim
@@ -89,7 +165,7 @@ class Trainer:
         self.seconds = 0.0
         self.best_lsd = float("inf")
         self.lpc_scores: dict[str, float] | None = None
-        self.last_d_loss = float("nan")
+        self.last_d_loss: float | torch.Tensor = float("nan")
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -121,24 +197,30 @@ class Trainer:
         self.best_lsd = float(state["best_lsd"]) if state.get("validation") == VALIDATION else float("inf")
 
     # ------------------------------------------------------------------ data
-    def batch(self, rng: np.random.Generator, data: ChunkSet, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = rng.integers(0, len(data), size)
-        inp, clean = data.batch(index)
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and target features ``(B, 1, 256, 256)`` of random training examples."""
+        index = rng.integers(0, len(self.train_chunks), size)
         sign = rng.choice(np.array([-1.0, 1.0], np.float32), size)[:, None]  # LPC is odd: a free augmentation
-        inp *= sign
-        clean *= sign
-        feature, _, gain = self.front.analyze(inp)
-        target = self.front.target_features(clean, gain)
-        return to_tensor(feature), to_tensor(target)
+        inp, clean = self.train_chunks.batch(index, sign)
+        with torch.no_grad():
+            feature, gain = self.torch_front.analyze(inp)
+            target = self.torch_front.target_features(clean, gain)
+        shape = (size, 1, *feature.shape[1:])
+        return (
+            feature.reshape(shape).contiguous(memory_format=torch.channels_last),
+            target.reshape(shape).contiguous(memory_format=torch.channels_last),
+        )
 
     # ------------------------------------------------------------------ training
-    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+    def train_step(self, rng: np.random.Generator) -> dict[str, float | torch.Tensor]:
+        """One generator update (and every n_G-th a critic update); losses as 0-d tensors,
+        so that the caller decides when to wait for the device (``float()``)."""
         c = self.config
         lr = lr_at(self.step, c)
         for opt in (self.opt_G, self.opt_D):
             for group in opt.param_groups:
                 group["lr"] = lr
-        x, y = self.batch(rng, self.train_set, c.optim.batch_size)
+        x, y = self.batch(rng, c.optim.batch_size)
         self.G.train()
         out = self.G(x)
         frames = slice(GAP_FRAME, PACKET_END_FRAME if c.loss.loss_frames == "packet" else None)
@@ -148,7 +230,7 @@ class Trainer:
         log_mag = losses.log_magnitude(true_mag, pred_mag, c.loss.log_eps)
         loss = c.loss.spectral_weight * (sc + log_mag)
         adversarial = c.loss.adversarial_weight > 0 and self.step >= c.loss.adversarial_start_step
-        adv_g = float("nan")
+        adv_g: float | torch.Tensor = float("nan")
         if adversarial:
             k = c.loss.discriminator_frames
             # the critic sees the last k frames; before the gap both candidates hold the truth
@@ -156,7 +238,7 @@ class Trainer:
             cond = x[..., -k:]
             g_adv = losses.lsgan_generator(self.D(fake, cond))
             loss = loss + c.loss.adversarial_weight * g_adv
-            adv_g = float(g_adv.detach())
+            adv_g = g_adv.detach()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
@@ -166,12 +248,12 @@ class Trainer:
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_D.step()
-            self.last_d_loss = float(d_loss.detach())
+            self.last_d_loss = d_loss.detach()
         self.step += 1
         return {
             "lr": lr,
-            "sc": float(sc.detach()),
-            "log_mag": float(log_mag.detach()),
+            "sc": sc.detach(),
+            "log_mag": log_mag.detach(),
             "adv_g": adv_g,
             "adv_d": self.last_d_loss,
         }
@@ -179,8 +261,7 @@ class Trainer:
     def _update_ema(self) -> None:
         decay = min(self.config.train.ema_decay, (1.0 + self.step) / (10.0 + self.step))
         with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.G.parameters()):
-                e.lerp_(p, 1.0 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.G.parameters()), 1.0 - decay)
             for e, b in zip(self.ema.buffers(), self.G.buffers()):
                 e.copy_(b)
 
@@ -197,7 +278,7 @@ class Trainer:
             model.train()
             with torch.no_grad():
                 for _ in range(self.config.train.bn_recalibration_batches):
-                    model(self.batch(rng, self.train_set, self.config.optim.batch_size)[0])
+                    model(self.batch(rng, self.config.optim.batch_size)[0])
             for bn in bns:
                 bn.momentum = 0.1
         return model.eval()
@@ -223,7 +304,7 @@ class Trainer:
             else:
                 feature, gap_spec, gain = self.front.analyze(inp)
                 with torch.no_grad():
-                    out = model(to_tensor(feature)).numpy()[:, 0]
+                    out = model(to_tensor(feature, self.device)).cpu().numpy()[:, 0]
                 pred = np.clip(self.front.crossfade(lp, self.front.synthesize(out, gap_spec, gain)), -1, 1)
             seg = slice(CHUNK_CONTEXT_SAMPLES - 1024, None)  # 2 packets of history, the 2 predicted
             refs.append(clean[:, seg])
@@ -424,12 +505,18 @@ def train(
     steps: int | None = None,
     max_minutes: float | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> Trainer:
     """Train (or resume) until ``optim.steps`` (or ``steps``) or ``max_minutes`` of this run."""
     torch.set_num_threads(config.train.threads)
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
     train_set, valid_set = load_data(config, data_dir, cache_dir or out / "cache", progress)
-    trainer = Trainer(config, train_set, valid_set, out)
+    trainer = Trainer(config, train_set, valid_set, out, dev)
     last = out / "last.pt"
     if last.is_file():
         stored = torch.load(last, map_location="cpu", weights_only=False)["config"]
@@ -449,45 +536,42 @@ def train(
     print(
         f"{config.name}: generator {count_parameters(trainer.G):,} parameters, "
         f"{len(train_set):,} training / {len(valid_set)} validation examples, "
-        f"step {trainer.step} of {total}",
+        f"step {trainer.step} of {total}, on {dev}",
         file=sys.stderr,
     )
     last_valid = ""
     try:
         with _progress(progress) as bar:
             task = bar.add_task("training", total=total, completed=trainer.step, info="")
-            window: list[float] = []
+            mark, mark_step = time.monotonic(), trainer.step
             while trainer.step < total and not stop["flag"]:
                 if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
                     break
-                t0 = time.monotonic()
                 rng = np.random.default_rng([config.train.seed, trainer.step])
                 row = trainer.train_step(rng)
-                dt = time.monotonic() - t0
-                trainer.seconds += dt
-                window = (window + [dt])[-20:]
                 if trainer.step % config.train.log_every == 0 or trainer.step == total:
+                    values = {k: float(v) for k, v in row.items()}  # waits for the device
+                    now = time.monotonic()
+                    per_step = (now - mark) / max(trainer.step - mark_step, 1)
+                    trainer.seconds += now - mark
+                    mark, mark_step = now, trainer.step
                     train_log.append(
-                        {
-                            "step": trainer.step,
-                            "seconds": trainer.seconds,
-                            "sec_per_step": float(np.mean(window)),
-                            **row,
-                        }
+                        {"step": trainer.step, "seconds": trainer.seconds, "sec_per_step": per_step, **values}
+                    )
+                    bar.update(
+                        task,
+                        completed=trainer.step,
+                        info=f"sc {values['sc']:.3f} log-mag {values['log_mag']:.3f} "
+                        f"{per_step:.3f} s/step {last_valid}",
                     )
                 if trainer.step % config.train.valid_every == 0 or trainer.step == total:
                     v = trainer.validate()
                     valid_log.append(v)
                     last_valid = f"val LSD {v['lsd_db']:.2f} dB (LPC {v['lsd_lpc_db']:.2f})"
                     plot_logs(out, train_log, valid_log)
+                    mark = time.monotonic()  # validation time is not training time
                 if trainer.step % config.train.checkpoint_every == 0:
                     trainer.save()
-                bar.update(
-                    task,
-                    completed=trainer.step,
-                    info=f"sc {row['sc']:.3f} log-mag {row['log_mag']:.3f} "
-                    f"{np.mean(window):.2f} s/step {last_valid}",
-                )
     except KeyboardInterrupt:
         pass
     finally:
@@ -508,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="LP-filled example cache (default OUT/cache)")
     parser.add_argument("--steps", type=int, default=None, help="stop at this step instead of optim.steps")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this long")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -519,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         max_minutes=args.max_minutes,
         progress=not args.no_progress,
+        device=args.device,
     )
     return 0
 
