@@ -13,6 +13,7 @@ CALIB_STEPS=${CALIB_STEPS:-200}
 PACK=${PACK:-.devdata/pack}
 WORK=${WORK:-/tmp/gpu-burst}
 PY=${PY:-python3}
+INIT=${INIT:-}   # optional: a checkpoint whose generator the run starts from
 WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT" "$WORK"
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -20,12 +21,14 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     export PYTHONPATH="$WORK/site:$PWD"
 fi
 export PYTHONUNBUFFERED=1
+init_args=()
+[ -n "$INIT" ] && init_args=(--init "$INIT")
 started=$(date +%s)
 $PY -m nmp_peer.train.pack decode --pack "$PACK" --out "$WORK/data"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 # timing run (also builds the LP-filled cache that the real run reuses)
 $PY -m nmp_peer.train.train --config "$CONFIG" --data "$WORK/data" --out "$WORK/calib" \
-    --cache "$WORK/cache" --steps "$CALIB_STEPS" --no-progress
+    --cache "$WORK/cache" --steps "$CALIB_STEPS" --no-progress "${init_args[@]}"
 left=$(( $(date +%s) - started ))
 steps=$($PY - "$WORK/calib/train_log.csv" "$BUDGET_MIN" <<'PY'
 import csv, sys
@@ -41,5 +44,5 @@ printf 'base = "%s"\nname = "%s_run"\n\n[optim]\nsteps = %d\n' \
     "$(basename "$CONFIG")" "$(basename "$CONFIG" .toml)" "$steps" > "$run_config"
 cp "$run_config" "$(dirname "$CONFIG")/"
 $PY -m nmp_peer.train.train --config "$(dirname "$CONFIG")/$(basename "$run_config")" --data "$WORK/data" \
-    --out "$OUT/run" --cache "$WORK/cache" --max-minutes "$($PY -c "print($BUDGET_MIN + 0.5)")" --no-progress
+    --out "$OUT/run" --cache "$WORK/cache" --max-minutes "$($PY -c "print($BUDGET_MIN + 0.5)")" --no-progress "${init_args[@]}"
 echo "done in $(( $(date +%s) - started ))s"

@@ -48,5 +48,17 @@ def test_pack_refuses_a_folder_without_clips(tmp_path: Path):
     (tmp_path / "data" / "train").mkdir(parents=True)
     with pytest.raises(SystemExit, match="holds no WAV clips"):
         encode(tmp_path / "data", tmp_path / "pack", seconds=1.0, level=0.5)
-    with pytest.raises(SystemExit, match="holds no .ogg clips"):
+    with pytest.raises(SystemExit, match="holds no .ogg or .flac clips"):
         decode(tmp_path / "nothing", tmp_path / "back")
+
+
+def test_flac_pack_is_exact(tmp_path: Path):
+    data = _set(tmp_path / "data")
+    summary = encode(data, tmp_path / "pack", seconds=1.0, level=0.5, seed=0, codec="flac")
+    assert summary["codec"] == "flac" and summary["clips"] == 3
+    decode(tmp_path / "pack", tmp_path / "back", jobs=1)
+    original = read_audio(data / "train" / "clip0.wav", channels=1)[0][:, 0]
+    back = read_audio(tmp_path / "back" / "train" / "clip0.wav", channels=1)[0][:, 0]
+    assert len(back) == 44_100
+    start = int(np.argmax(scipy.signal.correlate(original, back, mode="valid", method="fft")))
+    np.testing.assert_array_equal(original[start : start + len(back)], back)

@@ -1,21 +1,22 @@
 """Carry a training set to another machine in a few tens of MB, and unpack it there.
 
     python -m nmp_peer.train.pack encode --data DIR --out PACK --seconds 10 --level 0.5
+    python -m nmp_peer.train.pack encode --data DIR --out PACK --seconds 4 --codec flac
     python -m nmp_peer.train.pack decode --pack PACK --out DIR
 
 A GPU machine lent for a short burst takes at most 64 MiB of files, and the rendered
 set is hundreds of MB of WAV. ``encode`` cuts a seeded excerpt of ``--seconds`` from
 every clip of ``DIR/train`` and ``DIR/valid`` (the layout ``nmp_peer.synth.build_set``
-writes), resamples it to 48 kHz and stores it as Ogg/Opus (libsndfile, through
-soundfile); ``decode`` turns the pack back into 44.1 kHz 16-bit WAVs in the same layout,
+writes) and stores it as Ogg/Opus, resampled to 48 kHz (libsndfile, through soundfile),
+or as FLAC, exactly; ``decode`` turns the pack back into 44.1 kHz 16-bit WAVs in the same layout,
 ready for ``nmp_peer.train.train --data``. Every clip keeps its name, so the validation
 split stays the validation split.
 
 Opus is lossy. At ``--level 0.5`` (about 130 kbit/s mono) the round trip costs about
 1.4 dB of log-spectral distance against the original (1024-point STFT, floor 80 dB below
 the clip's peak), measured on the synth set; the LP prediction the network refines is
-about 9 dB away. A model trained on a pack should be fine-tuned on the exact WAVs
-(docs/model-card.md says how the shipped one was).
+about 9 dB away, yet a long run on such a pack learned the codec (docs/model-card.md).
+FLAC is lossless and costs ~316 kbit/s on the synth set: fewer seconds per clip, exact.
 """
 
 from __future__ import annotations
@@ -42,10 +43,17 @@ def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     return scipy.signal.resample_poly(x, dst // g, src // g).astype(np.float32)
 
 
-def encode(data: Path, out: Path, seconds: float, level: float, seed: int = 0) -> dict[str, float]:
-    """Excerpts of every clip of ``data/{train,valid}`` as Ogg/Opus in ``out``; returns sizes."""
+CODECS = ("opus", "flac")
+
+
+def encode(
+    data: Path, out: Path, seconds: float, level: float, seed: int = 0, codec: str = "opus"
+) -> dict[str, float | str]:
+    """Excerpts of every clip of ``data/{train,valid}`` as Ogg/Opus or FLAC in ``out``; returns sizes."""
     import soundfile as sf
 
+    if codec not in CODECS:
+        raise SystemExit(f"error: unknown codec {codec!r}; choose opus or flac")
     rng = np.random.default_rng(seed)
     total_bytes = 0
     total_seconds = 0.0
@@ -62,9 +70,14 @@ def encode(data: Path, out: Path, seconds: float, level: float, seed: int = 0) -
             x = audio.mean(axis=1)
             n = min(len(x), int(seconds * SAMPLE_RATE))
             start = int(rng.integers(0, len(x) - n + 1))
-            y = _resample(x[start : start + n], SAMPLE_RATE, PACK_RATE)
-            target = out / split / (path.stem + ".ogg")
-            sf.write(str(target), y, PACK_RATE, format="OGG", subtype="OPUS", compression_level=level)
+            excerpt = x[start : start + n]
+            if codec == "flac":
+                target = out / split / (path.stem + ".flac")
+                sf.write(str(target), excerpt, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+            else:
+                target = out / split / (path.stem + ".ogg")
+                y = _resample(excerpt, SAMPLE_RATE, PACK_RATE)
+                sf.write(str(target), y, PACK_RATE, format="OGG", subtype="OPUS", compression_level=level)
             total_bytes += target.stat().st_size
             total_seconds += n / SAMPLE_RATE
             clips += 1
@@ -73,7 +86,8 @@ def encode(data: Path, out: Path, seconds: float, level: float, seed: int = 0) -
         "seconds": round(total_seconds, 1),
         "megabytes": round(total_bytes / 1e6, 2),
         "kbit_per_s": round(total_bytes * 8 / max(total_seconds, 1e-9) / 1000, 1),
-        "level": level,
+        "codec": codec,
+        "level": level if codec == "opus" else "lossless",
         "excerpt_seconds": seconds,
         "seed": seed,
         "source": str(data),
@@ -87,7 +101,10 @@ def _decode_one(job: tuple[Path, Path]) -> None:
 
     source, target = job
     audio, rate = sf.read(str(source), dtype="float32", always_2d=True)
-    x = np.clip(_resample(audio.mean(axis=1), rate, SAMPLE_RATE), -1.0, 1.0)
+    x = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        x = _resample(x, rate, SAMPLE_RATE)
+    x = np.clip(x, -1.0, 1.0)
     sf.write(str(target), x, SAMPLE_RATE, subtype="PCM_16")
 
 
@@ -97,9 +114,10 @@ def decode(pack: Path, out: Path, jobs: int = 0) -> int:
     work = []
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
-        work += [(path, out / split / (path.stem + ".wav")) for path in sorted((pack / split).glob("*.ogg"))]
+        clips = sorted(p for p in (pack / split).glob("*") if p.suffix in (".ogg", ".flac"))
+        work += [(path, out / split / (path.stem + ".wav")) for path in clips]
     if not work:
-        raise SystemExit(f"error: {pack} holds no .ogg clips in train/ or valid/")
+        raise SystemExit(f"error: {pack} holds no .ogg or .flac clips in train/ or valid/")
     with multiprocessing.Pool(min(jobs or os.cpu_count() or 1, len(work))) as pool:
         pool.map(_decode_one, work, chunksize=4)
     return len(work)
@@ -108,18 +126,19 @@ def decode(pack: Path, out: Path, jobs: int = 0) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    enc = sub.add_parser("encode", help="WAV set -> Ogg/Opus pack")
+    enc = sub.add_parser("encode", help="WAV set -> Ogg/Opus or FLAC pack")
     enc.add_argument("--data", type=Path, required=True)
     enc.add_argument("--out", type=Path, required=True)
     enc.add_argument("--seconds", type=float, default=10.0, help="excerpt per clip")
-    enc.add_argument("--level", type=float, default=0.5, help="libsndfile compression level 0..1")
+    enc.add_argument("--level", type=float, default=0.5, help="Opus: libsndfile compression level 0..1")
+    enc.add_argument("--codec", choices=CODECS, default="opus")
     enc.add_argument("--seed", type=int, default=0)
-    dec = sub.add_parser("decode", help="Ogg/Opus pack -> WAV set")
+    dec = sub.add_parser("decode", help="pack -> WAV set")
     dec.add_argument("--pack", type=Path, required=True)
     dec.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "encode":
-        print(json.dumps(encode(args.data, args.out, args.seconds, args.level, args.seed)))
+        print(json.dumps(encode(args.data, args.out, args.seconds, args.level, args.seed, args.codec)))
     else:
         print(f"{decode(args.pack, args.out)} clips decoded into {args.out}")
     return 0

@@ -185,6 +185,17 @@ class Trainer:
     def save(self, name: str = "last.pt") -> None:
         _atomic_save(self.state(), self.out / name)
 
+    def init_from(self, path: Path) -> None:
+        """Start from the generator of another run (a ``best.pt``, or a ``last.pt``'s EMA):
+        weights and BatchNorm statistics into the generator and its EMA; the critic, the
+        optimisers and the step start fresh."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if config_from_dict(state["config"]).model != self.config.model:
+            raise SystemExit(f"error: {path} holds another [model] than this config's")
+        weights = state["ema"] if "ema" in state else state["generator"]
+        self.G.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.G.load_state_dict(state["generator"])
@@ -506,6 +517,7 @@ def train(
     max_minutes: float | None = None,
     progress: bool = True,
     device: str = "auto",
+    init: Path | None = None,
 ) -> Trainer:
     """Train (or resume) until ``optim.steps`` (or ``steps``) or ``max_minutes`` of this run."""
     torch.set_num_threads(config.train.threads)
@@ -523,6 +535,8 @@ def train(
         if config_from_dict(stored).model != config.model:
             raise SystemExit(f"error: {last} was trained with another [model] section; use a new --out")
         trainer.load(last)
+    elif init is not None:
+        trainer.init_from(init)
     train_log = CsvLog(out / "train_log.csv", TRAIN_FIELDS, trainer.step)
     valid_log = CsvLog(out / "valid_log.csv", VALID_FIELDS, trainer.step)
     total = steps if steps is not None else config.optim.steps
@@ -593,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="stop at this step instead of optim.steps")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this long")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
+    parser.add_argument("--init", type=Path, default=None, help="a new run starts from this checkpoint's generator")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -605,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         max_minutes=args.max_minutes,
         progress=not args.no_progress,
         device=args.device,
+        init=args.init,
     )
     return 0
 
