@@ -40,7 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
-ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros | repeat | lpc (default: the config's).")]
+ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros | repeat | lpc | gan | opus-plc | opus-fec (default: the config's).")]
 
 
 def _encoder(cfg: Any) -> tuple[Any, int]:
@@ -186,7 +186,7 @@ def conceal(
     input: Annotated[Path, typer.Argument(help="WAV/FLAC file (its lost packets' samples are never read).")],
     trace: Annotated[Path, typer.Option(help="Loss trace: one 0/1 per 512-sample packet, 1 = lost.")],
     out: Annotated[Path, typer.Option("--out", help="Concealed WAV: same length and rate as the input.")],
-    method: Annotated[str, typer.Option(help="zeros | repeat | lpc")] = "lpc",
+    method: Annotated[str, typer.Option(help="zeros | repeat | lpc | gan | opus-plc | opus-fec")] = "lpc",
     config: ConfigOpt = None,
 ) -> None:
     """Conceal the packets a trace marks lost, with the live peer's playout engine on a virtual clock."""

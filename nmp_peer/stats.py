@@ -29,6 +29,9 @@ class Stats:
     packets_concealed: int = 0
     concealer_misses: int = 0
     """Concealments not ready at their deadline: a cheaper fallback block was played."""
+    concealer_partial: int = 0
+    """Concealments whose last stage was not ready at the deadline, so an earlier one played
+    (for ``gan``: the LPC prediction, not the refined one). Not counted as misses."""
     underruns: int = 0
     """Blocks concealed because the buffer had run dry, plus sound-card output underflows."""
     blocks_inserted: int = 0

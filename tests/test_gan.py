@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES
+from nmp_peer.codec import Pcm16Codec
 from nmp_peer.conceal.gan import (
     CHUNK_CONTEXT_SAMPLES,
     CHUNK_SAMPLES,
@@ -24,6 +26,9 @@ from nmp_peer.conceal.gan import (
 )
 from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.lab.simulate import conceal_trace
+from nmp_peer.latency import LatencyPolicy
+from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.transport import Packetizer
 
 from conftest import music_like
 
@@ -167,3 +172,50 @@ def test_feature_is_level_invariant():
     front = SpectralFrontEnd()
     x = music_like(0.2, seed=10)[:CHUNK_SAMPLES, 0]
     np.testing.assert_allclose(front.analyze(x)[0], front.analyze(0.01 * x)[0], atol=1e-4)
+
+
+class SlowRefineGan(GanConcealer):
+    """The shipped GAN on a machine too slow for its refinement (the LPC stage is not slowed)."""
+
+    def refine(self, history: np.ndarray, lp: np.ndarray) -> np.ndarray:
+        time.sleep(0.1)
+        return super().refine(history, lp)
+
+
+def _play_live(concealer, audio: np.ndarray, lost: set[int], pause_s: float, threaded: bool = True):
+    config = PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2))
+    engine = PlayoutEngine(concealer, config, threaded=threaded)
+    packetizer = Packetizer(Pcm16Codec(), audio.shape[1])
+    outs = []
+    for k in range(len(audio) // BLOCK_FRAMES):
+        packet = packetizer.packetize(audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+        if k not in lost:
+            engine.push(packet, float(k * BLOCK_FRAMES))
+        outs.append(engine.next_block(float(k * BLOCK_FRAMES)))
+        time.sleep(pause_s)
+    engine.close()
+    return engine, np.concatenate(outs)
+
+
+def test_a_late_refinement_plays_the_lpc_stage_and_is_counted():
+    """At the deadline the engine takes the LPC prediction when the refined one is not
+    ready, counts it as partial (not a miss), and plays exactly what LPC alone plays."""
+    audio = music_like(1.0)
+    lost = {20, 60}
+    engine, out = _play_live(SlowRefineGan(), audio, lost, pause_s=0.01)
+    assert engine.stats.packets_concealed == 2
+    assert engine.stats.concealer_partial == 2 and engine.stats.concealer_misses == 0
+    reference, ref_out = _play_live(LpcConcealer(), audio, lost, pause_s=0.0, threaded=False)
+    assert reference.stats.concealer_partial == 0
+    lat = engine.first_slot[1]
+    assert lat == reference.first_slot[1]
+    for k in lost:
+        block = slice(lat + k * BLOCK_FRAMES, lat + (k + 1) * BLOCK_FRAMES)
+        np.testing.assert_array_equal(out[block], ref_out[block])
+
+
+def test_a_refinement_in_time_is_played_whole(gan):
+    audio = music_like(0.5)
+    engine, _ = _play_live(gan, audio, {25}, pause_s=0.05)
+    assert engine.stats.packets_concealed == 1
+    assert engine.stats.concealer_partial == 0 and engine.stats.concealer_misses == 0

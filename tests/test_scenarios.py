@@ -233,6 +233,17 @@ def _check_jam(entry: dict[str, Any]) -> None:
     assert q["order_violations"] == 0 and q["step_ratio"] <= 1.0, q
 
 
+def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) -> None:
+    """Two real jam processes and the relay, Gilbert loss, the shipped GAN model, real time."""
+    entry = _jams("loopback", ["gilbert-b2"], "gan", 3.5, tmp_path)["gilbert-b2"]
+    _check_jam(entry)
+    b = entry["result"]["b"]
+    assert b["packets_concealed"] >= 5, b
+    # the worker had the LPC stage at least ready at every deadline (a miss plays repetition)
+    assert b["concealer_misses"] <= 1, b
+    assert b["concealer_partial"] < b["packets_concealed"], b
+
+
 @pytest.mark.parametrize("name", ["clean", "bernoulli-5", "outage-2s", "restart", "rate-600k"])
 def test_loopback_jam_counters_match_the_relay_and_the_audio_is_in_order(loopback_jams: dict[str, Any], name: str) -> None:
     _check_jam(loopback_jams[name])

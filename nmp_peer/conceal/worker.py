@@ -3,7 +3,8 @@
 The playout engine asks for a concealment as soon as the history it needs is known,
 one block before the deadline (``request``), and collects it at the deadline (``take``).
 The threaded worker runs the concealer's stages in the background and keeps the best
-finished one; at the deadline, whatever is ready is used and nothing waits. The inline
+finished one; at the deadline, whatever is ready is used and nothing waits, and ``take``
+says whether that was the last stage (``Taken.complete``). The inline
 worker computes at ``take``, deterministically and never late: the right choice when
 no real clock is running.
 """
@@ -24,8 +25,18 @@ class _Job:
     history: np.ndarray
     burst_index: int
     result: np.ndarray | None = None
+    complete: bool = False
     cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a worker hands over at the deadline: the best finished stage (``None``: none
+    finished) and whether it is the concealer's last one."""
+
+    result: np.ndarray | None
+    complete: bool
 
 
 class InlineWorker:
@@ -38,14 +49,14 @@ class InlineWorker:
     def request(self, slot: int, history: np.ndarray, burst_index: int) -> None:
         self._job = _Job(slot, history, burst_index)
 
-    def take(self, slot: int) -> np.ndarray | None:
+    def take(self, slot: int) -> Taken:
         job, self._job = self._job, None
         if job is None or job.slot != slot:
-            return None
+            return Taken(None, False)
         result = None
         for result in self.concealer.stages(job.history, job.burst_index):
             pass
-        return result
+        return Taken(result, result is not None)
 
     def cancel(self) -> None:
         self._job = None
@@ -78,13 +89,13 @@ class ThreadedWorker:
             self._job = _Job(slot, history, burst_index)
             self._wake.notify()
 
-    def take(self, slot: int) -> np.ndarray | None:
+    def take(self, slot: int) -> Taken:
         with self._lock:
             job, self._job = self._job, None
             if job is None:
-                return None
+                return Taken(None, False)
             job.cancelled = True
-            return job.result if job.slot == slot else None
+            return Taken(job.result, job.complete) if job.slot == slot else Taken(None, False)
 
     def cancel(self) -> None:
         with self._lock:
@@ -112,6 +123,9 @@ class ThreadedWorker:
                         if job.cancelled:
                             break
                         job.result = result
+                else:
+                    with self._lock:
+                        job.complete = not job.cancelled
             except Exception:  # a broken concealer must not kill the worker: the engine falls back
                 pass
             finally:
