@@ -12,6 +12,11 @@ writes them. ``--out`` receives:
 - ``train_log.csv``, ``valid_log.csv``, ``losses.png``, ``valid.png``;
 - ``cache/``: the LP-filled examples (``nmp_peer.train.data``) unless ``--cache`` says where.
 
+``--device cuda`` (or ``auto``, the default) trains on a GPU: the examples are held on it
+and each batch's features are made there (``TorchFrontEnd``); ``scripts/gpu-burst.sh``
+runs one time-boxed burst on a lent machine. ``--init CHECKPOINT`` starts a new run from
+another run's generator.
+
 Validation runs the generator through the runtime's own numpy front end and scores the
 predicted packet with the lab's metrics (``lost_packet_lsd_db``, ``lost_packet_snr_db``):
 the EMA generator with recalibrated BatchNorm statistics (what is exported), the raw
