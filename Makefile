@@ -9,7 +9,16 @@ APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-sou
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test bench clean
+# Training data and the GAN (the [train] extra): one command each, both resumable.
+DATA    ?= data/synth
+HOURS   ?= 20
+N_VALID ?= 12
+N_EVAL  ?= 24
+JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
+RUN     ?= data/gan-run
+CONFIG  ?= conf/train/bin2bin_v2.toml
+
+.PHONY: setup system-deps demo test bench clean train-data train
 
 setup: system-deps $(STAMP)
 
@@ -38,6 +47,16 @@ bench: setup
 	$(BIN)/nmp-peer bench --path receive --json
 	$(BIN)/nmp-peer bench --method repeat --json
 	$(BIN)/nmp-peer bench --method lpc --json
+
+train-data: setup
+	$(BIN)/python -c "from nmp_peer.synth import build_set as b; \
+	  [print(b('$(DATA)/' + split, split, jobs=$(JOBS), **size)) for split, size in \
+	   (('train', dict(hours=$(HOURS))), ('valid', dict(n_clips=$(N_VALID))), ('eval', dict(n_clips=$(N_EVAL))))]"
+
+train: train-data
+	$(BIN)/python -m nmp_peer.train.train --config $(CONFIG) --data $(DATA) --out $(RUN)
+	$(BIN)/python -m nmp_peer.train.export --checkpoint $(RUN)/best.pt --out $(RUN)/bin2bin_v2.onnx
+	$(BIN)/python -m nmp_peer.train.evaluate --clips $(DATA)/eval --model $(RUN)/bin2bin_v2.onnx
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
