@@ -414,7 +414,8 @@ class PlayoutEngine:
         return result
 
     def _request_next(self) -> None:
-        """Start concealing the next slot now, one block ahead, if its packet is not here yet."""
+        """Start concealing the next slot now, if its packet is not here yet: one block ahead
+        of its deadline, or more when the slot before it was decoded ahead."""
         nxt = self.jitter.next_seq
         if self._faded_out() or (self.concealer.codec_native and self._opus is not None):
             return

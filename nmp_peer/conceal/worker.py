@@ -1,7 +1,9 @@
 """Where concealment is computed: inline (offline, lab, fast loopback) or in a worker thread (live).
 
-The playout engine asks for a concealment as soon as the history it needs is known,
-one block before the deadline (``request``), and collects it at the deadline (``take``).
+The playout engine asks for a concealment as soon as the history it needs is known
+(``request``): one block before the deadline, or two when the packet before the gap was
+already buffered (``PlayoutConfig.decode_ahead_blocks``), and collects it at the deadline
+(``take``).
 The threaded worker runs the concealer's stages in the background and keeps the best
 finished one; at the deadline, whatever is ready is used and nothing waits, and ``take``
 says whether that was the last stage (``Taken.complete``). The inline
