@@ -20,6 +20,7 @@ from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.scenarios import Scenario, ScenarioError, load_scenarios, select
 from nmp_peer.scenarios.analysis import quality, receiver_truth, track_alignment
 from nmp_peer.scenarios.spec import STREAM_KBPS, synthetic_music
+from nmp_peer.scenarios.runner import RECOVERY_LIMIT_BLOCKS
 
 ALL = {
     "clean", "bernoulli-2", "bernoulli-5", "bernoulli-10", "bernoulli-20", "gilbert-b2", "gilbert-b6", "challenge-5",
@@ -271,7 +272,7 @@ def test_loopback_audio_resumes_within_a_few_packets_after_an_outage_and_a_resta
     b = restart["result"]["b"]
     assert b["resyncs"] == 1 and b["packets_foreign"] == 2, b
     q = restart["analysis"]["quality"]
-    assert q["segments"] == 2 and q["restart_recovery_blocks"] <= 8, q
+    assert q["segments"] == 2 and q["restart_recovery_blocks"] <= RECOVERY_LIMIT_BLOCKS, q
     assert min(q["after_restart_ncc"][1:]) > 0.95, q
 
 
