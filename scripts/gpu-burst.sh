@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU training burst on a lent machine: unpack the carried data, LP-fill it on all
 # cores, time a few steps, train for what fits BUDGET_MIN, leave checkpoints and logs in
-# $OUT. Prepare here first (docs/model-card.md, "Reproducing"):
-#   python -m nmp_peer.train.pack encode --data /work/data/synth --out .devdata/pack
-#   (and the soundfile/cffi/pycparser/soxr wheels for the machine's Python in .whl/)
+# $OUT. Prepare here first (docs/model-card.md, "Training"):
+#   python -m nmp_peer.train.pack encode --data /work/data/synth --out .devdata/flac --seconds 4 --codec flac
+#   (lossless; an Opus pack holds more hours but a long run learns the codec), and the
+#   soundfile/cffi/pycparser/soxr wheels for the machine's Python in .whl/; PACK=.devdata/flac
 # then run it there from the repository root with .devdata and .whl carried.
 set -euo pipefail
 OUT=${OUT:-out/gpu-burst}
