@@ -5,7 +5,8 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= opus,lab,train,test
-APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont
+# iproute2: `ip` and `tc` for the network-namespace tests (they skip, saying so, without it)
+APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont iproute2
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed
 
@@ -48,6 +49,8 @@ bench: setup
 	$(BIN)/nmp-peer bench --method repeat --json
 	$(BIN)/nmp-peer bench --method lpc --json
 
+# the third SoundFont of the training set (docs/model-card.md)
+train-data: APT_PKGS += musescore-general-soundfont
 train-data: setup
 	$(BIN)/python -c "from nmp_peer.synth import build_set as b; \
 	  [print(b('$(DATA)/' + split, split, jobs=$(JOBS), **size)) for split, size in \
