@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.conceal.base import Concealer
 
 
 def _summary(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:
@@ -87,7 +88,12 @@ def bench_method(method: str, calls: int = 300) -> dict[str, Any]:
     """Time per concealed packet of one concealer, called as the engine calls it."""
     from nmp_peer.conceal import make_concealer
 
-    concealer = make_concealer(method)
+    return bench_concealer(make_concealer(method), calls)
+
+
+def bench_concealer(concealer: Concealer, calls: int = 300) -> dict[str, Any]:
+    """``bench_method`` for a concealer already made (another model file, say)."""
+    method = concealer.name
     concealer.warm_up()
     audio = _test_signal(SAMPLE_RATE * 10)
     ctx = concealer.context_samples

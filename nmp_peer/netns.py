@@ -399,7 +399,8 @@ def run_netns_jam(
     return result
 
 
-def _free_udp_port() -> int:
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -420,7 +421,7 @@ def run_loopback_jam(
 ) -> dict[str, Any]:
     """``run_netns_jam`` on 127.0.0.1 (no namespaces, no root): the same three processes, ports apart."""
     clip_a, clip_b, out = _prepare(clip_a, clip_b, out_dir)
-    port_a, port_b = _free_udp_port(), _free_udp_port()
+    port_a, port_b = free_udp_port(), free_udp_port()
     layout = _Layout(
         relay_listen="127.0.0.1:0", relay_forward=f"127.0.0.1:{port_b}",
         a_listen=f"127.0.0.1:{port_a}", a_relay_host="127.0.0.1",

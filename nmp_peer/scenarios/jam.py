@@ -31,7 +31,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from nmp_peer.netns import A_ADDR, B_ADDR, PEER_PORT, RELAY_A_ADDR, RELAY_B_ADDR, RELAY_PORT, check_address
+from nmp_peer.netns import (
+    A_ADDR,
+    B_ADDR,
+    PEER_PORT,
+    RELAY_A_ADDR,
+    RELAY_B_ADDR,
+    RELAY_PORT,
+    check_address,
+    free_udp_port,
+)
 from nmp_peer.scenarios.spec import Scenario
 
 BACKENDS = ("loopback", "netns", "docker")
@@ -191,12 +199,6 @@ def _jam_args(listen: str, peer: str, concealer: str, config: str | None, files:
     if quiet:
         args.append("--quiet")
     return args
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LoopbackBackend(Backend):

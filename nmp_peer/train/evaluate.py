@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nmp_peer import SAMPLE_RATE
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.gan import GanConcealer
 from nmp_peer.conceal.lpc import LpcConcealer
@@ -89,32 +87,12 @@ def evaluate(
     return {"summary": summary, "rows": rows}
 
 
-def bench(model: Path | None, calls: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Time per lost packet of the whole GAN concealment, one thread, as the engine calls it."""
-    concealer = GanConcealer(model, threads=1)
-    concealer.warm_up()
-    rng = np.random.default_rng(seed)
-    n = SAMPLE_RATE * 5
-    t = np.arange(n) / SAMPLE_RATE
-    audio = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.01 * np.sin(2 * np.pi * 0.5 * t)))
-             + 0.05 * rng.standard_normal(n)).astype(np.float32)[:, None]
-    ctx = concealer.context_samples
-    wall, cpu = [], []
-    for i in range(calls):
-        start = ctx + (i * 997) % (n - ctx - 1)
-        history = np.ascontiguousarray(audio[start - ctx : start])
-        w, c = time.perf_counter(), time.thread_time()
-        for _ in concealer.stages(history, i % 3):
-            pass
-        cpu.append(time.thread_time() - c)
-        wall.append(time.perf_counter() - w)
-    out: dict[str, Any] = {"method": "gan", "calls": calls}
-    for name, values in (("", wall), ("cpu_", cpu)):
-        v = np.array(values) * 1e3
-        out[f"{name}p50_ms"] = round(float(np.percentile(v, 50)), 3)
-        out[f"{name}p99_ms"] = round(float(np.percentile(v, 99)), 3)
-        out[f"{name}max_ms"] = round(float(v.max()), 3)
-    return out
+def bench(model: Path | None, calls: int = 500) -> dict[str, Any]:
+    """Time per lost packet of the whole GAN concealment, one thread, as the engine calls
+    it: ``nmp-peer bench --method gan`` for any model file."""
+    from nmp_peer.bench import bench_concealer
+
+    return {"model": str(model or "shipped"), **bench_concealer(GanConcealer(model, threads=1), calls)}
 
 
 def main(argv: list[str] | None = None) -> int:
