@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import math
 import os
 import signal
@@ -300,9 +301,11 @@ class Trainer:
         return model.eval()
 
     def predict(
-        self, model: nn.Module | None, data: ChunkSet, batch: int = 16
+        self, model: nn.Module | str | None, data: ChunkSet, batch: int = 16
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reference, played and mask over the validation chunks; ``model=None``: LPC alone.
+        """Reference, played and mask over the validation chunks; ``model=None``: LPC alone;
+        ``model="oracle"``: the true magnitude with the LP phase (what a perfect magnitude
+        refinement could reach; it reads the future, so it is a bound, not a concealer).
 
         As the playout engine plays an isolated loss: two packets of history, the first
         predicted packet, then the real next packet, faded in from the prediction's
@@ -319,8 +322,11 @@ class Trainer:
                 pred = lp
             else:
                 feature, gap_spec, gain = self.front.analyze(inp)
-                with torch.no_grad():
-                    out = model(to_tensor(feature, self.device)).cpu().numpy()[:, 0]
+                if model == "oracle":
+                    out = self.front.target_features(clean, gain)
+                else:
+                    with torch.no_grad():
+                        out = model(to_tensor(feature, self.device)).cpu().numpy()[:, 0]
                 pred = np.clip(self.front.crossfade(lp, self.front.synthesize(out, gap_spec, gain)), -1, 1)
             seg = slice(CHUNK_CONTEXT_SAMPLES - 1024, None)  # 2 packets of history, the 2 predicted
             refs.append(clean[:, seg])
@@ -336,7 +342,7 @@ class Trainer:
         lost = np.tile(np.array([False, False, True, False]), len(data))
         return ref, test, lost
 
-    def score(self, model: nn.Module | None) -> dict[str, float]:
+    def score(self, model: nn.Module | str | None) -> dict[str, float]:
         ref, test, lost = self.predict(model, self.valid_set)
         return {
             "lsd": metrics.lost_packet_lsd_db(ref, test, lost),
@@ -614,8 +620,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     parser.add_argument("--init", type=Path, default=None, help="a new run starts from this checkpoint's generator")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--oracle", action="store_true",
+                        help="no training: print LSD/SNR on the validation split of LPC alone and of the true "
+                        "magnitude with the LP phase (the bound of a magnitude-only refinement)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    if args.oracle:
+        train_set, valid_set = load_data(config, args.data, args.cache or args.out / "cache", not args.no_progress)
+        trainer = Trainer(config, train_set, valid_set, args.out)
+        print(json.dumps({"lpc": trainer.score(None), "oracle": trainer.score("oracle")}))
+        return 0
     train(
         config,
         args.data,
