@@ -150,7 +150,6 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.train_set = train_set
         self.train_chunks = DeviceChunks(train_set, self.device)
         self.valid_set = valid_set
         self.out = out
