@@ -12,11 +12,10 @@ or as FLAC, exactly; ``decode`` turns the pack back into 44.1 kHz 16-bit WAVs in
 ready for ``nmp_peer.train.train --data``. Every clip keeps its name, so the validation
 split stays the validation split.
 
-Opus is lossy. At ``--level 0.5`` (about 130 kbit/s mono) the round trip costs about
-1.4 dB of log-spectral distance against the original (1024-point STFT, floor 80 dB below
-the clip's peak), measured on the synth set; the LP prediction the network refines is
-about 9 dB away, yet a long run on such a pack learned the codec (docs/model-card.md).
-FLAC is lossless and costs ~316 kbit/s on the synth set: fewer seconds per clip, exact.
+Opus is lossy: its spectra differ from the original far less than the LP prediction
+does, yet a long run on such a pack learned the codec (docs/model-card.md). FLAC is
+lossless and about twice the bitrate of Opus at ``--level 0.5`` on the synth set
+(``pack.json`` gives the rate of each pack): fewer seconds per clip, exact.
 """
 
 from __future__ import annotations
@@ -30,19 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nmp_peer import SAMPLE_RATE
+from nmp_peer.audio_io import read_audio, write_audio
+
 PACK_RATE = 48_000
 """Opus codes 8, 12, 16, 24 or 48 kHz; 44.1 kHz audio is resampled both ways."""
-SAMPLE_RATE = 44_100
 SPLITS = ("train", "valid")
-
-
-def _resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    import scipy.signal
-
-    g = int(np.gcd(src, dst))
-    return scipy.signal.resample_poly(x, dst // g, src // g).astype(np.float32)
-
-
 CODECS = ("opus", "flac")
 
 
@@ -64,19 +56,18 @@ def encode(
             raise SystemExit(f"error: {data / split} holds no WAV clips")
         (out / split).mkdir(parents=True, exist_ok=True)
         for path in files:
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-            if rate != SAMPLE_RATE:
-                raise SystemExit(f"error: {path}: sample rate {rate}, expected {SAMPLE_RATE}")
-            x = audio.mean(axis=1)
+            x = read_audio(path, channels=1)[0][:, 0]
             n = min(len(x), int(seconds * SAMPLE_RATE))
             start = int(rng.integers(0, len(x) - n + 1))
             excerpt = x[start : start + n]
             if codec == "flac":
                 target = out / split / (path.stem + ".flac")
-                sf.write(str(target), excerpt, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+                write_audio(target, excerpt[:, None])
             else:
+                import soxr
+
                 target = out / split / (path.stem + ".ogg")
-                y = _resample(excerpt, SAMPLE_RATE, PACK_RATE)
+                y = soxr.resample(excerpt, SAMPLE_RATE, PACK_RATE, quality="VHQ")
                 sf.write(str(target), y, PACK_RATE, format="OGG", subtype="OPUS", compression_level=level)
             total_bytes += target.stat().st_size
             total_seconds += n / SAMPLE_RATE
@@ -97,15 +88,8 @@ def encode(
 
 
 def _decode_one(job: tuple[Path, Path]) -> None:
-    import soundfile as sf
-
     source, target = job
-    audio, rate = sf.read(str(source), dtype="float32", always_2d=True)
-    x = audio.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        x = _resample(x, rate, SAMPLE_RATE)
-    x = np.clip(x, -1.0, 1.0)
-    sf.write(str(target), x, SAMPLE_RATE, subtype="PCM_16")
+    write_audio(target, read_audio(source, channels=1)[0])
 
 
 def decode(pack: Path, out: Path, jobs: int = 0) -> int:
