@@ -168,6 +168,31 @@ def test_gap_frames_are_exactly_those_that_reach_the_prediction():
     assert same[:GAP_FRAME].all() and not same[GAP_FRAME:].any()
 
 
+def test_frames_the_model_does_not_read_are_neither_computed_nor_read(gan):
+    """The exported generator's output depends on no input frame before its
+    ``input_from_frame``; the front end leaves those zero and the rest as before."""
+    first = gan.input_from_frame
+    assert 0 < first < GAP_FRAME
+    x = music_like(0.2, seed=11)[:CHUNK_SAMPLES, 0]
+    front = SpectralFrontEnd()
+    full, full_gap, _ = front.analyze(x)
+    part, part_gap, _ = front.analyze(x, first)
+    np.testing.assert_array_equal(part[..., first:], full[..., first:])
+    assert not part[..., :first].any()
+    np.testing.assert_array_equal(part_gap, full_gap)
+
+    def run(feature: np.ndarray) -> np.ndarray:
+        return gan.session.run(None, {gan._input: feature[:, None]})[0]
+
+    rng = np.random.default_rng(12)
+    scrambled = full.copy()
+    scrambled[..., :first] = rng.uniform(0, 1, scrambled[..., :first].shape)
+    np.testing.assert_array_equal(run(scrambled), run(full))
+    nudged = full.copy()
+    nudged[..., first] = rng.uniform(0, 1, nudged.shape[1])
+    assert not np.array_equal(run(nudged), run(full))
+
+
 def test_feature_is_level_invariant():
     front = SpectralFrontEnd()
     x = music_like(0.2, seed=10)[:CHUNK_SAMPLES, 0]

@@ -6,6 +6,7 @@ Needs the ``train`` extra (PyTorch, onnx); skipped only when PyTorch is not inst
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,6 +82,14 @@ def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
     assert out_gan.shape == (1024, 1) and np.all(np.isfinite(out_gan))
 
 
+def test_a_few_steps_in_the_resynthesis_domain(data_dir: Path, tmp_path: Path):
+    config = load_config("tiny")
+    config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, domain="resynthesis"))
+    trainer = train(config, data_dir, tmp_path / "run", progress=False)
+    rows = _rows(tmp_path / "run" / "train_log.csv")
+    assert trainer.step == 4 and all(np.isfinite(float(r["sc"])) and np.isfinite(float(r["log_mag"])) for r in rows)
+
+
 def test_untrained_residual_generator_returns_the_lpc_prediction(tmp_path: Path):
     """Its last layer starts at zero: before training the concealer is LPC alone."""
     config = load_config("tiny")
@@ -113,6 +122,51 @@ def test_computation_forms_are_the_same_function(form: str):
     reference = g(x)
     g.set_form(form)
     torch.testing.assert_close(g(x), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_generator_restricted_to_the_gap_frames_is_the_same_function():
+    """``set_output_from``: every block computes only the frames its outputs need, and the
+    result is the full network's frames 177.. exactly; input frames before
+    ``input_from()`` reach nothing, the one at it does."""
+    torch.manual_seed(1)
+    g = Generator(4).eval()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0, 0.3)
+    x = (torch.rand(1, 1, 256, 256) * 0.5).requires_grad_()
+    g.set_form("export")
+    full = g(x)[..., 177:]
+    g.set_output_from(177)
+    part = g(x)
+    torch.testing.assert_close(part, full, atol=1e-6, rtol=0)
+    part.sum().backward()
+    reach = x.grad.abs().sum(dim=(0, 1, 2)) > 0
+    first = g.input_from()
+    assert 0 < first < 177 and reach[first] and not reach[:first].any()
+
+
+def test_played_features_are_what_the_runtime_plays():
+    """The ``resynthesis`` loss domain: torch's differentiable copy of the runtime's
+    inversion (LP phase, overlap-add, crossfade from LP), analysed again on the input's
+    scale, equals the numpy front end's, and gives back the input for an unchanged one."""
+    numpy_front, torch_front = SpectralFrontEnd(), TorchFrontEnd(torch.device("cpu"))
+    rng = np.random.default_rng(13)
+    chunks = np.stack([music_like(0.1, seed=14)[:CHUNK_SAMPLES, 0], rng.uniform(-0.5, 0.5, CHUNK_SAMPLES)])
+    chunks = chunks.astype(np.float32)
+    feature, gap_spec, gain = numpy_front.analyze(chunks)
+    refined = np.clip(feature * (1 + 0.3 * rng.standard_normal(feature.shape)), 0, 1).astype(np.float32)
+    lp = chunks[:, CHUNK_CONTEXT_SAMPLES:]
+    played = numpy_front.crossfade(lp, numpy_front.synthesize(refined, gap_spec, gain))
+    expected = numpy_front.target_features(np.concatenate([chunks[:, :CHUNK_CONTEXT_SAMPLES], played], 1), gain)
+    refined_t = torch.from_numpy(refined).requires_grad_()
+    got = torch_front.played_features(refined_t, torch.from_numpy(chunks), torch.from_numpy(gain))
+    np.testing.assert_allclose(got.detach().numpy(), expected, atol=1e-4)  # float32 STFTs
+    same = torch_front.played_features(torch.from_numpy(feature), torch.from_numpy(chunks), torch.from_numpy(gain))
+    np.testing.assert_allclose(same.numpy(), feature, atol=1e-4)
+    silent = torch.zeros(1, CHUNK_SAMPLES)
+    zero = torch.zeros(1, 256, 256, requires_grad=True)
+    torch_front.played_features(zero, silent, torch.full((1,), 1e-6)).sum().backward()
+    assert torch.isfinite(zero.grad).all()  # silent bins: no NaN gradient
 
 
 def test_front_end_matches_torch_stft():

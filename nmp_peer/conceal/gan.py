@@ -5,7 +5,9 @@ The last 3072 samples of the history and those 1024 form a 4096-sample chunk; it
 compressed STFT magnitude (1 x 256 bins x 256 frames) goes through the generator, an
 onnxruntime session, and the refined magnitude with the LP phase is inverted back to
 the last 1024 samples. The exported generator computes only the 79 output frames that
-reach those samples (``nmp_peer.train.export``), exactly as the full network would.
+reach those samples (``nmp_peer.train.export``), exactly as the full network would, and
+reads only the input frames that reach them (from its ``input_from_frame``, 65): the
+front end leaves the others zero instead of computing them.
 The first 128 samples of the packet fade from LP to the refined signal (half-Hann), so
 the seam with the history stays the LPC's.
 
@@ -96,39 +98,49 @@ class SpectralFrontEnd:
         wss = wss[-self._gap_offset : -self._gap_offset + PREDICT_SAMPLES]
         if np.any(wss < 1e-3):
             raise AssertionError("gap frames do not cover the predicted samples")
-        self._inv_wss = (1.0 / wss).astype(np.float32)
+        self.inverse_window_sum = (1.0 / wss).astype(np.float32)
         self._ola_hops = ola_hops
         fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(CROSSFADE_SAMPLES) + 0.5) / CROSSFADE_SAMPLES)
         self.fade_in = fade.astype(np.float32)
         self._padded = np.empty(CHUNK_SAMPLES + 2 * PAD, np.float32)
         self._frames = np.empty((N_FRAMES, N_FFT), np.float32)
 
-    def _frames_of(self, padded: np.ndarray) -> np.ndarray:
-        """Windowed frames ``(B, 256, 511)`` of padded chunks ``(B, 4606)``."""
-        view = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP]
-        out = self._frames[None] if padded.shape[0] == 1 else None
+    def _frames_of(self, padded: np.ndarray, first: int = 0) -> np.ndarray:
+        """Windowed frames ``first..255`` ``(B, 256 - first, 511)`` of padded chunks ``(B, 4606)``."""
+        view = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, first * HOP :: HOP]
+        out = self._frames[None, first:] if padded.shape[0] == 1 else None
         return np.multiply(view, self.window, out=out)
 
-    def _features_of(self, frames: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _features_of(self, frames: np.ndarray, gain: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``(B, 256, 256)``, frames before ``first`` zero; the STFT of the frames given."""
         spec = scipy.fft.rfft(frames, axis=-1)  # (B, frames, bins), complex64
         mag = np.abs(spec)
         mag *= (1.0 / gain)[:, None, None]
         feature = np.sqrt(mag, out=mag)
         feature *= np.float32(1.0 / FEATURE_CEILING)
-        return np.ascontiguousarray(feature.transpose(0, 2, 1)), spec
+        if first == 0:
+            return np.ascontiguousarray(feature.transpose(0, 2, 1)), spec
+        out = np.zeros((len(frames), N_BINS, N_FRAMES), np.float32)
+        out[..., first:] = feature.transpose(0, 2, 1)
+        return out, spec
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] == 1:
             return _reflect_into(x[0], self._padded)[None]
         return np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")
 
-    def analyze(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def analyze(self, chunks: np.ndarray, first_frame: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features ``(B, 256 bins, 256 frames)`` float32, gap STFT ``(B, 79, 256)`` complex64,
-        gains ``(B,)`` float32. ``chunks`` is ``(B, 4096)`` or one chunk ``(4096,)``."""
+        gains ``(B,)`` float32. ``chunks`` is ``(B, 4096)`` or one chunk ``(4096,)``.
+
+        ``first_frame``: the frames before it are left zero, not computed (the exported
+        generator does not read them: its ``input_from_frame``)."""
+        if not 0 <= first_frame <= GAP_FRAME:
+            raise ValueError(f"first_frame must be in 0..{GAP_FRAME}")
         x = np.atleast_2d(np.asarray(chunks, dtype=np.float32))
         gain = np.maximum(np.max(np.abs(x), axis=1), GAIN_FLOOR).astype(np.float32)
-        feature, spec = self._features_of(self._frames_of(self._pad(x)), gain)
-        return feature, spec[:, GAP_FRAME:], gain
+        feature, spec = self._features_of(self._frames_of(self._pad(x), first_frame), gain, first_frame)
+        return feature, spec[:, GAP_FRAME - first_frame :], gain
 
     def target_features(self, chunks: np.ndarray, gain: np.ndarray) -> np.ndarray:
         """Features of the true chunks on the scale of the LP-filled ones (``gain``): training."""
@@ -143,19 +155,33 @@ class SpectralFrontEnd:
             f = f[..., GAP_FRAME:]
         mag = np.square(np.float32(FEATURE_CEILING) * f.transpose(0, 2, 1))
         mag *= np.asarray(gain, np.float32)[:, None, None]
+        # the LP phase: the refined magnitude over the LP's times the LP spectrum (the bare
+        # magnitude where the LP bin is empty)
         lp_mag = np.abs(gap_spec)
-        unit = np.divide(gap_spec, lp_mag, out=np.ones_like(gap_spec), where=lp_mag > 1e-20)
-        frames = scipy.fft.irfft(mag * unit, n=N_FFT, axis=-1)
+        live = lp_mag > 1e-20
+        ratio = np.divide(mag, lp_mag, out=np.zeros_like(mag), where=live)
+        spec = gap_spec * ratio
+        if not live.all():
+            spec[~live] = mag[~live]
+        frames = scipy.fft.irfft(spec, n=N_FFT, axis=-1)
         frames *= self.window
         batch, n_gap = frames.shape[:2]
-        blocks = np.zeros((batch, n_gap, self._hops_per_frame * HOP), np.float32)
-        blocks[:, :, :N_FFT] = frames
-        blocks = blocks.reshape(batch, n_gap, self._hops_per_frame, HOP)
-        out = np.zeros((batch, self._ola_hops, HOP), np.float32)
+        # weighted overlap-add of the hops that reach the predicted samples only
+        first_hop = -self._gap_offset // HOP
+        n_hops = -(-(-self._gap_offset + PREDICT_SAMPLES) // HOP) - first_hop
+        out = np.zeros((batch, n_hops + 1, HOP), np.float32)
+        flat_out = out.reshape(batch, -1)
         for j in range(self._hops_per_frame):
-            out[:, j : j + n_gap] += blocks[:, :, j]
-        out = out.reshape(batch, -1)[:, -self._gap_offset : -self._gap_offset + PREDICT_SAMPLES]
-        return out * self._inv_wss
+            # frame i's hop j lands on output hop i + j; keep i + j in [first_hop, first_hop + n_hops)
+            lo, hi = max(first_hop - j, 0), min(first_hop + n_hops - j, n_gap)
+            if lo >= hi:
+                continue
+            width = min(HOP, N_FFT - j * HOP)
+            dst = (lo + j - first_hop) * HOP
+            out_view = flat_out[:, dst : dst + (hi - lo) * HOP].reshape(batch, hi - lo, HOP)
+            out_view[..., :width] += frames[:, lo:hi, j * HOP : j * HOP + width]
+        start = -self._gap_offset - first_hop * HOP
+        return flat_out[:, start : start + PREDICT_SAMPLES] * self.inverse_window_sum
 
     def crossfade(self, lp: np.ndarray, refined: np.ndarray) -> np.ndarray:
         """The packet starts as LP and becomes the refined prediction over 128 samples."""
@@ -214,6 +240,9 @@ class GanConcealer(Concealer):
             if key in meta and int(meta[key]) != value:
                 raise ValueError(f"{path}: model was trained with {key}={meta[key]}, runtime uses {value}")
         self.metadata = dict(meta)
+        self.input_from_frame = int(meta.get("input_from_frame", 0))
+        if not 0 <= self.input_from_frame <= GAP_FRAME:
+            raise ValueError(f"{path}: input_from_frame {self.input_from_frame} is outside 0..{GAP_FRAME}")
         self._input = self.session.get_inputs()[0].name
         frames = self.session.get_outputs()[0].shape[-1]
         if frames not in (N_FRAMES, N_FRAMES - GAP_FRAME):
@@ -253,7 +282,7 @@ class GanConcealer(Concealer):
             np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             if float(np.max(np.abs(chunk))) < GAIN_FLOOR:
                 return lp.astype(np.float32)
-            feature, gap_spec, gain = self.front.analyze(chunk)
+            feature, gap_spec, gain = self.front.analyze(chunk, self.input_from_frame)
             refined = self.session.run(None, {self._input: feature[:, None]})[0]
             pred = self.front.synthesize(refined[:, 0], gap_spec, gain)[0]
             if not np.all(np.isfinite(pred)):

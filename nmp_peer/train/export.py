@@ -6,7 +6,9 @@ The graph is the generator in its export form (``Generator.set_form("export")``:
 function, its decoder written as sub-pixel depthwise convolutions, which onnxruntime runs
 ~3x faster than grouped transposed convolutions), in eval mode, so onnxruntime folds each
 BatchNorm into its convolution; and it computes only the 79 output frames that reach the
-predicted samples (``Generator.set_output_from(177)``), which halves its cost. Input
+predicted samples (``Generator.set_output_from(177)``: 28.5 of 71.8 M mult-adds), reading
+input frames from 65 on only (metadata ``input_from_frame``, which the runtime's front end
+uses to skip the others). Input
 ``magnitude`` is ``(batch, 1, 256, 256)``, output ``refined`` ``(batch, 1, 256, 79)``
 (frames 177..255), float32. The STFT
 settings and the training facts go into the model's metadata, and the runtime refuses a
@@ -190,6 +192,7 @@ def export(checkpoint: Path, out: Path, check: bool = True) -> dict[str, Any]:
         "hop": HOP,
         "chunk_samples": CHUNK_SAMPLES,
         "output_from_frame": GAP_FRAME,
+        "input_from_frame": graph.input_from(),
         "feature": f"sqrt(|S| / peak) / {FEATURE_CEILING:.6f}",
         "config_name": config.get("name", ""),
         "train_seconds": round(float(state.get("train_seconds", state.get("seconds", 0.0))), 1),

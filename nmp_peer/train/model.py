@@ -203,36 +203,74 @@ class Generator(nn.Module):
         """Compute only output frames ``frame`` onwards (the runtime uses only the frames
         that reach the predicted samples), or all of them (``None``).
 
-        Each decoder block then works on the time range its outputs need, and nothing
-        else. A stride-2, kernel-4 transposed convolution makes output ``o`` from inputs
-        ``(o - 2) // 2 .. (o + 1) // 2``, so an input cropped to start at ``i`` (zeros
-        before it) gives exact outputs from ``2 i + 1`` on; the block's start is chosen
-        so, from the last block back, and the first inexact frame is dropped at the end.
-        The result equals the full network's ``[..., frame:]`` exactly (tested); with
-        ``frame = 177`` the two high-resolution blocks do a third of their work (cropping
-        the narrow blocks too was measured faster than leaving them whole).
+        Every block then works on the time range its outputs need, and nothing else
+        (``crop_plan``). The result equals the full network's ``[..., frame:]`` exactly
+        (tested), and input frames before ``input_from()`` do not reach it, so the runtime
+        need not compute them. With ``frame = 177`` the decoder's two high-resolution
+        blocks do a third of their work and the encoder three quarters.
         """
         self.output_from = frame
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        x = inp
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-        x = self.bottleneck(x)
+    def crop_plan(self, start: int) -> tuple[list[int], int, list[int]]:
+        """First exact frame each block must deliver for outputs ``start`` onwards:
+        ``(encoder, bottleneck, decoder)``, encoder stage 0 first, decoder last block first.
+
+        Decoder: a stride-2, kernel-4 transposed convolution makes output ``o`` from
+        inputs ``(o - 2) // 2 .. (o + 1) // 2``, so its input must be exact from
+        ``(o - 1) // 2``. Encoder: a stride-2, kernel-4 convolution (padding 1) makes
+        ``o`` from ``2 o - 1 .. 2 o + 2``; the 3x3 bottleneck makes ``o`` from
+        ``o - 1 .. o + 1``. A stage must also feed its skip connection from where the
+        decoder reads it. Each block is given its input cropped one frame before the
+        first exact one it needs (an even start, so the strided grid stays aligned, and
+        one column for its zero padding to spoil); that one inexact output frame is
+        never read.
+        """
+        decoder = [start]
+        for _ in self.up:
+            decoder.append(max((decoder[-1] - 1) // 2, 0))
+        n = len(self.down)
+        bottleneck = decoder[n]
+        encoder = [0] * n
+        need = bottleneck - 1
+        for level in range(n - 1, -1, -1):
+            # skip of stage ``level`` is read by the decoder block that makes resolution ``level``
+            encoder[level] = max(min(decoder[level + 1], need), 0)
+            need = 2 * encoder[level] - 1
+        return encoder, bottleneck, decoder
+
+    def input_from(self) -> int:
+        """First input frame that reaches the outputs (0 when all frames are computed)."""
         start = getattr(self, "output_from", None)
         if start is None:
+            return 0
+        return max(2 * self.crop_plan(start)[0][0] - 1, 0)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        start = getattr(self, "output_from", None)
+        if start is None:
+            x = inp
+            skips = []
+            for block in self.down:
+                x = block(x)
+                skips.append(x)
+            x = self.bottleneck(x)
             for block, skip in zip(self.up, reversed(skips)):
                 x = block(torch.cat([x, skip], dim=1))
         else:
-            needs = [start]  # first exact output frame each block must deliver, last block first
-            for _ in self.up:
-                needs.append(max((needs[-1] - 1) // 2, 0))
-            offset = 0  # absolute frame index of x[..., 0] at the current resolution
-            for k, (block, skip) in enumerate(zip(self.up, reversed(skips))):
-                first_in = needs[len(self.up) - k]  # crop inputs to start here
-                x = block(torch.cat([x[..., first_in - offset :], skip[..., first_in:]], dim=1))
+            encoder, bottleneck, decoder = self.crop_plan(start)
+            x, offset = inp, 0  # offset: absolute frame index of x[..., 0] at x's resolution
+            skips = []
+            for block, first in zip(self.down, encoder):
+                crop = max(2 * first - 2, 0)
+                x = block(x[..., crop - offset :])
+                offset = crop // 2
+                skips.append((x, offset))
+            crop = max(bottleneck - 1, 0)
+            x = self.bottleneck(x[..., crop - offset :])
+            offset = crop
+            for k, (block, (skip, skip_offset)) in enumerate(zip(self.up, reversed(skips))):
+                first_in = decoder[len(self.up) - k]  # crop inputs to start here
+                x = block(torch.cat([x[..., first_in - offset :], skip[..., first_in - skip_offset :]], dim=1))
                 offset = 2 * first_in
             x = x[..., start - offset :]
             inp = inp[..., start:]

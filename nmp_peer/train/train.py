@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmp_peer import BLOCK_FRAMES
@@ -50,6 +51,7 @@ from nmp_peer.conceal.gan import (
     HOP,
     N_FFT,
     PAD,
+    PREDICT_SAMPLES,
     SpectralFrontEnd,
 )
 from nmp_peer.conceal.lpc import LpcConcealer
@@ -63,6 +65,7 @@ RECOVERY_FADE_SAMPLES = LpcConcealer.recovery_fade_samples
 PACKET_END_FRAME = (CHUNK_CONTEXT_SAMPLES + BLOCK_FRAMES + RECOVERY_FADE_SAMPLES - 1 + PAD) // HOP + 1
 """One past the last frame that reaches what the engine plays of a prediction: the first
 packet and the recovery fade from the second (244)."""
+TINY_POWER = 1e-24
 VALIDATION = "engine-v3"
 """What the validation numbers mean; a checkpoint made under another definition does not
 keep its best score (see ``Trainer.predict``)."""
@@ -103,6 +106,9 @@ class TorchFrontEnd:
 
     def __init__(self, device: torch.device) -> None:
         self.window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64).float().to(device)
+        numpy_front = SpectralFrontEnd()
+        self.inv_wss = torch.from_numpy(numpy_front.inverse_window_sum).to(device)
+        self.fade_in = torch.from_numpy(numpy_front.fade_in).to(device)
 
     def _features(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(
@@ -117,6 +123,34 @@ class TorchFrontEnd:
 
     def target_features(self, chunks: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         return self._features(chunks, gain)
+
+    def played_features(self, feature: torch.Tensor, chunks: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, 256, 256)`` of what the runtime makes of refined features
+        ``(B, 256, 256)`` for LP-filled ``chunks``: ``SpectralFrontEnd.synthesize`` (the
+        refined magnitude of the gap frames with the LP phase, weighted overlap-add),
+        ``crossfade`` from the LP prediction, analysed again. Differentiable."""
+        spec = torch.stft(
+            chunks, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True
+        )[..., GAP_FRAME:]  # (B, bins, 79)
+        unit = spec / spec.abs().clamp_min(1e-20)
+        mag = gain[:, None, None] * (FEATURE_CEILING * feature[..., GAP_FRAME:]) ** 2
+        frames = torch.fft.irfft(mag * unit, n=N_FFT, dim=1) * self.window[None, :, None]  # (B, 511, 79)
+        n_gap = frames.shape[-1]
+        length = (n_gap - 1) * HOP + N_FFT
+        ola = F.fold(frames, output_size=(1, length), kernel_size=(1, N_FFT), stride=(1, HOP))[:, 0, 0]
+        first = CHUNK_CONTEXT_SAMPLES - (HOP * GAP_FRAME - PAD)  # the predicted part's first sample
+        pred = ola[:, first : first + PREDICT_SAMPLES] * self.inv_wss
+        lp = chunks[:, CHUNK_CONTEXT_SAMPLES:]
+        n = len(self.fade_in)
+        pred = torch.cat([lp[:, :n] + (pred[:, :n] - lp[:, :n]) * self.fade_in, pred[:, n:]], dim=1)
+        played = torch.cat([chunks[:, :CHUNK_CONTEXT_SAMPLES], pred], dim=1)
+        spec = torch.stft(
+            played, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True
+        )
+        # |S| and the square root with a floor far below any level that counts (1e-12 of the
+        # peak): their gradients at an exact zero (a silent bin) would be NaN and infinite.
+        power = spec.real**2 + spec.imag**2 + TINY_POWER * gain[:, None, None] ** 2
+        return (power**0.25 / gain[:, None, None].sqrt()) * (1.0 / FEATURE_CEILING)
 
 
 class DeviceChunks:
@@ -213,8 +247,11 @@ class Trainer:
         self.best_lsd = float(state["best_lsd"]) if state.get("validation") == VALIDATION else float("inf")
 
     # ------------------------------------------------------------------ data
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and target features ``(B, 1, 256, 256)`` of random training examples."""
+    def batch(
+        self, rng: np.random.Generator, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features and target features ``(B, 1, 256, 256)`` of random training examples,
+        and their LP-filled chunks ``(B, 4096)`` and gains ``(B,)``."""
         index = rng.integers(0, len(self.train_chunks), size)
         sign = rng.choice(np.array([-1.0, 1.0], np.float32), size)[:, None]  # LPC is odd: a free augmentation
         inp, clean = self.train_chunks.batch(index, sign)
@@ -225,6 +262,8 @@ class Trainer:
         return (
             feature.reshape(shape).contiguous(memory_format=torch.channels_last),
             target.reshape(shape).contiguous(memory_format=torch.channels_last),
+            inp,
+            gain,
         )
 
     # ------------------------------------------------------------------ training
@@ -236,9 +275,11 @@ class Trainer:
         for opt in (self.opt_G, self.opt_D):
             for group in opt.param_groups:
                 group["lr"] = lr
-        x, y = self.batch(rng, c.optim.batch_size)
+        x, y, inp, gain = self.batch(rng, c.optim.batch_size)
         self.G.train()
         out = self.G(x)
+        if c.loss.domain == "resynthesis":
+            out = self.torch_front.played_features(out[:, 0], inp, gain)[:, None]
         frames = slice(GAP_FRAME, PACKET_END_FRAME if c.loss.loss_frames == "packet" else None)
         pred_mag = losses.magnitude(out[..., frames])
         true_mag = losses.magnitude(y[..., frames])
