@@ -58,6 +58,7 @@ class ConcealSection(_Section):
     method: str = "lpc"
     fade_after_ms: float = Field(50.0, ge=0, le=10_000)
     fade_ms: float = Field(25.0, gt=0, le=10_000)
+    chain_bursts: bool = True
 
     @field_validator("method")
     @classmethod
@@ -114,6 +115,7 @@ class Config(_Section):
             latency=policy,
             fade_after_ms=self.conceal.fade_after_ms,
             fade_ms=self.conceal.fade_ms,
+            chain_bursts=self.conceal.chain_bursts,
         )
 
 

@@ -47,6 +47,9 @@ class PlayoutConfig:
     needs them, so a gap right after them is seen, and its concealment started, that much
     sooner: the worker gets up to 1 + this many blocks instead of one. Missing slots are
     still declared lost at their own deadline, so this changes no latency and no count."""
+    chain_bursts: bool = True
+    """The worker conceals the slot after each concealed one ahead of time, as if its packet
+    were lost too, and the engine adopts that work when it is (``nmp_peer.conceal.worker``)."""
 
 
 class StreamFifo:
@@ -104,7 +107,7 @@ class PlayoutEngine:
         self.jitter = JitterBuffer()
         self.controller = LatencyController(self.config.latency)
         self.fifo = StreamFifo(self.channels)
-        self.worker = ThreadedWorker(concealer) if threaded else InlineWorker(concealer)
+        self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
         self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
         self._codecs: dict[int, Codec] = {}
         self._opus = None  # an OpusDecoderStream once the peer sends Opus
@@ -423,6 +426,8 @@ class PlayoutEngine:
             return
         self.worker.request(nxt, self.fifo.tail(self.concealer.context_samples), self._burst)
         self._requested = nxt
+        if isinstance(self.worker, ThreadedWorker):
+            self.stats.concealer_chained = self.worker.chained
 
     def _insert_block(self) -> None:
         """Grow the buffer by one concealed block between two slots.

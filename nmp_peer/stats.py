@@ -32,6 +32,9 @@ class Stats:
     concealer_partial: int = 0
     """Concealments whose last stage was not ready at the deadline, so an earlier one played
     (for ``gan``: the LPC prediction, not the refined one). Not counted as misses."""
+    concealer_chained: int = 0
+    """Burst packets whose concealment the worker had started before the engine asked for
+    it, chained onto the previous packet's (``nmp_peer.conceal.worker``)."""
     underruns: int = 0
     """Blocks concealed because the buffer had run dry, plus sound-card output underflows."""
     blocks_inserted: int = 0

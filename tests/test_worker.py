@@ -1,0 +1,101 @@
+"""The threaded concealment worker: bursts chained onto the previous concealment, guesses
+adopted only when the engine's history is exactly the one assumed."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from nmp_peer import BLOCK_FRAMES
+from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.lpc import LpcConcealer
+from nmp_peer.conceal.worker import ThreadedWorker
+from nmp_peer.latency import LatencyPolicy
+from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+
+from conftest import music_like
+from test_playout import play
+
+
+class RecordingConcealer(Concealer):
+    """LPC, recording each call's slot-relevant inputs and signalling when one ends."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.lpc = LpcConcealer()
+        self.context_samples = self.lpc.context_samples
+        self.calls: list[tuple[np.ndarray, int]] = []
+        self.finished = threading.Semaphore(0)
+
+    def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
+        self.calls.append((history.copy(), burst_index))
+        out = self.lpc.conceal(history, burst_index)
+        self.finished.release()
+        return out
+
+
+def _history(seed: int = 0) -> np.ndarray:
+    return np.ascontiguousarray(music_like(0.2, seed=seed)[-3584:]).astype(np.float32)
+
+
+def test_the_next_slot_is_concealed_ahead_and_adopted_when_its_history_matches():
+    concealer = RecordingConcealer()
+    worker = ThreadedWorker(concealer)
+    try:
+        history = _history()
+        worker.request(10, history, 0)
+        assert concealer.finished.acquire(timeout=10)  # slot 10
+        assert concealer.finished.acquire(timeout=10)  # the guess at slot 11, unasked
+        first = worker.take(10)
+        assert first.complete and first.result is not None
+        expected_history = np.concatenate([history[BLOCK_FRAMES:], first.result[:BLOCK_FRAMES]])
+        np.testing.assert_array_equal(concealer.calls[1][0], expected_history)
+        assert concealer.calls[1][1] == 1
+        worker.request(11, expected_history, 1)  # what the engine asks once slot 10 is played
+        second = worker.take(11)
+        assert worker.chained == 1 and second.complete
+        np.testing.assert_array_equal(second.result, LpcConcealer().conceal(expected_history, 1))
+        # slot 11 was not computed again (a guess at slot 12 may be under way by now)
+        assert [burst for _, burst in concealer.calls][:3] in ([0, 1], [0, 1, 2])
+    finally:
+        worker.close()
+
+
+def test_a_guess_on_another_history_is_dropped_and_the_request_computed_afresh():
+    concealer = RecordingConcealer()
+    worker = ThreadedWorker(concealer)
+    try:
+        history = _history()
+        worker.request(10, history, 0)
+        assert concealer.finished.acquire(timeout=10)
+        assert concealer.finished.acquire(timeout=10)
+        first = worker.take(10)
+        faded = np.concatenate([history[BLOCK_FRAMES:], 0.5 * first.result[:BLOCK_FRAMES]])
+        worker.request(11, faded, 1)  # the burst fade changed the packet: not the guess
+        assert concealer.finished.acquire(timeout=10)
+        assert worker.chained == 0
+        np.testing.assert_array_equal(worker.take(11).result, LpcConcealer().conceal(faded, 1))
+        worker.request(12, history, 0)  # another slot: not the guess either
+        assert concealer.finished.acquire(timeout=10)
+        assert worker.chained == 0
+    finally:
+        worker.close()
+
+
+def test_chained_bursts_play_exactly_what_fresh_requests_would():
+    """Through the engine, paced so that every concealment is in time: a threaded engine
+    with chaining plays the same samples as the inline one (which computes each slot
+    from the history it has), and it did chain the burst's later packets."""
+    audio = music_like(1.5, seed=3)
+    lost = {20, 21, 22, 50, 51, 80}
+    config = PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2))
+    inline = PlayoutEngine(LpcConcealer(), config)
+    expected, _ = play(inline, audio, lost)
+    threaded = PlayoutEngine(LpcConcealer(), config, threaded=True)
+    got, _ = play(threaded, audio, lost, realtime_pause=0.03)
+    threaded.close()
+    assert threaded.stats.concealer_misses == 0 and threaded.stats.concealer_partial == 0
+    assert threaded.stats.concealer_chained == 3  # 21, 22 and 51
+    np.testing.assert_array_equal(got, expected)
