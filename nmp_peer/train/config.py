@@ -57,8 +57,9 @@ class LossConfig:
     magnitude (the report); ``"resynthesis"``, the STFT of the audio the runtime plays,
     the output magnitude with the LP phase inverted, crossfaded from LP and analysed
     again. With 32x overlap a refined magnitude is not a consistent STFT, so inversion
-    changes it: measured on eval clips, the resynthesised gap frames had a higher LSD
-    than the LPC's (8.66 vs 8.22 dB) while the output magnitude had a lower one (8.00)."""
+    changes it (in a one-off check the output magnitude was closer to the truth than
+    the LPC's, its resynthesis farther). Fine-tuning the shipped model this way did not
+    improve its validation LSD (``conf/train/bin2bin_v2_cpu_resynth.toml``)."""
 
 
 @dataclass(frozen=True)
