@@ -152,6 +152,18 @@ def test_lsd_zero_filled_is_large_and_edges_work(clip) -> None:
     assert np.isnan(lost_packet_lsd_db(x, x, np.zeros(packets(x), bool)))
 
 
+def test_lsd_errors_are_the_bins_behind_the_lsd(clip) -> None:
+    """``lost_packet_db_errors``: one row of per-bin level errors per lost packet, whose
+    per-packet RMS averages to the LSD; a scaled copy has the same error in every bin."""
+    x, lost = clip
+    noisy = x + 0.01 * np.random.default_rng(3).standard_normal(x.shape)
+    errors = metrics.lost_packet_db_errors(x, noisy, lost)
+    assert errors.shape == (int(lost.sum()), 513)
+    assert np.mean(np.sqrt(np.mean(errors**2, axis=1))) == pytest.approx(lost_packet_lsd_db(x, noisy, lost))
+    np.testing.assert_allclose(metrics.lost_packet_db_errors(x, 0.5 * x, lost), 20 * np.log10(0.5), atol=1e-9)
+    assert metrics.lost_packet_db_errors(x, x, np.zeros(packets(x), bool)).shape == (0, 513)
+
+
 # --- multi-resolution STFT -------------------------------------------------------------------
 
 
