@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.base import Concealer
@@ -40,48 +41,44 @@ def _history(seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(music_like(0.2, seed=seed)[-3584:]).astype(np.float32)
 
 
-def test_the_next_slot_is_concealed_ahead_and_adopted_when_its_history_matches():
+@pytest.fixture
+def slot_10_concealed():
+    """A worker that concealed slot 10 (and, unasked, guessed at slot 11), that result taken."""
     concealer = RecordingConcealer()
     worker = ThreadedWorker(concealer)
-    try:
-        history = _history()
-        worker.request(10, history, 0)
-        assert concealer.finished.acquire(timeout=10)  # slot 10
-        assert concealer.finished.acquire(timeout=10)  # the guess at slot 11, unasked
-        first = worker.take(10)
-        assert first.complete and first.result is not None
-        expected_history = np.concatenate([history[BLOCK_FRAMES:], first.result[:BLOCK_FRAMES]])
-        np.testing.assert_array_equal(concealer.calls[1][0], expected_history)
-        assert concealer.calls[1][1] == 1
-        worker.request(11, expected_history, 1)  # what the engine asks once slot 10 is played
-        second = worker.take(11)
-        assert worker.chained == 1 and second.complete
-        np.testing.assert_array_equal(second.result, LpcConcealer().conceal(expected_history, 1))
-        # slot 11 was not computed again (a guess at slot 12 may be under way by now)
-        assert [burst for _, burst in concealer.calls][:3] in ([0, 1], [0, 1, 2])
-    finally:
-        worker.close()
+    history = _history()
+    worker.request(10, history, 0)
+    assert concealer.finished.acquire(timeout=10)  # slot 10
+    assert concealer.finished.acquire(timeout=10)  # the guess at slot 11
+    first = worker.take(10)
+    assert first.complete and first.result is not None
+    yield concealer, worker, history, first.result
+    worker.close()
 
 
-def test_a_guess_on_another_history_is_dropped_and_the_request_computed_afresh():
-    concealer = RecordingConcealer()
-    worker = ThreadedWorker(concealer)
-    try:
-        history = _history()
-        worker.request(10, history, 0)
-        assert concealer.finished.acquire(timeout=10)
-        assert concealer.finished.acquire(timeout=10)
-        first = worker.take(10)
-        faded = np.concatenate([history[BLOCK_FRAMES:], 0.5 * first.result[:BLOCK_FRAMES]])
-        worker.request(11, faded, 1)  # the burst fade changed the packet: not the guess
-        assert concealer.finished.acquire(timeout=10)
-        assert worker.chained == 0
-        np.testing.assert_array_equal(worker.take(11).result, LpcConcealer().conceal(faded, 1))
-        worker.request(12, history, 0)  # another slot: not the guess either
-        assert concealer.finished.acquire(timeout=10)
-        assert worker.chained == 0
-    finally:
-        worker.close()
+def test_the_next_slot_is_concealed_ahead_and_adopted_when_its_history_matches(slot_10_concealed):
+    concealer, worker, history, first = slot_10_concealed
+    expected_history = np.concatenate([history[BLOCK_FRAMES:], first[:BLOCK_FRAMES]])
+    np.testing.assert_array_equal(concealer.calls[1][0], expected_history)
+    assert concealer.calls[1][1] == 1
+    worker.request(11, expected_history, 1)  # what the engine asks once slot 10 is played
+    second = worker.take(11)
+    assert worker.chained == 1 and second.complete
+    np.testing.assert_array_equal(second.result, LpcConcealer().conceal(expected_history, 1))
+    # slot 11 was not computed again (a guess at slot 12 may be under way by now)
+    assert [burst for _, burst in concealer.calls][:3] in ([0, 1], [0, 1, 2])
+
+
+def test_a_guess_on_another_history_is_dropped_and_the_request_computed_afresh(slot_10_concealed):
+    concealer, worker, history, first = slot_10_concealed
+    faded = np.concatenate([history[BLOCK_FRAMES:], 0.5 * first[:BLOCK_FRAMES]])
+    worker.request(11, faded, 1)  # the burst fade changed the packet: not the guess
+    assert concealer.finished.acquire(timeout=10)
+    assert worker.chained == 0
+    np.testing.assert_array_equal(worker.take(11).result, LpcConcealer().conceal(faded, 1))
+    worker.request(12, history, 0)  # another slot: not the guess either
+    assert concealer.finished.acquire(timeout=10)
+    assert worker.chained == 0
 
 
 def test_chained_bursts_play_exactly_what_fresh_requests_would():
