@@ -81,25 +81,22 @@ class SpectralFrontEnd:
     ``analyze`` maps LP-filled chunks to features (network input), the complex STFT of
     the gap frames (for the phase) and the gains; ``synthesize`` maps refined features
     of the gap frames back to the 1024 predicted samples. Frames are strided views of
-    the padded chunk, the FFTs are scipy's single-precision ones and the overlap-add is
-    32 slice additions (a 511-sample frame spans 32 hops), so a call costs ~1 ms.
+    the padded chunk, the FFTs are scipy's single-precision ones and the overlap-add
+    writes each frame into its own row, shifted through a strided view, and sums the rows.
     """
 
     def __init__(self) -> None:
         self.window = WINDOW.astype(np.float32)
-        self._hops_per_frame = -(-N_FFT // HOP)  # 32
         n_gap = N_FRAMES - GAP_FRAME
         # chunk sample where the first gap frame starts, relative to the predicted part
-        self._gap_offset = HOP * GAP_FRAME - PAD - CHUNK_CONTEXT_SAMPLES  # -1
-        ola_hops = n_gap + self._hops_per_frame - 1
-        wss = np.zeros(ola_hops * HOP)
+        self._gap_offset = HOP * GAP_FRAME - PAD - CHUNK_CONTEXT_SAMPLES  # -495
+        wss = np.zeros((n_gap - 1) * HOP + N_FFT)
         for i in range(n_gap):
             wss[i * HOP : i * HOP + N_FFT] += WINDOW**2
         wss = wss[-self._gap_offset : -self._gap_offset + PREDICT_SAMPLES]
         if np.any(wss < 1e-3):
             raise AssertionError("gap frames do not cover the predicted samples")
         self.inverse_window_sum = (1.0 / wss).astype(np.float32)
-        self._ola_hops = ola_hops
         fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(CROSSFADE_SAMPLES) + 0.5) / CROSSFADE_SAMPLES)
         self.fade_in = fade.astype(np.float32)
         self._padded = np.empty(CHUNK_SAMPLES + 2 * PAD, np.float32)
@@ -166,22 +163,15 @@ class SpectralFrontEnd:
         frames = scipy.fft.irfft(spec, n=N_FFT, axis=-1)
         frames *= self.window
         batch, n_gap = frames.shape[:2]
-        # weighted overlap-add of the hops that reach the predicted samples only
-        first_hop = -self._gap_offset // HOP
-        n_hops = -(-(-self._gap_offset + PREDICT_SAMPLES) // HOP) - first_hop
-        out = np.zeros((batch, n_hops + 1, HOP), np.float32)
-        flat_out = out.reshape(batch, -1)
-        for j in range(self._hops_per_frame):
-            # frame i's hop j lands on output hop i + j; keep i + j in [first_hop, first_hop + n_hops)
-            lo, hi = max(first_hop - j, 0), min(first_hop + n_hops - j, n_gap)
-            if lo >= hi:
-                continue
-            width = min(HOP, N_FFT - j * HOP)
-            dst = (lo + j - first_hop) * HOP
-            out_view = flat_out[:, dst : dst + (hi - lo) * HOP].reshape(batch, hi - lo, HOP)
-            out_view[..., :width] += frames[:, lo:hi, j * HOP : j * HOP + width]
-        start = -self._gap_offset - first_hop * HOP
-        return flat_out[:, start : start + PREDICT_SAMPLES] * self.inverse_window_sum
+        # Weighted overlap-add: frame i's hop j lands on output hop i + j. Each frame is
+        # written into its own row shifted by i hops (a strided view with a row stride one
+        # hop longer than a row), and the rows are summed.
+        rows = np.zeros((batch, n_gap, (n_gap - 1) * HOP + N_FFT), np.float32)
+        b, r, k = rows.strides
+        skewed = np.lib.stride_tricks.as_strided(rows, (batch, n_gap, N_FFT), (b, r + HOP * k, k), writeable=True)
+        skewed[...] = frames
+        start = -self._gap_offset
+        return rows[..., start : start + PREDICT_SAMPLES].sum(axis=1) * self.inverse_window_sum
 
     def crossfade(self, lp: np.ndarray, refined: np.ndarray) -> np.ndarray:
         """The packet starts as LP and becomes the refined prediction over 128 samples."""
