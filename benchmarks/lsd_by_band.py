@@ -7,8 +7,12 @@ mean burst 2 setting, seeds as ``nmp-peer lab``, and splits the per-bin level er
 ``nmp_peer.lab.metrics.lost_packet_db_errors`` into bands. Per method and band:
 ``mean_sq_db``, the band's share of the mean squared error over all bins (the shares
 add up to the squared LSD before its per-packet square root), and ``bias_db``, the
-mean level error (concealment minus original). A magnitude refinement can remove the
-bias; the rest of the squared error is the frame-to-frame fluctuation of the spectra.
+mean level error (concealment minus original). And the total mean squared error split
+three ways: ``global_bias_sq_db``, the square of each bin's mean error over all lost
+packets (what one fixed spectral correction would remove); ``envelope_sq_db``, each
+packet's error smoothed over third-octave bands (its spectral envelope: the part a
+magnitude refinement can reach, given the knowledge); ``fine_sq_db``, the rest, the fine
+structure within the bands, which only a prediction of the waveform reduces.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ from nmp_peer.lab.run import Setting, _seed, find_clips, load_clip, loss_mask
 from nmp_peer.lab.simulate import conceal_trace
 
 EDGES_HZ = (0, 1000, 4000, 8000, 16000, SAMPLE_RATE // 2 + 1)
+THIRD_OCTAVES_HZ = (0.0, *(100.0 * 2.0 ** (k / 3) for k in range(25) if 100.0 * 2.0 ** (k / 3) < SAMPLE_RATE / 2))
+
+
+def envelope(errors: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """Each packet's errors replaced by their mean over the bins of each band."""
+    out = np.empty_like(errors)
+    for k in np.unique(band):
+        sel = band == k
+        out[:, sel] = errors[:, sel].mean(axis=1, keepdims=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     setting = Setting("gilbert", 0.1, 2.0)
-    band = np.digitize(np.fft.rfftfreq(LSD_FFT_SIZE, 1 / SAMPLE_RATE), EDGES_HZ) - 1
+    freqs = np.fft.rfftfreq(LSD_FFT_SIZE, 1 / SAMPLE_RATE)
+    band = np.digitize(freqs, EDGES_HZ) - 1
+    third = np.digitize(freqs, THIRD_OCTAVES_HZ) - 1
     n_bands = len(EDGES_HZ) - 1
     errors: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     concealers = {m: make_concealer(m) for m in methods}
@@ -55,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         d = np.concatenate(parts)
         share = [float(np.sum(d[:, band == k] ** 2) / d.size) for k in range(n_bands)]
         bias = [float(np.mean(d[:, band == k])) for k in range(n_bands)]
+        env = envelope(d, third)
         result["methods"][method] = {
             "packets": len(d),
             "mean_sq_db": [round(v, 2) for v in share],
             "total_mean_sq_db": round(sum(share), 2),
+            "global_bias_sq_db": round(float(np.mean(np.mean(d, axis=0) ** 2)), 2),
+            "envelope_sq_db": round(float(np.mean(env**2)), 2),
+            "fine_sq_db": round(float(np.mean((d - env) ** 2)), 2),
             "bias_db": [round(v, 2) for v in bias],
             "lsd_db": round(float(np.mean(np.sqrt(np.mean(d**2, axis=1)))), 3),
         }
