@@ -8,8 +8,12 @@ the last 1024 samples. The exported generator computes only the 79 output frames
 reach those samples (``nmp_peer.train.export``), exactly as the full network would, and
 reads only the input frames that reach them (from its ``input_from_frame``, 65): the
 front end leaves the others zero instead of computing them.
-The first 128 samples of the packet fade from LP to the refined signal (half-Hann), so
-the seam with the history stays the LPC's.
+The prediction fades from LP to the refined signal over all 1024 samples (half-Hann):
+the seam with the history stays the LPC's, the played packet is at most half refined
+(the LP prediction is surest next to the history), and the second packet, from which
+the engine fades into the next real one, ends fully refined. Chosen against 128 and
+512 samples in the lab (docs/model-card.md): the longer fade gives smaller but
+consistent gains over LPC, on ViSQOL too, where the short one's were within the noise.
 
 The spectral front end (``SpectralFrontEnd``) is numpy only and is also what training
 uses to make the network's inputs and targets, so training and runtime agree by
@@ -55,7 +59,7 @@ N_BINS = N_FFT // 2 + 1  # 256
 N_FRAMES = 256
 GAP_FRAME = -(-(CHUNK_CONTEXT_SAMPLES - PAD) // HOP)  # 177
 """First frame that reaches the predicted samples; frames GAP_FRAME..255 (79) make the output."""
-CROSSFADE_SAMPLES = 128
+CROSSFADE_SAMPLES = 1024
 WINDOW = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float64)
 FEATURE_CEILING = float(np.sqrt(WINDOW.sum()))
 GAIN_FLOOR = 1e-6
@@ -174,7 +178,7 @@ class SpectralFrontEnd:
         return rows[..., start : start + PREDICT_SAMPLES].sum(axis=1) * self.inverse_window_sum
 
     def crossfade(self, lp: np.ndarray, refined: np.ndarray) -> np.ndarray:
-        """The packet starts as LP and becomes the refined prediction over 128 samples."""
+        """The prediction starts as LP and becomes the refined one over ``CROSSFADE_SAMPLES``."""
         out = np.array(refined, np.float32)
         n = CROSSFADE_SAMPLES
         out[..., :n] = lp[..., :n] + (refined[..., :n] - lp[..., :n]) * self.fade_in

@@ -66,7 +66,7 @@ PACKET_END_FRAME = (CHUNK_CONTEXT_SAMPLES + BLOCK_FRAMES + RECOVERY_FADE_SAMPLES
 """One past the last frame that reaches what the engine plays of a prediction: the first
 packet and the recovery fade from the second (244)."""
 TINY_POWER = 1e-24
-VALIDATION = "engine-v3"
+VALIDATION = "engine-v4"
 """What the validation numbers mean; a checkpoint made under another definition does not
 keep its best score (see ``Trainer.predict``)."""
 TRAIN_FIELDS = ("step", "seconds", "lr", "sc", "log_mag", "adv_g", "adv_d", "sec_per_step")
