@@ -123,10 +123,8 @@ class ThreadedWorker:
                 self._job.cancelled = True
             guess, self._guess = self._guess, None
             if guess is not None and guess.matches(slot, history, burst_index):
-                self._job = guess
+                self._job = guess  # if it is complete, the worker thread guesses on (``_next``)
                 self.chained += 1
-                if guess.complete and self.chain:
-                    self._guess = guess.chained()  # one slot ahead of the request, no further
             else:
                 if guess is not None:
                     guess.cancelled = True
@@ -156,6 +154,9 @@ class ThreadedWorker:
         self._thread.join(timeout=2.0)
 
     def _next(self) -> _Job | None:
+        """The job to run; called with the lock held, on the worker thread."""
+        if self.chain and self._guess is None and self._job is not None and self._job.complete:
+            self._guess = self._job.chained()  # an adopted guess that was already done
         for job in (self._job, self._guess):
             if job is not None and not job.started and not job.cancelled:
                 return job
