@@ -315,12 +315,18 @@ def clips(
     seconds: Annotated[float, typer.Option(help="Length of each clip.")] = 8.0,
     packages: Annotated[Optional[str], typer.Option(help="debian: comma-separated packages (default: a vetted set).")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes (synth).")] = max(1, os.cpu_count() or 1),
+    kinds: Annotated[Optional[str], typer.Option(help="synth: comma-separated categories to cycle through, e.g. drums,bass (default: all eight).")] = None,
+    seed: Annotated[int, typer.Option(help="synth: which evaluation set; each seed gives different clips, none shared with training or validation.")] = 0,
 ) -> None:
     """Build an evaluation set for the lab, with no download beyond Debian's mirror."""
     if source == "synth":
         from nmp_peer.synth.dataset import build_set
 
-        manifest = build_set(out, "eval", n_clips=n, clip_seconds=seconds, jobs=jobs)
+        chosen_kinds = tuple(k.strip() for k in kinds.split(",") if k.strip()) if kinds else None
+        try:
+            manifest = build_set(out, "eval", n_clips=n, clip_seconds=seconds, jobs=jobs, kinds=chosen_kinds, seed=seed)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         print(f"wrote {n} clips and {manifest}", file=sys.stderr)
     elif source == "debian":
         from nmp_peer.lab.clips import DEBIAN_MUSIC, debian_music
@@ -458,15 +464,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        shown, aborts = _parser_exceptions()
+        if isinstance(exc, aborts):
             return 130
+        if isinstance(exc, shown):  # a usage error: unknown option, bad value, missing argument
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                print(f"nmp-peer: error: {exc}", file=sys.stderr)
+            return int(getattr(exc, "exit_code", 2))
         raise
     return 0
+
+
+def _parser_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """The command-line parser's usage errors and aborts: Click's where Typer still uses
+    Click, Typer's own where it carries a copy of Click (Typer 0.2x no longer needs Click)."""
+    shown: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort]
+    typer_exception = getattr(typer, "TyperException", None)
+    if isinstance(typer_exception, type):
+        shown.append(typer_exception)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        shown.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
+    return tuple(shown), tuple(aborts)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,23 @@ def test_user_mistakes_get_one_line_and_no_traceback(args, fragment, music_wav: 
     assert len(lines) == 1 and fragment in lines[0], r.stderr
 
 
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["lab", "--bogus"], "--bogus"),
+        (["clips", "--out", "/tmp/x", "surplus"], "surplus"),
+        (["bench", "--calls", "many"], "--calls"),
+        (["loopback", "--output", "/tmp/x.wav"], "--input"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_command_line_usage_errors_say_what_is_wrong_without_a_traceback(args, fragment) -> None:
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert any(line.startswith("Error:") and fragment in line for line in r.stderr.splitlines()), r.stderr
+
+
 def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
     a_in, b_in = tmp_path / "a.wav", tmp_path / "b.wav"
     a_audio, b_audio = music_like(3.0, seed=1), music_like(3.0, seed=2)

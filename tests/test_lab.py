@@ -101,3 +101,20 @@ def test_slicing_tracks_into_clips_skips_short_and_quiet_material(tmp_path: Path
 
     clip, rate = read_audio(written[0])
     assert rate == 44100 and len(clip) == 4 * 44100
+
+
+def test_paired_table_by_category_counts_clips_not_clip_settings() -> None:
+    from nmp_peer.lab.report import paired_table
+
+    rows = []
+    # clip a: gan - lpc = -1 and -3 over two settings (mean -2); clip b: -4 and -4 (mean -4)
+    for clip, diffs in (("a.wav", (-1.0, -3.0)), ("b.wav", (-4.0, -4.0))):
+        for setting, d in zip(("s1", "s2"), diffs):
+            rows.append({"clip": clip, "category": "drums", "setting": setting, "method": "lpc", "lsd": 10.0})
+            rows.append({"clip": clip, "category": "drums", "setting": setting, "method": "gan", "lsd": 10.0 + d})
+    table = paired_table(rows, "lpc", ["lsd"], by="category")
+    line = next(l for l in table.splitlines() if l.startswith("| drums"))
+    mean, half, n = mean_ci([-2.0, -4.0])
+    assert f"| {n} | {mean:+.3f} ± {half:.3f} |" in line and n == 2
+    by_setting = paired_table(rows, "lpc", ["lsd"])
+    assert "| s1 | gan − lpc | 2 | -2.500 ± " in by_setting

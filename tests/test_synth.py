@@ -384,3 +384,20 @@ def test_build_set_rejects_bad_arguments(tmp_path: Path) -> None:
         build_set(tmp_path, "nope", n_clips=1)
     with pytest.raises(ValueError):
         build_set(tmp_path, "eval", n_clips=1, kinds=["kazoo"])
+
+
+@needs_synth
+def test_clips_command_builds_a_focused_set_of_chosen_kinds_and_seed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "rhythm"
+    cmd = [sys.executable, "-m", "nmp_peer.cli", "clips", "--out", str(out), "--kinds", "drums,bass",
+           "--seed", "1", "--n", "3", "--seconds", "1.5", "--jobs", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    clips = json.loads((out / "manifest.json").read_text())["clips"]
+    assert [c["category"] for c in clips] == ["drums", "bass", "drums"]
+    assert [c["seed"] for c in clips] == [clip_seed("eval", 1, i) for i in range(3)]
+    bad = subprocess.run([*cmd[:6], "--kinds", "drum"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown clip kind 'drum'" in bad.stderr and "Traceback" not in bad.stderr

@@ -64,27 +64,29 @@ REFINES_LPC = ("gan",)
 """Concealers that refine the LPC prediction: the report also pairs them with ``lpc``."""
 
 
-def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequence[str]) -> str:
-    """Per setting, each method minus ``baseline`` on the same clip: the mean difference and
-    its 95 % CI. Pairing removes the clip-to-clip spread that dominates the plain means."""
+def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequence[str], by: str = "setting") -> str:
+    """Per ``by`` group (setting or category), each method minus ``baseline`` on the same
+    clip: the mean difference and its 95 % CI. Pairing removes the clip-to-clip spread that
+    dominates the plain means. The unit is the clip: where a group holds a clip under
+    several settings, its differences are averaged first, so n counts clips."""
     by_key = {(r["setting"], r["clip"], r["method"]): r for r in rows}
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
-    header = ["setting", "method", "n", *(f"Δ {METRIC_INFO.get(m, (m,))[0]}" for m in metrics)]
+    header = [by, "method", "n", *(f"Δ {METRIC_INFO.get(m, (m,))[0]}" for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for setting in sorted({r["setting"] for r in rows}):
-        clips = sorted({r["clip"] for r in rows if r["setting"] == setting})
+    for group in sorted({r[by] for r in rows}):
+        runs = sorted({(r["clip"], r["setting"]) for r in rows if r[by] == group})
         for method in methods:
             cells, n = [], 0
             for m in metrics:
-                diffs = []
-                for c in clips:
-                    a, b = by_key.get((setting, c, method)), by_key.get((setting, c, baseline))
+                per_clip: dict[str, list[float]] = defaultdict(list)
+                for clip, setting in runs:
+                    a, b = by_key.get((setting, clip, method)), by_key.get((setting, clip, baseline))
                     if a is not None and b is not None:
-                        diffs.append(float(a.get(m, math.nan)) - float(b.get(m, math.nan)))
-                mean, half, k = mean_ci(diffs)
+                        per_clip[clip].append(float(a.get(m, math.nan)) - float(b.get(m, math.nan)))
+                mean, half, k = mean_ci([float(np.mean(d)) for d in per_clip.values()])
                 n = max(n, k)
                 cells.append("–" if math.isnan(mean) else (f"{mean:+.3f}" if math.isnan(half) else f"{mean:+.3f} ± {half:.3f}"))
-            lines.append("| " + " | ".join([setting, f"{method} − {baseline}", str(n), *cells]) + " |")
+            lines.append("| " + " | ".join([str(group), f"{method} − {baseline}", str(n), *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -155,7 +157,20 @@ def write_report(
         ]
     categories = {r["category"] for r in rows}
     if len(categories) > 1:
-        sections += ["## By category (all settings)", "", _table(rows, ["category", "method"], [m for m in shown if m in ("visqol", "lsd", "snr", "plcmos")]), ""]
+        per_category = [m for m in shown if m in ("visqol", "lsd", "snr", "plcmos")]
+        sections += ["## By category (all settings)", "", _table(rows, ["category", "method"], per_category), ""]
+        for baseline in ("repeat", "lpc"):
+            others = [m for m in methods if m != baseline and (baseline == "repeat" or m in REFINES_LPC)]
+            if baseline in methods and others:
+                sections += [
+                    f"## By category, paired with `{baseline}`",
+                    "",
+                    "Each clip's difference averaged over the settings, then the mean over the "
+                    "category's clips with its 95 % CI (n counts clips).",
+                    "",
+                    paired_table([r for r in rows if r["method"] in (baseline, *others)], baseline, per_category, by="category"),
+                    "",
+                ]
     if plots:
         sections += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     path = out / "report.md"
