@@ -129,6 +129,17 @@ def test_no_nan_and_in_range_on_hard_inputs(gan, kind):
         assert not np.any(gan.conceal(history, 0))
 
 
+def test_where_the_lp_prediction_is_silent_the_refined_one_is_digital_silence(gan):
+    """A note that stopped a packet ago: LPC predicts exact zeros; the refinement must not
+    turn them into inverse-FFT rounding noise (~1e-13), which PLCMOS scores as damage."""
+    t = np.arange(CTX)
+    history = (0.3 * np.sin(2 * np.pi * 110 * t / 44_100)).astype(np.float32)
+    history[-1024:] = 0.0
+    lp, refined = list(gan.stages(history[:, None], 0))
+    assert not np.any(lp)
+    assert not np.any(refined)
+
+
 def test_runtime_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
