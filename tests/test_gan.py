@@ -140,6 +140,19 @@ def test_where_the_lp_prediction_is_silent_the_refined_one_is_digital_silence(ga
     assert not np.any(refined)
 
 
+def test_a_gap_quieter_than_the_training_data_is_left_to_lpc(gan):
+    """Training skipped gaps under REFINE_MIN_RMS; at runtime such an LP prediction is
+    played unrefined (the network would spread a noise floor there), a louder one is not."""
+    from nmp_peer.conceal.gan import REFINE_MIN_RMS
+
+    t = np.arange(CTX)
+    tone = (np.sin(2 * np.pi * 220 * t / 44_100) + 0.3 * np.sin(2 * np.pi * 1500 * t / 44_100)).astype(np.float32)
+    for level, refined_expected in ((0.3 * REFINE_MIN_RMS, False), (30 * REFINE_MIN_RMS, True)):
+        lp, out = list(gan.stages((level * tone)[:, None], 0))
+        assert (float(np.sqrt(np.mean(lp**2))) < REFINE_MIN_RMS) != refined_expected
+        assert (not np.array_equal(lp, out)) == refined_expected, level
+
+
 def test_runtime_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"

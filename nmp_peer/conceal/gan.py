@@ -64,6 +64,11 @@ WINDOW = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.
 FEATURE_CEILING = float(np.sqrt(WINDOW.sum()))
 GAIN_FLOOR = 1e-6
 """Chunks quieter than this peak are returned as the LP prediction (silence in, silence out)."""
+REFINE_MIN_RMS = 1e-3
+"""An LP prediction quieter than this (-60 dBFS RMS) is played as it is. The network was
+trained only on gaps at least this loud (``train.data.DataSettings.min_target_rms``);
+below, the 16-bit floor is a large part of what it would see, and the refinement spreads
+a noise floor (around -85 dBFS) where a note has died away."""
 SILENCE_FLOOR = 2.0**-24
 """Output samples smaller than this (-144 dBFS, under a 24-bit converter's step) are set
 to exact zero: where the LP prediction has gone silent, the inverse FFT leaves rounding
@@ -279,7 +284,8 @@ class GanConcealer(Concealer):
             chunk[CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail
             chunk[CHUNK_CONTEXT_SAMPLES:] = lp
             np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            if float(np.max(np.abs(chunk))) < GAIN_FLOOR:
+            gap_rms = float(np.sqrt(np.mean(np.square(chunk[CHUNK_CONTEXT_SAMPLES:], dtype=np.float64))))
+            if gap_rms < REFINE_MIN_RMS or float(np.max(np.abs(chunk))) < GAIN_FLOOR:
                 return lp.astype(np.float32)
             feature, gap_spec, gain = self.front.analyze(chunk, self.input_from_frame)
             refined = self.session.run(None, {self._input: feature[:, None]})[0]

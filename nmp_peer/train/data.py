@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, CHUNK_SAMPLES, PREDICT_SAMPLES
+from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, CHUNK_SAMPLES, PREDICT_SAMPLES, REFINE_MIN_RMS
 from nmp_peer.conceal.lpc import LpcConcealer
 
 LPC_CONTEXT_SAMPLES = 3584
@@ -47,8 +47,9 @@ LEAD_SAMPLES = LPC_CONTEXT_SAMPLES + BLOCK_FRAMES - CHUNK_CONTEXT_SAMPLES
 class DataSettings:
     chunks_per_second: float = 4.0
     """Examples cut per second of audio (positions drawn at random, overlaps allowed)."""
-    min_target_rms: float = 1e-3
-    """Examples whose lost 1024 samples are quieter than this (-60 dBFS) are skipped."""
+    min_target_rms: float = REFINE_MIN_RMS
+    """Examples whose lost 1024 samples are quieter than this (-60 dBFS) are skipped; the
+    runtime plays an LP prediction this quiet unrefined."""
     burst_fraction: float = 0.2
     max_valid_chunks: int = 256
     seed: int = 0
