@@ -153,6 +153,27 @@ def test_a_gap_quieter_than_the_training_data_is_left_to_lpc(gan):
         assert (not np.array_equal(lp, out)) == refined_expected, level
 
 
+def test_refine_from_hz_keeps_the_lp_below_and_refines_above():
+    from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, CHUNK_SAMPLES
+
+    rng = np.random.default_rng(0)
+    t = np.arange(CHUNK_SAMPLES)
+    chunk = sum(0.1 * np.sin(2 * np.pi * f * t / 44_100 + rng.uniform(0, 6)) for f in (220, 1000, 3000, 9000, 13000))
+    chunk = (chunk + 0.01 * rng.standard_normal(CHUNK_SAMPLES)).astype(np.float32)
+    lp = chunk[CHUNK_CONTEXT_SAMPLES:]
+    freqs = np.fft.rfftfreq(1024, 1 / 44_100)
+    energy = {}
+    for f0 in (0.0, 8000.0):
+        front = SpectralFrontEnd(f0)
+        feature, gap_spec, gain = front.analyze(chunk)
+        np.testing.assert_allclose(front.synthesize(feature, gap_spec, gain)[0], lp, atol=1e-6)
+        changed = feature * rng.uniform(0.5, 1.5, (1, feature.shape[1], 1)).astype(np.float32)
+        diff = np.abs(np.fft.rfft((front.synthesize(changed, gap_spec, gain)[0] - lp) * np.hanning(1024))) ** 2
+        energy[f0] = (diff[freqs < 5000].sum(), diff[freqs > 8000].sum())
+    assert energy[0.0][0] > 1.0 and energy[0.0][1] > 1.0
+    assert energy[8000.0][0] < 1e-6 * energy[0.0][0] and energy[8000.0][1] > 0.5 * energy[0.0][1]
+
+
 def test_runtime_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"

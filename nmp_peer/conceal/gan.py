@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
+from nmp_peer import SAMPLE_RATE
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.lpc import LpcConcealer
 
@@ -64,6 +65,8 @@ WINDOW = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.
 FEATURE_CEILING = float(np.sqrt(WINDOW.sum()))
 GAIN_FLOOR = 1e-6
 """Chunks quieter than this peak are returned as the LP prediction (silence in, silence out)."""
+REFINE_FROM_HZ = 0.0
+"""The runtime keeps the LP magnitude below this frequency and takes the refined one above."""
 REFINE_MIN_RMS = 1e-3
 """An LP prediction quieter than this (-60 dBFS RMS) is played as it is. The network was
 trained only on gaps at least this loud (``train.data.DataSettings.min_target_rms``);
@@ -99,8 +102,16 @@ class SpectralFrontEnd:
     writes each frame into its own row, shifted through a strided view, and sums the rows.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, refine_from_hz: float = 0.0) -> None:
         self.window = WINDOW.astype(np.float32)
+        self.refine_from_hz = float(refine_from_hz)
+        # Per bin, how much of the refined magnitude ``synthesize`` takes (the rest is
+        # the LP's): 0 below refine_from_hz, a raised-cosine ramp over the quarter below it.
+        freqs = np.arange(N_BINS) * SAMPLE_RATE / N_FFT
+        lo = 0.75 * self.refine_from_hz
+        ramp = np.clip((freqs - lo) / max(self.refine_from_hz - lo, 1e-9), 0.0, 1.0)
+        weight = (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+        self.refine_weight: np.ndarray | None = None if self.refine_from_hz <= 0 else weight
         n_gap = N_FRAMES - GAP_FRAME
         # chunk sample where the first gap frame starts, relative to the predicted part
         self._gap_offset = HOP * GAP_FRAME - PAD - CHUNK_CONTEXT_SAMPLES  # -495
@@ -170,6 +181,10 @@ class SpectralFrontEnd:
         # magnitude where the LP bin is empty)
         lp_mag = np.abs(gap_spec)
         live = lp_mag > 1e-20
+        if self.refine_weight is not None:  # the LP magnitude below refine_from_hz
+            mag -= lp_mag
+            mag *= self.refine_weight
+            mag += lp_mag
         ratio = np.divide(mag, lp_mag, out=np.zeros_like(mag), where=live)
         spec = gap_spec * ratio
         if not live.all():
@@ -253,7 +268,7 @@ class GanConcealer(Concealer):
             raise ValueError(
                 f"{path}: the model outputs {frames} frames, expected {N_FRAMES - GAP_FRAME} or {N_FRAMES}"
             )
-        self.front = SpectralFrontEnd()
+        self.front = SpectralFrontEnd(REFINE_FROM_HZ)
         self._chunk = np.empty(CHUNK_SAMPLES, np.float32)
         self._lock = threading.Lock()
 
