@@ -159,10 +159,13 @@ class Peer:
                 await sleep_until(loop, start + k * BLOCK_S)
                 await self._send(sock, addr, silence)
                 k += 1
-            n_blocks = len(source) // BLOCK_FRAMES
+            n_blocks = -(-len(source) // BLOCK_FRAMES)  # the last one padded with silence
             for i in range(n_blocks):
                 await sleep_until(loop, start + (k + i) * BLOCK_S)
-                await self._send(sock, addr, source[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES])
+                block = source[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES]
+                if len(block) < BLOCK_FRAMES:
+                    block = np.concatenate([block, silence[: BLOCK_FRAMES - len(block)]])
+                await self._send(sock, addr, block)
             return
         if self.options.input is None:
             return
