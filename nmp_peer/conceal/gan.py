@@ -64,7 +64,7 @@ CROSSFADE_SAMPLES = 1024
 WINDOW = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float64)
 FEATURE_CEILING = float(np.sqrt(WINDOW.sum()))
 GAIN_FLOOR = 1e-6
-"""Chunks quieter than this peak are returned as the LP prediction (silence in, silence out)."""
+"""The smallest peak the features are normalised by (no division by zero on silence)."""
 REFINE_FROM_HZ = 0.0
 """The runtime keeps the LP magnitude below this frequency and takes the refined one above."""
 REFINE_MIN_RMS = 1e-3
@@ -104,14 +104,14 @@ class SpectralFrontEnd:
 
     def __init__(self, refine_from_hz: float = 0.0) -> None:
         self.window = WINDOW.astype(np.float32)
-        self.refine_from_hz = float(refine_from_hz)
         # Per bin, how much of the refined magnitude ``synthesize`` takes (the rest is
-        # the LP's): 0 below refine_from_hz, a raised-cosine ramp over the quarter below it.
-        freqs = np.arange(N_BINS) * SAMPLE_RATE / N_FFT
-        lo = 0.75 * self.refine_from_hz
-        ramp = np.clip((freqs - lo) / max(self.refine_from_hz - lo, 1e-9), 0.0, 1.0)
-        weight = (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
-        self.refine_weight: np.ndarray | None = None if self.refine_from_hz <= 0 else weight
+        # the LP's): 0 below refine_from_hz, a raised-cosine ramp over the quarter below it;
+        # None (all of it) for the full band.
+        self.refine_weight: np.ndarray | None = None
+        if refine_from_hz > 0:
+            freqs = np.arange(N_BINS) * SAMPLE_RATE / N_FFT
+            ramp = np.clip((freqs - 0.75 * refine_from_hz) / (0.25 * refine_from_hz), 0.0, 1.0)
+            self.refine_weight = (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
         n_gap = N_FRAMES - GAP_FRAME
         # chunk sample where the first gap frame starts, relative to the predicted part
         self._gap_offset = HOP * GAP_FRAME - PAD - CHUNK_CONTEXT_SAMPLES  # -495
@@ -300,7 +300,7 @@ class GanConcealer(Concealer):
             chunk[CHUNK_CONTEXT_SAMPLES:] = lp
             np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             gap_rms = float(np.sqrt(np.mean(np.square(chunk[CHUNK_CONTEXT_SAMPLES:], dtype=np.float64))))
-            if gap_rms < REFINE_MIN_RMS or float(np.max(np.abs(chunk))) < GAIN_FLOOR:
+            if gap_rms < REFINE_MIN_RMS:  # silence included: silence in, silence out
                 return lp.astype(np.float32)
             feature, gap_spec, gain = self.front.analyze(chunk, self.input_from_frame)
             refined = self.session.run(None, {self._input: feature[:, None]})[0]
