@@ -71,7 +71,7 @@ REFINE_MIN_RMS = 1e-3
 """An LP prediction quieter than this (-60 dBFS RMS) is played as it is. The network was
 trained only on gaps at least this loud (``train.data.DataSettings.min_target_rms``);
 below, the 16-bit floor is a large part of what it would see, and the refinement spreads
-a noise floor (around -85 dBFS) where a note has died away."""
+a faint noise floor where a note has died away."""
 SILENCE_FLOOR = 2.0**-24
 """Output samples smaller than this (-144 dBFS, under a 24-bit converter's step) are set
 to exact zero: where the LP prediction has gone silent, the inverse FFT leaves rounding
