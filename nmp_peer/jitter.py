@@ -25,6 +25,8 @@ class Arrival(Enum):
     """Too far from the playout position, or from another stream; kept as a resync candidate."""
     RESYNC = auto()
     """The stream restarted or jumped; the buffer now follows it from this packet."""
+    END = auto()
+    """An end-of-stream notice (no audio); applied when it is the followed stream's."""
 
 
 @dataclass(slots=True)
@@ -56,6 +58,8 @@ class JitterBuffer:
         self._seen: dict[int, bool] = {}
         """Recently played slots: True if their packet had been received in time."""
         self._highest = -1
+        self.end_seq: int | None = None
+        """Unwrapped sequence number of the first packet the sender will never send, once it said so."""
         self._started = False
         self._popped_any = False
         self._candidate: _Candidate | None = None
@@ -77,14 +81,31 @@ class JitterBuffer:
     def unwrap(self, seq: int) -> int:
         return self.next_seq + seq_delta(seq, self.next_seq % SEQ_MODULUS)
 
+    @property
+    def highest(self) -> int:
+        """Unwrapped sequence number of the latest packet stored since the stream started."""
+        return self._highest
+
+    @property
+    def ended(self) -> bool:
+        """Every slot the sender sent has been played: the next one will never come."""
+        return self.end_seq is not None and self.next_seq >= self.end_seq
+
     def push(self, packet: Packet) -> Arrival:
         """Store a packet and say what it was."""
+        if packet.end:
+            if self._started and packet.stream_id == self.stream_id:
+                end = self.unwrap(packet.end_seq)
+                self.end_seq = end if self.end_seq is None else min(self.end_seq, end)
+            return Arrival.END
         if not self._started:
             self._restart(packet)
             return Arrival.ACCEPTED
         if packet.stream_id != self.stream_id:
             return self._consider_resync(packet)
         ext = self.unwrap(packet.seq)
+        if self.end_seq is not None and ext >= self.end_seq:
+            return self._consider_resync(packet)  # audio after the sender's own end: not this stream's
         if ext < self.next_seq:
             if self.next_seq - ext > self.window:
                 return self._consider_resync(packet)
@@ -133,6 +154,7 @@ class JitterBuffer:
         self._candidate = None
         self.next_seq = packet.seq
         self._highest = packet.seq
+        self.end_seq = None
         self._slots[packet.seq] = packet
         self._started = True
         self._popped_any = False

@@ -7,16 +7,22 @@ values (stored relative to the receiver clock, so later adjustments apply to the
 and acts on a percentile of it:
 
 - ``adaptive`` (after WebRTC NetEq and JackTrip's Regulator): keep the low percentile
-  (default 2 %) of slack at one block + lookahead + a margin. Too little slack grows
-  the buffer at once by inserting one concealed block; too much shrinks it slowly by
-  reading the stream up to 0.2 % fast, or by dropping a block with a crossfade when it
-  is far too deep.
+  (default 2 %) of slack between one block + lookahead + a margin (the least that
+  plays every packet but that fraction in time) and one block more than that. Too
+  little slack grows the buffer at once by inserting one concealed block; more than
+  the band holds shrinks it slowly by reading the stream up to 0.2 % fast, or by
+  dropping a block with a crossfade when it is far too deep. The band is what keeps a
+  clean stream exact: any start depth within one block of the least depth is kept as
+  it is, so the shipped configs start inside it and a clean stream never shrinks.
 - ``fixed``: keep the early packets' slack (high percentile) at ``depth`` blocks; only
   the reading rate moves, which absorbs clock drift.
 
-Both modes correct clock drift the same way: when the error leaves a dead band the
-reading ratio moves off 1 until the error is back near zero, then returns to exactly 1.
-An undrifted, unjittered stream therefore never leaves bit-exact pass-through.
+Both modes correct clock drift the same way: when the error leaves its band (one block
+above the target: for a fixed depth, the phase between arrivals and output ticks may
+add up to a block) by more than a dead band, the reading ratio
+moves off 1 until the error is back inside by half the dead band, then returns to
+exactly 1 (the engine lands that last block on a whole sample, so reading is a copy
+again). An undrifted, unjittered stream therefore never leaves bit-exact pass-through.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class LatencyController:
         self._bias = 0.0
         self._count = 0
         self._correcting = False
+        self._aim = 0.0
+        self._shrinking = False
         self._cooldown = 0
         self.error_samples = 0.0
         self.target_samples = float(self.start_latency_samples())
@@ -129,12 +137,21 @@ class LatencyController:
             return Action(drop=True)
         if error > 0 and self._count < self._window:
             return Action()  # shrink only on a full window of evidence
-        if not self._correcting and abs(error) > p.deadband_samples:
-            self._correcting = True
-        elif self._correcting and abs(error) < 4:
+        # The band the error may wander in without any correction: the block that the
+        # phase between arrivals and output ticks can add, and a quarter block more for
+        # scheduling noise (a start depth one block above the least stays inside it).
+        band_high = 1.25 * BLOCK_FRAMES
+        half = p.deadband_samples / 2
+        if not self._correcting:
+            if error > band_high + p.deadband_samples:  # too deep: read fast, back into the band
+                self._correcting, self._aim = True, band_high - half
+            elif error < -p.deadband_samples:  # too shallow: read slow
+                self._correcting, self._aim = True, half
+            self._shrinking = error > self._aim
+        elif (error <= self._aim + 4) if self._shrinking else (error >= self._aim - 4):
             self._correcting = False
         if not self._correcting:
             return Action()
         max_dev = p.max_rate_ppm * 1e-6
-        dev = min(max_dev, max(-max_dev, error / (p.correction_time_s * SAMPLE_RATE)))
+        dev = min(max_dev, max(-max_dev, (error - self._aim) / (p.correction_time_s * SAMPLE_RATE)))
         return Action(ratio=1.0 + dev)

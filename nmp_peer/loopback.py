@@ -9,6 +9,10 @@ reproducible: at each tick the sender emits a packet, the injector sends what is
 the receiver reads exactly those datagrams and plays one block. ``realtime``: the
 sender is paced by the wall clock, the injector delays with timers, and the receiver's
 playout runs on its own real-time tick with the concealer in a worker thread.
+
+After its last block the sender says the stream ended (``Packetizer.end_packets``, one
+notice a block for three blocks); the notices bypass the injector, whose decisions are
+one per audio packet (the ground truth of ``injected_*``).
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ async def _run_fast(
     order = itertools.count()
     outputs: list[np.ndarray] = []
     max_ticks = len(blocks) + 4 * engine.config.latency.max_depth_packets + 2000
+    ends: list[bytes] = []
     for tick in range(max_ticks):
         now = float(tick * BLOCK_FRAMES)
         if tick < len(blocks):
@@ -134,6 +139,10 @@ async def _run_fast(
             decisions.append(decision)
             for delay_s in decision.delays_s:
                 heapq.heappush(in_flight, (now + delay_s * SAMPLE_RATE, next(order), data))
+        elif tick == len(blocks):
+            ends = [p.serialize() for p in packetizer.end_packets()]
+        if ends:
+            heapq.heappush(in_flight, (now, next(order), ends.pop(0)))
         due: list[tuple[float, int, bytes]] = []
         while in_flight and in_flight[0][0] <= now:
             due.append(heapq.heappop(in_flight))
@@ -182,6 +191,9 @@ async def _run_realtime(
                     loop.call_later(delay_s, deliver, data)
                 else:
                     deliver(data)
+        for k, end in enumerate(packetizer.end_packets()):
+            await sleep_until(loop, t0 + (len(blocks) + k) * block_s)
+            deliver(end.serialize())
 
     async def receive() -> None:
         while True:

@@ -444,7 +444,7 @@ def run_loopback_jam(
 
 ARRIVAL_COUNTERS = (
     "packets_received", "packets_duplicate", "packets_foreign", "packets_malformed", "packets_replayed",
-    "packets_rate_limited", "packets_oversized", "packets_unauthenticated",
+    "packets_rate_limited", "packets_oversized", "packets_unauthenticated", "end_notices",
 )
 """A jam's counters that together count every datagram that reached it (those it lacks count 0)."""
 
@@ -456,7 +456,8 @@ def loss_accounting(result: dict[str, Any]) -> dict[str, Any]:
     drops that B could have counted, see ``relay.receiver_loss_bounds``), plus what a
     rate limit behind the relay dropped; A, which outlives B, must have received every
     datagram the relay sent it: ``a_arrived == relay_b2a_sent``; and the relay must have
-    seen every packet A sent: ``relay_a2b_received == a_sent``.
+    seen every packet A sent: ``relay_a2b_received == a_sent`` (audio: A's end-of-stream
+    notices are not counted as sent).
     """
     from nmp_peer.relay import read_log, receiver_loss_bounds
 
@@ -470,7 +471,7 @@ def loss_accounting(result: dict[str, Any]) -> dict[str, Any]:
         "relay_lost_high": high,
         "lag_packets": lag,
         "a_sent": a["packets_sent"],
-        "relay_a2b_received": relay["a2b"]["received"],
+        "relay_a2b_received": relay["a2b"]["received"] - relay["a2b"].get("end_notices", 0),
         "a_arrived": sum(a.get(key, 0) for key in ARRIVAL_COUNTERS),
         "relay_b2a_sent": relay["b2a"]["copies_sent"],
         "a_received": a["packets_received"],

@@ -74,6 +74,8 @@ class Peer:
         self.authenticator = Authenticator(options.key) if options.key else None
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
+        self._ended = False
+        """This peer's stream has been ended with end-of-stream notices."""
         self.source: np.ndarray | None = None
         if is_audio_file(options.input):
             self.source, _ = read_audio(options.input, channels=channels)
@@ -106,6 +108,9 @@ class Peer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if not self._ended:  # stopped while sending: say so, so the peer counts no loss
+                for packet in self._end_packets():
+                    sock.send_nowait(packet.serialize(), peer_addr)
             for close in closers:
                 close()
             sock.close()
@@ -146,6 +151,11 @@ class Peer:
         sock.send_nowait(packet.serialize(), addr)
         self.engine.stats.packets_sent += 1
 
+    def _end_packets(self) -> list[Any]:
+        self._ended = True
+        packets = self.packetizer.end_packets()
+        return [self.authenticator.sign(p) for p in packets] if self.authenticator is not None else packets
+
     async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:
         loop = asyncio.get_running_loop()
         if self.source is not None:
@@ -166,6 +176,12 @@ class Peer:
                 if len(block) < BLOCK_FRAMES:
                     block = np.concatenate([block, silence[: BLOCK_FRAMES - len(block)]])
                 await self._send(sock, addr, block)
+            # The file is over: say so, one notice a block apart (the first at once, so a
+            # stop in between cannot leave the stream unended).
+            for j, packet in enumerate(self._end_packets()):
+                if j:
+                    await sleep_until(loop, start + (k + n_blocks + j) * BLOCK_S)
+                sock.send_nowait(packet.serialize(), addr)
             return
         if self.options.input is None:
             return

@@ -13,6 +13,17 @@ asks its worker for it one block ahead of the deadline, as soon as that history 
 known; at the deadline it takes what is ready, or a cheap fallback (and counts a miss).
 Long bursts fade to silence; the first packet after a gap is crossfaded in from the
 concealer's prediction of it.
+
+Counting, as RTCP does: a missing slot is *lost* only once something proves its packet
+was sent: a later packet, or the sender's end-of-stream notice naming a later end.
+Until then it is concealed (and an underrun, the buffer being dry) but not lost. The
+sender's end of stream is played as silence, never concealed. A dry buffer whose
+concealment has faded out *pauses* the stream: its slots pass as silence, neither
+concealed nor lost, until a packet arrives on time (it then plays at its place in the
+stream, and the slots it proves sent are counted lost) or the sender says where it
+ended. A sender that stopped for good (killed, unplugged) therefore costs a faded
+concealment and nothing more; one that resumes much later is followed by the jitter
+buffer's resync.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from nmp_peer.conceal.simple import RepeatConcealer, ZerosConcealer
 from nmp_peer.conceal.worker import InlineWorker, ThreadedWorker
 from nmp_peer.drift import LOOKAHEAD, read_block
 from nmp_peer.jitter import Arrival, JitterBuffer
-from nmp_peer.latency import LatencyController, LatencyPolicy
+from nmp_peer.latency import Action, LatencyController, LatencyPolicy
 from nmp_peer.stats import Stats
 from nmp_peer.wire import Packet, PayloadType, WireError
 
@@ -115,11 +126,20 @@ class PlayoutEngine:
         self._lock = threading.Lock()
         self._read_pos = 0.0
         self._tick_now = 0.0
+        self._ticked = False
         self._ratio = 1.0
         self._started = False
         self._burst = 0
         self._prediction: np.ndarray | None = None
         self._requested: int | None = None
+        self._unconfirmed: list[int] = []
+        """Missing slots played while nothing proved their packets sent (not yet lost)."""
+        self._paused = False
+        self._pause_from = 0
+        """First slot that passed as silence in the current pause."""
+        self._paused_slots = 0
+        """Slots since ``_pause_from`` not yet proven sent, less those that came late."""
+        self._end_counted = False
         self._pending_insert = False
         self._splice: np.ndarray | None = None
         self._last_transit: float | None = None
@@ -142,26 +162,42 @@ class PlayoutEngine:
     def push(self, packet: Packet, now: float) -> Arrival | None:
         """Take one packet that arrived at receiver time ``now`` (samples). Returns its fate."""
         s = self.stats
+        if packet.end:
+            s.end_notices += 1
+            with self._lock:
+                fate = self.jitter.push(packet)
+                if self.jitter.end_seq is not None:
+                    self._apply_end()
+            return fate
         frames = self._frames(packet)
         if frames != BLOCK_FRAMES or packet.channels != self.channels:
             s.packets_malformed += 1
             return None
         with self._lock:
+            ext = self.jitter.unwrap(packet.seq)
             fate = self.jitter.push(packet)
             if not self._started and self.jitter.started:
-                self._start()
+                self._start(now)
             if fate is Arrival.RESYNC:
                 self._resync(now)
             if fate in (Arrival.ACCEPTED, Arrival.REORDERED, Arrival.RESYNC, Arrival.LATE):
                 s.packets_received += 1
                 self._observe(packet, now)
+            if fate in (Arrival.ACCEPTED, Arrival.REORDERED):
+                self._confirm(ext)  # a later packet: the missing ones before it were sent
+                self._paused = False  # it plays at its place in the stream
             if fate is Arrival.REORDERED:
                 s.packets_reordered += 1
             elif fate is Arrival.DUPLICATE:
                 s.packets_duplicate += 1
             elif fate is Arrival.LATE:
                 s.packets_late += 1
-                s.packets_lost -= 1
+                if ext in self._unconfirmed:
+                    self._unconfirmed.remove(ext)
+                elif self._paused_slots and ext >= self._pause_from:
+                    self._paused_slots -= 1
+                else:
+                    s.packets_lost -= 1
             elif fate is Arrival.OUT_OF_WINDOW:
                 s.packets_foreign += 1
             elif fate is Arrival.RESYNC:
@@ -216,9 +252,48 @@ class PlayoutEngine:
                 self.stats.jitter_ms += (1000.0 * d / SAMPLE_RATE - self.stats.jitter_ms) / 16.0
         self._last_transit = transit
 
-    def _start(self) -> None:
+    def _apply_end(self) -> None:
+        """The sender said where its stream ends: what is missing before that was lost."""
+        end = self.jitter.end_seq
+        assert end is not None
+        if not self._end_counted:
+            self.stats.stream_ends += 1
+            self._end_counted = True
+        self._confirm(end)
+        self._unconfirmed.clear()  # at or after the end: never sent
+        self._paused_slots = 0
+
+    def _confirm(self, upto: int) -> None:
+        """Packets before slot ``upto`` were sent: the missing slots before it were lost."""
+        s = self.stats
+        if self._unconfirmed:
+            s.packets_lost += sum(q < upto for q in self._unconfirmed)
+            self._unconfirmed = [q for q in self._unconfirmed if q >= upto]
+        if self._paused_slots:
+            n = min(self._paused_slots, max(0, upto - self._pause_from))
+            s.packets_lost += n
+            s.lost_while_paused += n
+            self._paused_slots -= n
+            self._pause_from += n
+
+    def _pause(self) -> None:
+        """Nothing arrives and the concealment has faded out: let the slots pass as silence."""
+        self._paused = True
+        self.stats.pauses += 1
+        self._pause_from = self.jitter.next_seq
+        self._paused_slots = 0
+        self.worker.cancel()
+        self._requested = None
+
+    def _start(self, now: float) -> None:
         self._started = True
         prefill = self.controller.start_latency_samples()
+        if self.config.latency.mode == "adaptive":
+            # The first block is read at the next tick, up to a block from now: count that
+            # wait into the start depth, so the slack the controller then measures is the
+            # start depth whatever the phase of arrivals and ticks (a fixed depth adds it).
+            since_tick = min(max(now - self._tick_now, 0.0), BLOCK_FRAMES) if self._ticked else BLOCK_FRAMES
+            prefill -= BLOCK_FRAMES - int(since_tick)
         self.fifo.append(np.zeros((prefill, self.channels), np.float32))
         self._start_out = self.samples_out
 
@@ -227,6 +302,10 @@ class PlayoutEngine:
         self.controller.reset()
         self.worker.cancel()
         self._requested = None
+        self._unconfirmed.clear()
+        self._paused = False
+        self._paused_slots = 0
+        self._end_counted = False
         read_now = self._read_pos + (now - self._tick_now) * self._ratio
         pad = int(read_now + self.controller.start_latency_samples() - self.fifo.end)
         if pad > 0:
@@ -249,10 +328,13 @@ class PlayoutEngine:
 
     def _next_block(self, now: float) -> np.ndarray:
         self._tick_now = now
+        self._ticked = True
         s = self.stats
         if not self._started:
             return np.zeros((BLOCK_FRAMES, self.channels), np.float32)
         action = self.controller.decide(now - self._read_pos)
+        if self._paused or self.jitter.ended:
+            action = Action()  # silence: nothing to grow, shrink or correct
         event = 0
         if action.insert:
             self._pending_insert = True
@@ -261,6 +343,13 @@ class PlayoutEngine:
             self._drop_slot()
             event = 3
         ratio = action.ratio
+        land: int | None = None
+        fractional = self._read_pos != math.floor(self._read_pos)
+        if ratio == 1.0 and fractional:
+            # A correction just ended between samples: land this block on a whole sample,
+            # so that reading is an exact copy again (at most 1/1024 off 1: ~980 ppm).
+            land = round(self._read_pos) + BLOCK_FRAMES
+            ratio = (land - self._read_pos) / BLOCK_FRAMES
         need = math.ceil(self._read_pos + ratio * (BLOCK_FRAMES - 1)) + LOOKAHEAD + 1
         while self.fifo.end < need:
             if self._pending_insert:
@@ -274,9 +363,10 @@ class PlayoutEngine:
         base = math.floor(self._read_pos) - LOOKAHEAD
         source = self.fifo.view(base, need)
         out = read_block(source, self._read_pos - base, ratio, BLOCK_FRAMES)
-        self._read_pos += ratio * BLOCK_FRAMES
+        self._read_pos = float(land) if land is not None else self._read_pos + ratio * BLOCK_FRAMES
         self._ratio = ratio
         s.blocks_played += 1
+        s.blocks_resampled += ratio != 1.0 or fractional
         s.ratio_ppm = (ratio - 1.0) * 1e6
         depth = (self.fifo.end - self._read_pos) / BLOCK_FRAMES + self.jitter.depth()
         s.buffer_depth_packets = depth
@@ -297,11 +387,48 @@ class PlayoutEngine:
         )
 
     def _append_slot(self) -> int:
+        if self.jitter.ended:
+            return self._append_idle()
+        if self._paused and not self.jitter.has(self.jitter.next_seq):
+            seq, _ = self.jitter.pop()
+            end = self.jitter.end_seq
+            if end is not None and seq < end:  # the sender said it sent this one
+                self.stats.packets_lost += 1
+                self.stats.lost_while_paused += 1
+            else:
+                self._paused_slots += 1
+            return self._append_idle()
+        self._paused = False
         seq, packet = self.jitter.pop()
         if self.slot_log is not None:
             self.slot_log.append((seq, packet is None))
+        dry = packet is None and self.jitter.depth() == 0
+        if packet is None:
+            self._count_missing(seq, dry)
         if self._opus is not None and (packet is None or packet.payload_type == PayloadType.OPUS):
-            return self._append_opus_slot(seq, packet)
+            event = self._append_opus_slot(seq, packet)
+        else:
+            event = self._append_pcm_slot(seq, packet)
+        if dry and self._faded_out():
+            self._pause()
+        return event
+
+    def _append_idle(self) -> int:
+        self.fifo.append(np.zeros((BLOCK_FRAMES, self.channels), np.float32))
+        self.stats.blocks_idle += 1
+        return 0
+
+    def _count_missing(self, seq: int, dry: bool) -> None:
+        s = self.stats
+        s.packets_concealed += 1
+        s.underruns += dry
+        end = self.jitter.end_seq
+        if seq < self.jitter.highest or (end is not None and seq < end):
+            s.packets_lost += 1
+        else:
+            self._unconfirmed.append(seq)
+
+    def _append_pcm_slot(self, seq: int, packet: Packet | None) -> int:
         if packet is not None:
             block = self._codec(packet).decode(packet.payload, packet.channels)
             if self.first_slot is None:
@@ -309,10 +436,6 @@ class PlayoutEngine:
             self._append_real(block)
             event = 0
         else:
-            if self.jitter.depth() == 0:
-                self.stats.underruns += 1
-            self.stats.packets_concealed += 1
-            self.stats.packets_lost += 1
             self._append_concealed(seq, count_miss=True)
             event = 1
         self._request_next()
@@ -357,11 +480,6 @@ class PlayoutEngine:
         replaced by that concealer's block, so the concealer covers the whole gap.
         """
         block, synthetic = self._decode_opus(seq, packet)
-        if packet is None:
-            self.stats.packets_concealed += 1
-            self.stats.packets_lost += 1
-            if self.jitter.depth() == 0:
-                self.stats.underruns += 1
         if packet is not None and self.first_slot is None:
             self.first_slot = (packet.timestamp, self._start_out + self.fifo.end)
         if not synthetic:
@@ -420,7 +538,7 @@ class PlayoutEngine:
         """Start concealing the next slot now, if its packet is not here yet: one block ahead
         of its deadline, or more when the slot before it was decoded ahead."""
         nxt = self.jitter.next_seq
-        if self._faded_out() or (self.concealer.codec_native and self._opus is not None):
+        if self._faded_out() or self._paused or self.jitter.ended or (self.concealer.codec_native and self._opus is not None):
             return
         if self.jitter.has(nxt) and (self._opus is None or not self._opus.synthetic_pending()):
             return
@@ -444,9 +562,14 @@ class PlayoutEngine:
 
     def _drop_slot(self) -> None:
         """Shrink the buffer by one slot; the next block is spliced in with a short crossfade."""
-        _, packet = self.jitter.pop()
+        seq, packet = self.jitter.pop()
         assert packet is not None
-        self._splice = self._codec(packet).decode(packet.payload, packet.channels)
+        if self._opus is not None and packet.payload_type == PayloadType.OPUS:
+            # Through the Opus decoder too: it must see every frame, or it would conceal
+            # the dropped ones and the buffer would not shrink.
+            self._splice, _ = self._decode_opus(seq, packet)
+        else:
+            self._splice = self._codec(packet).decode(packet.payload, packet.channels)
         self.controller.shift(-BLOCK_FRAMES)
         self.stats.blocks_dropped += 1
         self._requested = None

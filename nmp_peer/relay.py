@@ -57,7 +57,7 @@ UDP_IP_OVERHEAD_BYTES = 28
 
 RECEIVE_BUFFER_BYTES = 1 << 21
 
-LOG_FIELDS = ("t_ms", "dir", "index", "seq", "stream_id", "bytes", "action", "delays_ms")
+LOG_FIELDS = ("t_ms", "dir", "index", "seq", "stream_id", "end", "bytes", "action", "delays_ms")
 ACTIONS = ("deliver", "drop", "duplicate", "reorder", "rate-drop", "outage", "no-peer", "foreign")
 
 
@@ -109,6 +109,8 @@ class DirectionCounters:
     bytes_received: int = 0
     not_nmp: int = 0
     """Routed datagrams that are not nmp-peer packets (relayed like the others)."""
+    end_notices: int = 0
+    """Routed end-of-stream notices (nmp-peer packets without audio, relayed like the others)."""
     delivered: int = 0
     duplicated: int = 0
     reordered: int = 0
@@ -136,6 +138,8 @@ class Record:
     index: int
     seq: int
     stream_id: int
+    end: bool
+    """An end-of-stream notice, not audio."""
     bytes: int
     action: str
     delays_ms: tuple[float, ...] = ()
@@ -146,13 +150,13 @@ class Record:
         return d
 
 
-def packet_ids(data: bytes) -> tuple[int, int]:
-    """(sequence number, stream id) of an nmp-peer packet, (-1, -1) for anything else."""
+def packet_ids(data: bytes) -> tuple[int, int, bool]:
+    """(sequence number, stream id, end-of-stream notice?) of an nmp-peer packet, (-1, -1, False) for anything else."""
     try:
         packet = Packet.parse(data)
     except WireError:
-        return -1, -1
-    return packet.seq, packet.stream_id
+        return -1, -1, False
+    return packet.seq, packet.stream_id, packet.end
 
 
 @dataclass
@@ -173,15 +177,16 @@ class DirectionLink:
         index = self._index
         self._index += 1
         decision = self.impairment.next_decision() if self.impairment is not None else None
-        seq, stream_id = packet_ids(data)
+        seq, stream_id, end = packet_ids(data)
         c.received += 1
         c.bytes_received += len(data)
         c.not_nmp += seq < 0
+        c.end_notices += end
         t_ms = round(1000.0 * now_s, 3)
 
         def record(action: str, delays_s: tuple[float, ...] = ()) -> Record:
             delays = tuple(round(1000.0 * d, 3) for d in delays_s)
-            return Record(t_ms, self.name, index, seq, stream_id, len(data), action, delays)
+            return Record(t_ms, self.name, index, seq, stream_id, end, len(data), action, delays)
 
         if self.outage is not None and self.outage[0] <= since_first_s < self.outage[0] + self.outage[1]:
             c.outage_dropped += 1
@@ -222,7 +227,7 @@ class _LogWriter:
 
     def write(self, r: Record) -> None:
         if self._csv is not None:
-            self._csv.writerow((r.t_ms, r.dir, r.index, r.seq, r.stream_id, r.bytes, r.action,
+            self._csv.writerow((r.t_ms, r.dir, r.index, r.seq, r.stream_id, int(r.end), r.bytes, r.action,
                                 ";".join(f"{d:g}" for d in r.delays_ms)))
         else:
             self._file.write(json.dumps(r.to_dict(), separators=(",", ":")) + "\n")
@@ -241,7 +246,8 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         for row in csv.DictReader(f):
             rows.append({
                 "t_ms": float(row["t_ms"]), "dir": row["dir"], "index": int(row["index"]),
-                "seq": int(row["seq"]), "stream_id": int(row["stream_id"]), "bytes": int(row["bytes"]),
+                "seq": int(row["seq"]), "stream_id": int(row["stream_id"]), "end": row.get("end") == "1",
+                "bytes": int(row["bytes"]),
                 "action": row["action"],
                 "delays_ms": [float(d) for d in row["delays_ms"].split(";") if d],
             })
@@ -513,7 +519,7 @@ def receiver_loss_bounds(records: list[dict[str, Any]], direction: str, lag_pack
     from nmp_peer.lab.impair import PACKET_INTERVAL_S
 
     other = "b2a" if direction == "a2b" else "a2b"
-    mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0]
+    mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0 and not r.get("end")]
     first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
     if first is None:
         return 0, 0

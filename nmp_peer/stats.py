@@ -39,6 +39,21 @@ class Stats:
     """Blocks concealed because the buffer had run dry, plus sound-card output underflows."""
     blocks_inserted: int = 0
     blocks_dropped: int = 0
+    blocks_resampled: int = 0
+    """Output blocks read at a ratio other than 1 or between samples (drift correction,
+    shrinking): interpolated, not copied; every other block is bit-exact."""
+    lost_while_paused: int = 0
+    """Of ``packets_lost``, those whose slots passed while the stream was paused (a burst
+    that outlasted the concealment's fade): silence, not concealed. So
+    ``packets_concealed >= packets_lost - lost_while_paused``."""
+    blocks_idle: int = 0
+    """Blocks of silence played while the stream was paused or after its end."""
+    end_notices: int = 0
+    """End-of-stream notices that reached the jitter buffer (the sender repeats them)."""
+    stream_ends: int = 0
+    """Streams whose sender said it stopped (an end-of-stream notice)."""
+    pauses: int = 0
+    """Times the stream went quiet with nothing buffered, its concealment faded out."""
     resyncs: int = 0
     blocks_played: int = 0
     buffer_depth_packets: float = 0.0

@@ -114,6 +114,21 @@ class Packetizer:
         self.timestamp = secrets.randbits(31)
         """Sample clock origin; 31 bits so that float64 arithmetic on it stays exact for years."""
 
+    END_COPIES = 3
+    """End-of-stream notices sent; one is enough, the others are for a lossy path."""
+
+    def end_packets(self) -> list[Packet]:
+        """The notices that this stream ends here (send them a block apart); a later
+        :meth:`packetize` starts a new stream."""
+        end = self.seq
+        packets = [
+            Packet.end_of_stream(self.codec.payload_type, self.channels, self.stream_id, end + k, self.timestamp, end)
+            for k in range(self.END_COPIES)
+        ]
+        self.stream_id = secrets.randbits(32)
+        self.seq = (end + self.END_COPIES) % SEQ_MODULUS
+        return packets
+
     def packetize(self, block: np.ndarray) -> Packet:
         if block.shape != (BLOCK_FRAMES, self.channels):
             raise ValueError(f"block shape {block.shape} != {(BLOCK_FRAMES, self.channels)}")
@@ -124,6 +139,7 @@ class Packetizer:
 
 
 async def sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-    delay = deadline - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    """Sleep until ``deadline`` (loop time); when it has passed, still yield once, so that a
+    ticker catching up after a stall lets the datagrams waiting meanwhile be received
+    between its ticks instead of playing every overdue tick before any of them."""
+    await asyncio.sleep(max(0.0, deadline - loop.time()))

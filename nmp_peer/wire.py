@@ -9,6 +9,11 @@
 ``stream_id`` is random per run so a restarted peer is recognised. When ``flags`` has
 ``FLAG_TAG`` set, ``TAG_BYTES`` of authentication tag follow the payload. Parsing is a
 pure function of bytes and raises only :class:`WireError`.
+
+``FLAG_END`` marks an end-of-stream notice instead of audio: its payload is the u32
+sequence number of the first packet the sender will never send, so the receiver can
+tell the end of a stream from a loss. The sender repeats it (each copy with a sequence
+number of its own, so a replay window sees no copy twice); every copy names the same end.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ VERSION = 1
 HEADER = struct.Struct(">2sBBBBIIQH")
 HEADER_BYTES = HEADER.size
 FLAG_TAG = 0x01
+FLAG_END = 0x02
+_END = struct.Struct(">I")
 TAG_BYTES = 16
 MAX_CHANNELS = 2
 MAX_PAYLOAD_BYTES = 4096
@@ -46,10 +53,24 @@ class Packet:
     timestamp: int
     payload: bytes
     tag: bytes = b""
+    end: bool = False
+    """An end-of-stream notice (``FLAG_END``): no audio; see :attr:`end_seq`."""
+
+    @classmethod
+    def end_of_stream(cls, payload_type: PayloadType, channels: int, stream_id: int, seq: int,
+                      timestamp: int, end_seq: int) -> Packet:
+        """The notice that packets from ``end_seq`` on will never be sent; ``seq`` is this copy's own."""
+        return cls(payload_type, channels, stream_id, seq % SEQ_MODULUS, timestamp,
+                   _END.pack(end_seq % SEQ_MODULUS), end=True)
+
+    @property
+    def end_seq(self) -> int:
+        """The first sequence number never sent (end-of-stream notices only)."""
+        return int(_END.unpack(self.payload)[0])
 
     def header_bytes(self) -> bytes:
         """The header as sent; the authentication tag covers it and the payload."""
-        flags = FLAG_TAG if self.tag else 0
+        flags = (FLAG_TAG if self.tag else 0) | (FLAG_END if self.end else 0)
         return HEADER.pack(
             MAGIC,
             VERSION,
@@ -86,15 +107,18 @@ class Packet:
             raise WireError(f"unknown payload type {ptype}") from None
         if not 1 <= channels <= MAX_CHANNELS:
             raise WireError(f"bad channel count {channels}")
-        if flags & ~FLAG_TAG:
+        if flags & ~(FLAG_TAG | FLAG_END):
             raise WireError(f"unknown flags {flags:#04x}")
         tag_len = TAG_BYTES if flags & FLAG_TAG else 0
         if length > MAX_PAYLOAD_BYTES or len(data) != HEADER_BYTES + length + tag_len:
             raise WireError(f"payload length {length} does not match datagram of {len(data)} bytes")
-        if payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
+        end = bool(flags & FLAG_END)
+        if end and length != _END.size:
+            raise WireError(f"end-of-stream notice with a {length}-byte payload (expected {_END.size})")
+        if not end and payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
             raise WireError(f"PCM16 payload of {length} bytes is not whole frames of {channels} channel(s)")
-        end = HEADER_BYTES + length
-        return cls(payload_type, channels, stream_id, seq, timestamp, bytes(data[HEADER_BYTES:end]), bytes(data[end:]))
+        stop = HEADER_BYTES + length
+        return cls(payload_type, channels, stream_id, seq, timestamp, bytes(data[HEADER_BYTES:stop]), bytes(data[stop:]), end)
 
 
 def seq_delta(a: int, b: int) -> int:
