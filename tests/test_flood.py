@@ -41,8 +41,9 @@ def test_a_readiness_event_hands_every_queued_datagram_to_one_wake_up() -> None:
 
 @pytest.mark.slow
 def test_a_garbage_flood_at_fifty_times_the_packet_rate_costs_the_stream_no_packet() -> None:
-    """``nmp-peer bench --path flood`` measured the first loss at 1000x on the development
-    machine (100x before batching and the larger buffer); 50x leaves a margin of 20."""
+    """``nmp-peer bench --path flood`` found the first loss at 200x-500x on the busy 2-core
+    development machine (10x-50x before batching and the larger buffer), and no kernel
+    drop at all up to 100x: 50x leaves a margin of 4 or more."""
 
     async def granted() -> int:
         sock = await UdpSocket.bind(Endpoint("127.0.0.1", 0))
