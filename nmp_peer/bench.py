@@ -203,3 +203,160 @@ def opus_quality(clips: list[str], bitrates: list[int], seconds: float = 8.0) ->
             snr.append(10 * np.log10(np.sum(ref[:, 0] ** 2) / max(np.sum(err**2), 1e-20)))
         rows.append({"codec": "opus", "bitrate": bitrate, "clips": len(refs), "visqol": round(float(np.mean(visqol)), 3), "snr_db": round(float(np.mean(snr)), 2)})
     return rows
+
+
+FLOOD_MULTIPLES = (10, 50, 100, 200, 500, 1000, 2000)
+"""Garbage rates of ``bench_flood``, in multiples of the stream's packet rate."""
+FLOOD_MAX_BYTES = 65_000
+
+
+def _udp_drops(port: int) -> int | None:
+    """The kernel's receive-buffer drop counter of the UDP socket bound to ``port`` (Linux)."""
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return int(fields[-1])
+    return None
+
+
+def _send_stream(port: int, n: int, start: float) -> dict[str, Any]:
+    """The real stream: ``n`` PCM16 packets at the packet rate from their own socket (a process of its own)."""
+    import socket
+
+    from nmp_peer.codec import Pcm16Codec
+    from nmp_peer.transport import Packetizer
+
+    audio = _test_signal(BLOCK_FRAMES * 256)
+    packetizer = Packetizer(Pcm16Codec(), 1)
+    block_s = BLOCK_FRAMES / SAMPLE_RATE
+    late_s = 0.0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for k in range(n):
+            delay = start + k * block_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            late_s = max(late_s, -delay)
+            i = k % 256
+            sock.sendto(packetizer.packetize(audio[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES]).serialize(), ("127.0.0.1", port))
+    return {"sent": n, "max_send_lateness_ms": round(late_s * 1e3, 2)}
+
+
+def _flood(port: int, rate: float, start: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Random garbage of 0..FLOOD_MAX_BYTES bytes at ``rate`` datagrams/s from another socket, paced per millisecond."""
+    import socket
+
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 256, 2 * FLOOD_MAX_BYTES, dtype=np.uint8).tobytes()
+    sizes = rng.integers(0, FLOOD_MAX_BYTES + 1, 1 << 16)
+    offsets = rng.integers(0, FLOOD_MAX_BYTES, 1 << 16)
+    view = memoryview(pool)
+    sent = errors = 0
+    addr = ("127.0.0.1", port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        delay = start - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        while True:
+            elapsed = time.monotonic() - start
+            if elapsed >= seconds:
+                break
+            due = int(elapsed * rate) + 1 - sent - errors
+            for _ in range(due):
+                j = (sent + errors) & 0xFFFF
+                try:
+                    sock.sendto(view[offsets[j] : offsets[j] + sizes[j]], addr)
+                    sent += 1
+                except OSError:
+                    errors += 1
+            if due <= 0:
+                time.sleep(0.0005)
+        elapsed = time.monotonic() - start
+    return {"sent": sent, "send_errors": errors, "achieved_rate": round(sent / elapsed, 1)}
+
+
+def bench_flood(multiples: tuple[int, ...] = FLOOD_MULTIPLES, seconds: float = 5.0, seed: int = 0) -> dict[str, Any]:
+    """The garbage flood rate at which the real stream first loses a packet.
+
+    A real receiving ``Peer`` on 127.0.0.1 hears a real stream (86 packets/s, another
+    process) while a third process floods it with random datagrams of 0..65,000 bytes
+    from another socket, for ``seconds`` at each rate. Per rate: the stream's packets
+    sent, received and lost, what the peer concealed meanwhile, its drop counters, and
+    the kernel's receive-buffer drops for the peer's socket (/proc/net/udp)."""
+    import asyncio
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rate = SAMPLE_RATE / BLOCK_FRAMES
+    steps = []
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0.0, 0.0]))  # start both workers before timing anything
+        for k, multiple in enumerate(multiples):
+            steps.append(asyncio.run(_flood_step(pool, multiple * rate, seconds, seed + k)) | {"multiple": multiple})
+    first = next((s["multiple"] for s in steps if s["stream_lost"] > 0), None)
+    return {
+        "path": "flood",
+        "seconds_per_rate": seconds,
+        "flood_bytes": f"0..{FLOOD_MAX_BYTES}",
+        "first_multiple_with_stream_loss": first,
+        "rates": steps,
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
+    }
+
+
+async def _flood_step(pool: Any, flood_rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    import asyncio
+    import socket
+
+    from nmp_peer.config import load_config
+    from nmp_peer.peer import JamOptions, Peer
+    from nmp_peer.transport import Endpoint
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = JamOptions(
+        listen=Endpoint("127.0.0.1", port), peer=Endpoint("127.0.0.1", 9), input=None, output=None,
+        concealer="zeros", playout=load_config(None).playout(),
+    )
+    peer = Peer(options)
+    running = asyncio.get_running_loop().create_task(peer.run())
+    await asyncio.sleep(0.3)  # bound and playing
+    drops0 = _udp_drops(port) or 0
+    lead = 0.5  # the flood starts this long before the stream and ends this long after it
+    start = time.monotonic() + 0.3
+    n = int(seconds * SAMPLE_RATE / BLOCK_FRAMES)
+    flood = asyncio.wrap_future(pool.submit(_flood, port, flood_rate, start, seconds + 2 * lead, seed))
+    stream = asyncio.wrap_future(pool.submit(_send_stream, port, n, start + lead))
+    stream_result = await stream
+    stats = peer.engine.stats
+    during = {"blocks_concealed": stats.packets_concealed, "underruns": stats.underruns}
+    flood_result = await flood
+    await asyncio.sleep(0.3)  # the last real packets are read
+    drops = (_udp_drops(port) or 0) - drops0
+    peer.stop()
+    summary = await running
+    rejected = sum(summary[k] for k in ("packets_oversized", "packets_malformed", "packets_rate_limited", "packets_foreign"))
+    return {
+        "flood_rate": round(flood_rate, 1),
+        "flood_sent": flood_result["sent"],
+        "flood_achieved_rate": flood_result["achieved_rate"],
+        "stream_sent": stream_result["sent"],
+        "stream_received": summary["packets_received"],
+        "stream_lost": stream_result["sent"] - summary["packets_received"],
+        "stream_late": summary["packets_late"],
+        **during,
+        "kernel_drops": drops,
+        "garbage_counted": rejected,
+        "garbage_uncounted": flood_result["sent"] - (drops - (stream_result["sent"] - summary["packets_received"])) - rejected,
+        "rejected": {k: summary[k] for k in ("packets_oversized", "packets_malformed", "packets_rate_limited", "packets_foreign")},
+        "max_send_lateness_ms": stream_result["max_send_lateness_ms"],
+        "receive_buffer_bytes": summary.get("receive_buffer_bytes"),
+    }

@@ -405,7 +405,7 @@ def devices() -> None:
 
 @app.command()
 def bench(
-    path: Annotated[Optional[str], typer.Option(help="receive: parse + jitter buffer + playout per packet; jam: CPU of a real-time loopback jam.")] = None,
+    path: Annotated[Optional[str], typer.Option(help="receive: parse + jitter buffer + playout per packet; jam: CPU of a real-time loopback jam; flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s).")] = None,
     method: Annotated[Optional[str], typer.Option(help="A concealer: time per concealed packet.")] = None,
     codec: Annotated[Optional[str], typer.Option(help="pcm16 | opus: encode + decode time per packet, bitrate.")] = None,
     bitrate: Annotated[int, typer.Option(help="Opus bitrate for --codec opus.")] = 128_000,
@@ -431,9 +431,14 @@ def bench(
             return
         result = bench_codec(codec, bitrate=bitrate)
     elif path is not None:
-        if path not in ("receive", "jam"):
-            raise UserError(f"unknown benchmark path {path!r}; choose receive or jam")
-        result = bench_receive(packets) if path == "receive" else bench_jam()
+        if path not in ("receive", "jam", "flood"):
+            raise UserError(f"unknown benchmark path {path!r}; choose receive, jam or flood")
+        if path == "flood":
+            from nmp_peer.bench import bench_flood
+
+            result = bench_flood()
+        else:
+            result = bench_receive(packets) if path == "receive" else bench_jam()
     else:
         from nmp_peer.conceal import concealer_names
 

@@ -117,6 +117,9 @@ class Peer:
             self.engine.close()
         summary = self.engine.stats.to_dict()
         summary["send_errors"] = sock.send_errors
+        summary["receive_errors"] = sock.receive_errors
+        summary["receive_buffer_bytes"] = sock.rcvbuf_bytes
+        summary["kernel_drops"] = sock.kernel_drops()
         return summary
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -138,11 +141,13 @@ class Peer:
             waiter.cancel()
 
     async def _receive(self, sock: UdpSocket, gate: ReceiveGate) -> None:
+        """Every datagram the socket has read, per wake-up: under a flood that is hundreds at once."""
+        admit, push, now = gate.admit, self.engine.push, self.now
         while True:
-            data, addr = await sock.receive()
-            packet = gate.admit(data, addr)
-            if packet is not None:
-                self.engine.push(packet, self.now())
+            for data, addr in await sock.receive_batch():
+                packet = admit(data, addr)
+                if packet is not None:
+                    push(packet, now())
 
     async def _send(self, sock: UdpSocket, addr: tuple[str, int], block: np.ndarray) -> None:
         packet = self.packetizer.packetize(block)
