@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
+from nmp_peer.errors import UserError, finite, positive_seconds
 from nmp_peer.jsonio import write_json
 
 app = typer.Typer(
@@ -22,21 +23,26 @@ app = typer.Typer(
 )
 
 
-class UserError(Exception):
-    """Raised by commands for a mistake the user can fix; printed as one line."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """The mistakes a user can fix, each printed as one line with exit code 2; the list is
+    explicit, so that a bug (any other exception, a bare ``ValueError`` included) ends in a
+    traceback and a non-zero exit code instead of passing for a user mistake."""
     from nmp_peer.audio_io import AudioFileError
+    from nmp_peer.conceal import UnknownConcealerError
+    from nmp_peer.conceal.gan import ModelNotFoundError
     from nmp_peer.config import ConfigError
+    from nmp_peer.jsonio import OutputFileError
     from nmp_peer.lab.loss import TraceError
     from nmp_peer.peer import DeviceError
-    from nmp_peer.transport import EndpointError
-
+    from nmp_peer.scenarios.spec import ScenarioError
     from nmp_peer.security import KeyFileError
     from nmp_peer.synth.render import SynthUnavailableError
+    from nmp_peer.transport import EndpointError
 
-    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError, KeyFileError)
+    return (
+        UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError,
+        KeyFileError, ModelNotFoundError, UnknownConcealerError, ScenarioError, OutputFileError,
+    )
 
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
@@ -456,9 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args, standalone_mode=False)
     except _user_errors() as exc:
-        print(f"nmp-peer: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # e.g. an unknown concealer name from the registry
         print(f"nmp-peer: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
