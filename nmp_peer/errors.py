@@ -6,14 +6,18 @@ that hold their own user-error classes (``ConfigError``, ``AudioFileError``, ...
 ``nmp_peer.cli._user_errors`` lists them all. Anything not on that list is a bug: it
 ends in a traceback and a non-zero exit code, never in the one-line form.
 
-The option checks are Typer callbacks (``callback=finite``, say): they run while the
-command line is parsed, so a bad value is reported as a usage error (exit code 2) that
-names the option, before anything starts.
+The option checks are Typer callbacks (``callback=positive``, ``callback=between(0, 1)``):
+they run while the command line is parsed, before anything starts, and raise a
+``UserError`` that names the option, so a bad value reads like every other user
+mistake (one line, exit code 2). They are used instead of Typer's own ``min=``/``max=``,
+which let ±inf through and report NaN as "should be greater than or equal to 0" in the
+parser's four-line usage message.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import typer
 
@@ -22,22 +26,34 @@ class UserError(Exception):
     """Raised by commands for a mistake the user can fix; printed as one line."""
 
 
-def finite(value: float | None) -> float | None:
-    """Typer callback: refuse NaN and ±inf (``--delay-ms nan``); ``None`` (not given) passes."""
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"must be a finite number, got {value:g}")
-    return value
+def _option(param: typer.CallbackParam) -> str:
+    return max(param.opts, key=len) if param.opts else str(param.name)
 
 
-def positive_seconds(value: float | None) -> float | None:
-    """Typer callback for a length of time: a finite number of seconds above zero."""
+def positive(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Typer callback for a duration or a rate: a finite number above zero; ``None`` (not given) passes."""
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"must be a positive, finite number of seconds, got {value:g}")
+        raise UserError(f"{_option(param)} must be positive and finite, got {value:g}")
     return value
 
 
-def check_finite(name: str, value: float) -> float:
-    """``value`` unless NaN or ±inf, in which case a ``UserError`` naming the option ``name``."""
-    if not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value:g}")
-    return value
+def at_least(low: float) -> Callable[[typer.CallbackParam, float | None], float | None]:
+    """Typer callback: a finite number >= ``low``."""
+
+    def check(param: typer.CallbackParam, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value >= low):
+            raise UserError(f"{_option(param)} must be a finite number >= {low:g}, got {value:g}")
+        return value
+
+    return check
+
+
+def between(low: float, high: float) -> Callable[[typer.CallbackParam, float | None], float | None]:
+    """Typer callback: a number in [``low``, ``high``] (NaN is not)."""
+
+    def check(param: typer.CallbackParam, value: float | None) -> float | None:
+        if value is not None and not low <= value <= high:
+            raise UserError(f"{_option(param)} must be in [{low:g}, {high:g}], got {value:g}")
+        return value
+
+    return check
