@@ -8,6 +8,7 @@ to 44.1 kHz with soxr on the way in.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from pathlib import Path
 
@@ -23,7 +24,15 @@ class AudioFileError(ValueError):
 
 
 def read_audio(path: str | Path, *, channels: int | None = None, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
-    """Read a file as float32 (frames × channels) at ``rate``; returns it and the file's own rate."""
+    """Read a file as float32 (frames × channels) at ``rate``; returns it and the file's own rate.
+
+    A float file (WAV/FLAC subtype FLOAT or DOUBLE) holding NaN or ±inf is refused with an
+    ``AudioFileError`` naming the file, how many samples are bad and where the first one
+    is: there is no right value to put in their place, and a silent substitute would
+    change the audio a measurement is made on. Float samples beyond ±1.0 (headroom that
+    a 16-bit stream cannot carry) are clipped to ±1.0, and a note on stderr says how many
+    and how loud the peak was; integer files are always within range.
+    """
     path = Path(path)
     try:
         info = sf.info(str(path))
@@ -37,6 +46,7 @@ def read_audio(path: str | Path, *, channels: int | None = None, rate: int = SAM
         raise AudioFileError(f"cannot read audio file {path}: {reason}") from None
     if len(data) == 0:
         raise AudioFileError(f"audio file {path} is empty")
+    data = _checked_float(data, path)
     if channels is not None and data.shape[1] != channels:
         data = data.mean(axis=1, keepdims=True) if channels == 1 else np.repeat(data[:, :1], channels, axis=1)
     if file_rate != rate:
@@ -44,6 +54,25 @@ def read_audio(path: str | Path, *, channels: int | None = None, rate: int = SAM
 
         data = soxr.resample(data, file_rate, rate, quality="VHQ").astype(np.float32)
     return np.ascontiguousarray(data, dtype=np.float32), int(file_rate)
+
+
+def _checked_float(data: np.ndarray, path: Path) -> np.ndarray:
+    """``data`` within [-1, 1]: NaN/inf refused, samples beyond ±1.0 clipped and noted (``read_audio``)."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        frame = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise AudioFileError(
+            f"audio file {path} has {bad} samples that are NaN or infinite (the first at frame {frame}); "
+            "replace them, e.g. with silence, and try again"
+        )
+    over = np.abs(data) > 1.0
+    if over.any():
+        peak = float(np.abs(data).max())
+        print(f"note: {path}: {int(np.count_nonzero(over))} samples beyond ±1.0 (peak {peak:.3g}, "
+              f"{20 * np.log10(peak):+.1f} dBFS) are clipped to ±1.0", file=sys.stderr)
+        data = np.clip(data, -1.0, 1.0)
+    return data
 
 
 def write_audio(path: str | Path, data: np.ndarray, *, rate: int = SAMPLE_RATE, file_rate: int | None = None) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
+from nmp_peer.errors import UserError, at_least, between, positive
 from nmp_peer.jsonio import write_json
 
 app = typer.Typer(
@@ -22,21 +23,26 @@ app = typer.Typer(
 )
 
 
-class UserError(Exception):
-    """Raised by commands for a mistake the user can fix; printed as one line."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """The mistakes a user can fix, each printed as one line with exit code 2; the list is
+    explicit, so that a bug (any other exception, a bare ``ValueError`` included) ends in a
+    traceback and a non-zero exit code instead of passing for a user mistake."""
     from nmp_peer.audio_io import AudioFileError
+    from nmp_peer.conceal import UnknownConcealerError
+    from nmp_peer.conceal.gan import ModelNotFoundError
     from nmp_peer.config import ConfigError
+    from nmp_peer.jsonio import OutputFileError
     from nmp_peer.lab.loss import TraceError
     from nmp_peer.peer import DeviceError
-    from nmp_peer.transport import EndpointError
-
+    from nmp_peer.scenarios.spec import ScenarioError
     from nmp_peer.security import KeyFileError
     from nmp_peer.synth.render import SynthUnavailableError
+    from nmp_peer.transport import EndpointError
 
-    return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError, KeyFileError)
+    return (
+        UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError,
+        KeyFileError, ModelNotFoundError, UnknownConcealerError, ScenarioError, OutputFileError,
+    )
 
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
@@ -89,7 +95,7 @@ def jam(
     output: Annotated[Optional[str], typer.Option("--output", help="Sound device (name or index) or a WAV file to write.")] = None,
     config: ConfigOpt = None,
     concealer: ConcealerOpt = None,
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).", callback=positive)] = None,
     stats: Annotated[Optional[Path], typer.Option(help="Write the JSON summary here too.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live status line.")] = False,
     key_file: Annotated[Optional[Path], typer.Option(help="Pre-shared key file: sign and authenticate every packet.")] = None,
@@ -157,13 +163,10 @@ def loopback(
         cfg.opus.fec = True
     audio = audio[:, : cfg.audio.channels]
     encoder, codec_delay = _encoder(cfg)
-    try:
-        impairment = make_impairment(
-            loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
-            jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate, seed=seed,
-        )
-    except (ValueError, OSError) as exc:
-        raise UserError(str(exc)) from None
+    impairment = make_impairment(  # a bad value: UserError or TraceError, naming the option
+        loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
+        jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate, seed=seed,
+    )
     result = asyncio.run(
         run_loopback(audio, impairment, concealer=cfg.conceal.method, playout=cfg.playout(), realtime=realtime,
                      codec=encoder, codec_delay=codec_delay)
@@ -188,19 +191,52 @@ def conceal(
     out: Annotated[Path, typer.Option("--out", help="Concealed WAV: same length and rate as the input.")],
     method: Annotated[str, typer.Option(help="zeros | repeat | lpc | gan | opus-plc | opus-fec")] = "lpc",
     config: ConfigOpt = None,
+    trace_fit: Annotated[str, typer.Option(
+        help="When the trace's length is not the audio's packet count: exact (refuse, the default), "
+        "pad (a shorter trace: the packets after its end are received) or cut (a longer trace: its end is unused).",
+    )] = "exact",
 ) -> None:
     """Conceal the packets a trace marks lost, with the live peer's playout engine on a virtual clock."""
     from nmp_peer.audio_io import read_audio, write_audio
     from nmp_peer.lab.loss import read_trace
     from nmp_peer.lab.simulate import conceal_trace
 
+    if trace_fit not in ("exact", "pad", "cut"):
+        raise UserError(f"unknown --trace-fit {trace_fit!r}; choose exact, pad or cut")
     lost = read_trace(trace)
     audio, file_rate = read_audio(input)
     cfg = _config(config, method, channels=min(audio.shape[1], 2))
     if file_rate != 44_100:
         print(f"note: {input} is {file_rate} Hz; packets are 512 samples at 44.1 kHz after resampling", file=sys.stderr)
+    lost = _fit_trace(lost, len(audio), trace, input, trace_fit)
     played = conceal_trace(audio[:, : cfg.audio.channels], lost, cfg.conceal.method, cfg.playout_fixed())
     write_audio(out, played, file_rate=file_rate)
+
+
+def _fit_trace(lost: np.ndarray, frames: int, trace: Path, audio: Path, fit: str) -> np.ndarray:
+    """``lost`` with one entry per packet of ``frames`` samples of audio, or a ``UserError``
+    naming both lengths.
+
+    A partial last packet may have an entry or not (without one it is received). ``fit``
+    says what another mismatch may do: ``exact`` allows none, ``pad`` lets a shorter trace
+    end early (the rest is received), ``cut`` lets a longer trace be cut; either is noted
+    on stderr.
+    """
+    from nmp_peer import BLOCK_FRAMES
+
+    full, packets = frames // BLOCK_FRAMES, -(-frames // BLOCK_FRAMES)
+    if full <= len(lost) <= packets:
+        return lost
+    partial = " (the last one partial)" if packets > full else ""
+    what = f"trace {trace} has {len(lost)} packets, {audio} has {packets}{partial} of 512 samples at 44.1 kHz"
+    if len(lost) < full and fit == "pad":
+        print(f"note: {what}: the packets after the trace's end are received (--trace-fit pad)", file=sys.stderr)
+        return lost
+    if len(lost) > packets and fit == "cut":
+        print(f"note: {what}: the trace's last {len(lost) - packets} entries are unused (--trace-fit cut)", file=sys.stderr)
+        return lost[:packets]
+    hint = "pad" if len(lost) < full else "cut"
+    raise UserError(f"{what}; give a trace of {packets} packets, or --trace-fit {hint}")
 
 
 @app.command()
@@ -210,13 +246,13 @@ def lab(
     methods: Annotated[str, typer.Option(help="Comma-separated concealers.")] = "zeros,repeat,lpc",
     loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | challenge | trace (comma-separated for several).")] = "gilbert",
     loss: Annotated[str, typer.Option(help="Loss rate(s), comma-separated, e.g. 0.05,0.1,0.2.")] = "0.1",
-    burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).")] = 2.0,
+    burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).", callback=at_least(1.0))] = 2.0,
     traces: Annotated[Optional[Path], typer.Option(help="Folder of trace files (for --loss-model trace).")] = None,
-    jitter_ms: Annotated[float, typer.Option(help="Network mode: send through the jitter buffer with this jitter.")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="Network mode: send through the jitter buffer with this jitter.", callback=at_least(0.0))] = 0.0,
     metrics: Annotated[str, typer.Option(help="Comma-separated: snr,lsd,mrstft,visqol,plcmos.")] = "snr,lsd,mrstft,visqol,plcmos",
-    max_seconds: Annotated[Optional[float], typer.Option(help="Use at most this much of each clip.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Use at most this much of each clip.", callback=positive)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the loss patterns.")] = 0,
-    jobs: Annotated[int, typer.Option(help="Worker processes.")] = max(1, os.cpu_count() or 1),
+    jobs: Annotated[int, typer.Option(help="Worker processes.", min=1)] = max(1, os.cpu_count() or 1),
 ) -> None:
     """Measure concealers against loss patterns on a folder of clips: report, tables, plots."""
     import time
@@ -225,6 +261,7 @@ def lab(
 
     from nmp_peer.conceal import concealer_names
     from nmp_peer.lab import report
+    from nmp_peer.lab.loss import challenge_like_trace, make_loss_model, read_trace
     from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, load_clip, loss_mask, plan, run_jobs
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
@@ -239,6 +276,9 @@ def lab(
         rates = [float(x) for x in loss.split(",")]
     except ValueError:
         raise UserError(f"--loss must be numbers separated by commas, got {loss!r}") from None
+    for r in rates:
+        if not 0.0 <= r <= 1.0:
+            raise UserError(f"--loss rates must be in [0, 1], got {r:g}")
     settings: list[Setting] = []
     for model in (m.strip() for m in loss_model.split(",")):
         if model == "trace":
@@ -247,11 +287,24 @@ def lab(
             files = sorted(p for p in traces.glob("*.txt"))
             if not files:
                 raise UserError(f"no *.txt trace files in {traces}")
+            for f in files:  # read here once, so that a malformed trace stops the run before it starts
+                n = len(read_trace(f))
+                print(f"note: trace {f.name} has {n} packets ({n * 512 / 44_100:.1f} s): a longer clip receives every "
+                      "packet after it, a shorter one uses its start", file=sys.stderr)
             settings += [Setting("trace", trace=str(f)) for f in files]
-        elif model == "challenge":  # bursts of 1-6 packets, some of 7-16, as in the challenge's traces
-            settings += [Setting("challenge", r) for r in rates]
-        elif model in ("bernoulli", "gilbert"):
-            settings += [Setting(model, r, burst, jitter_ms=jitter_ms) for r in rates]
+        elif model in ("challenge", "bernoulli", "gilbert"):
+            for r in rates:  # the models' own checks, once here, instead of in every worker process
+                try:
+                    if model == "challenge":  # bursts of 1-6 packets, some of 7-16, as in the challenge's traces
+                        challenge_like_trace(1, loss_rate=r or 0.10)
+                    else:
+                        make_loss_model(model, r, burst)
+                except ValueError as exc:  # these constructors raise ValueError only for their arguments
+                    raise UserError(f"--loss {r:g} --loss-model {model}: {exc}") from None
+            if model == "challenge":
+                settings += [Setting("challenge", r) for r in rates]
+            else:
+                settings += [Setting(model, r, burst, jitter_ms=jitter_ms) for r in rates]
         else:
             raise UserError(f"unknown loss model {model!r}; choose bernoulli, gilbert, challenge or trace")
     if not clips.is_dir():
@@ -311,8 +364,8 @@ def lab(
 def clips(
     out: Annotated[Path, typer.Option("--out", help="Folder for the clips (one sub-folder per category or package).")],
     source: Annotated[str, typer.Option(help="synth: FluidSynth renderings by category; debian: recorded music from Debian game-data packages.")] = "synth",
-    n: Annotated[int, typer.Option(help="synth: number of clips (cycling through the categories).")] = 24,
-    seconds: Annotated[float, typer.Option(help="Length of each clip.")] = 8.0,
+    n: Annotated[int, typer.Option(help="synth: number of clips (cycling through the categories).", min=1)] = 24,
+    seconds: Annotated[float, typer.Option(help="Length of each clip.", callback=positive)] = 8.0,
     packages: Annotated[Optional[str], typer.Option(help="debian: comma-separated packages (default: a vetted set).")] = None,
     jobs: Annotated[int, typer.Option(help="Worker processes (synth).")] = max(1, os.cpu_count() or 1),
     kinds: Annotated[Optional[str], typer.Option(help="synth: comma-separated categories to cycle through, e.g. drums,bass (default: all eight).")] = None,
@@ -320,13 +373,14 @@ def clips(
 ) -> None:
     """Build an evaluation set for the lab, with no download beyond Debian's mirror."""
     if source == "synth":
+        from nmp_peer.synth.clips import KINDS
         from nmp_peer.synth.dataset import build_set
 
         chosen_kinds = tuple(k.strip() for k in kinds.split(",") if k.strip()) if kinds else None
-        try:
-            manifest = build_set(out, "eval", n_clips=n, clip_seconds=seconds, jobs=jobs, kinds=chosen_kinds, seed=seed)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        for k in chosen_kinds or ():
+            if k not in KINDS:
+                raise UserError(f"unknown clip kind {k!r} in --kinds; choose from {', '.join(KINDS)}")
+        manifest = build_set(out, "eval", n_clips=n, clip_seconds=seconds, jobs=jobs, kinds=chosen_kinds, seed=seed)
         print(f"wrote {n} clips and {manifest}", file=sys.stderr)
     elif source == "debian":
         from nmp_peer.lab.clips import DEBIAN_MUSIC, debian_music
@@ -344,9 +398,9 @@ def clips(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the clip, the received audio, stats and plot.")] = Path("out/demo"),
-    seconds: Annotated[float, typer.Option(help="Length of the synthesized clip.")] = 10.0,
-    loss: Annotated[float, typer.Option(help="Packet loss rate (Gilbert-Elliott bursts).")] = 0.05,
-    burst: Annotated[float, typer.Option(help="Mean burst length in packets.")] = 3.0,
+    seconds: Annotated[float, typer.Option(help="Length of the synthesized clip.", callback=positive)] = 10.0,
+    loss: Annotated[float, typer.Option(help="Packet loss rate (Gilbert-Elliott bursts).", callback=between(0.0, 1.0))] = 0.05,
+    burst: Annotated[float, typer.Option(help="Mean burst length in packets.", callback=at_least(1.0))] = 3.0,
     concealer: ConcealerOpt = None,
     realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Run on the wall clock (default) or faster.")] = True,
 ) -> None:
@@ -461,9 +515,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args, standalone_mode=False)
     except _user_errors() as exc:
-        print(f"nmp-peer: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # e.g. an unknown concealer name from the registry
         print(f"nmp-peer: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,8 +2,10 @@
 (named hostile networks between two peers, see ``nmp_peer.scenarios``).
 
 ``register(app)`` adds both to the main ``nmp-peer`` app. A bad value raises
-``ValueError`` with a one-line message, which the main CLI prints as
-``nmp-peer: error: <msg>`` with exit code 2.
+``UserError`` (or a module's own user-error class, such as ``TraceError``) with a
+one-line message, which the main CLI prints as ``nmp-peer: error: <msg>`` with exit
+code 2; a value the parser can check (a NaN, a negative duration) is refused as a
+usage error before the command starts.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from nmp_peer.errors import UserError, at_least, between, positive
 from nmp_peer.jsonio import write_json
 
 from nmp_peer.lab.impair import Impairment
@@ -34,9 +37,9 @@ def parse_outage(text: str | None) -> tuple[float, float] | None:
             raise ValueError
         outage = (float(start), float(length))
     except ValueError:
-        raise ValueError(f"--outage {text!r} is not START:SECONDS (e.g. 5:0.5)") from None
+        raise UserError(f"--outage {text!r} is not START:SECONDS (e.g. 5:0.5)") from None
     if not all(0.0 <= v < float("inf") for v in outage):
-        raise ValueError(f"--outage {text!r}: start and length must be finite and non-negative")
+        raise UserError(f"--outage {text!r}: start and length must be finite and non-negative")
     return outage
 
 
@@ -60,19 +63,38 @@ def make_impairment(
     duplicate: float,
     seed: int,
 ) -> Impairment:
-    """One direction's impairment, built like ``nmp-peer loopback`` builds it (same seed, same decisions)."""
+    """One direction's impairment, built like ``nmp-peer loopback`` builds it (same seed, same decisions).
+
+    Every value comes from the command line, so a bad one is a ``UserError`` naming the
+    option (a bad trace file: ``TraceError``); NaN and ±inf are refused like any other
+    value out of range.
+    """
     if loss_model not in LOSS_KINDS or loss_model == "none":
-        raise ValueError(f"unknown --loss-model {loss_model!r}; choose bernoulli, gilbert or trace")
+        raise UserError(f"unknown --loss-model {loss_model!r}; choose bernoulli, gilbert or trace")
     if not 0.0 <= loss <= 1.0:
-        raise ValueError(f"--loss must be in [0, 1], got {loss}")
+        raise UserError(f"--loss must be in [0, 1], got {loss:g}")
+    if not 1.0 <= burst < float("inf"):
+        raise UserError(f"--burst must be a finite number of packets >= 1, got {burst:g}")
+    for name, value in (("--delay-ms", delay_ms), ("--jitter-ms", jitter_ms)):
+        if not 0.0 <= value < float("inf"):
+            raise UserError(f"{name} must be a finite number >= 0, got {value:g}")
+    if jitter_dist not in ("normal", "pareto"):
+        raise UserError(f"unknown --jitter-dist {jitter_dist!r}; choose normal or pareto")
+    for name, value in (("--reorder", reorder), ("--duplicate", duplicate)):
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"{name} must be in [0, 1], got {value:g}")
+    if reorder + duplicate > 1.0:
+        raise UserError(f"--reorder + --duplicate must not exceed 1, got {reorder:g} + {duplicate:g}")
     if loss_model == "trace" and trace is None:
-        raise ValueError("--loss-model trace needs --trace FILE")
+        raise UserError("--loss-model trace needs --trace FILE")
     if trace is not None and loss_model != "trace":
-        raise ValueError("--trace FILE needs --loss-model trace")
-    if trace is not None and not trace.is_file():
-        raise ValueError(f"--trace {trace}: no such file")
+        raise UserError("--trace FILE needs --loss-model trace")
     kind = loss_model if loss > 0 or loss_model == "trace" else "none"
-    model = make_loss_model(kind, loss, burst, trace, seed)
+    if kind == "gilbert" and not loss <= burst / (1.0 + burst):
+        limit = burst / (1.0 + burst)
+        raise UserError(f"--loss {loss:g} is impossible with --burst {burst:g}: every burst needs a received packet "
+                        f"after it, so the loss is at most burst / (1 + burst) = {limit:.4g}")
+    model = make_loss_model(kind, loss, burst, trace, seed)  # a missing or malformed trace: TraceError
     return Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
 
 
@@ -87,21 +109,21 @@ def register(app: typer.Typer) -> None:
     def impair(
         listen: Annotated[str, typer.Option(help="HOST:PORT side A sends to (port 0: any free port).")],
         forward: Annotated[str, typer.Option(help="HOST:PORT of side B; its replies go back to side A.")],
-        loss: Annotated[float, typer.Option(help="Packet loss rate, 0..1.")] = 0.0,
+        loss: Annotated[float, typer.Option(help="Packet loss rate, 0..1.", callback=between(0.0, 1.0))] = 0.0,
         loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | trace")] = "bernoulli",
-        burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).")] = 2.0,
+        burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).", callback=at_least(1.0))] = 2.0,
         trace: Annotated[Optional[Path], typer.Option(help="Loss trace file (one 0/1 per packet).")] = None,
-        delay_ms: Annotated[float, typer.Option(help="Fixed one-way delay.")] = 0.0,
-        jitter_ms: Annotated[float, typer.Option(help="Jitter scale (added delay, never negative).")] = 0.0,
+        delay_ms: Annotated[float, typer.Option(help="Fixed one-way delay.", callback=at_least(0.0))] = 0.0,
+        jitter_ms: Annotated[float, typer.Option(help="Jitter scale (added delay, never negative).", callback=at_least(0.0))] = 0.0,
         jitter_dist: Annotated[str, typer.Option(help="normal | pareto")] = "normal",
-        reorder: Annotated[float, typer.Option(help="Probability that a packet is held back behind its successor.")] = 0.0,
-        duplicate: Annotated[float, typer.Option(help="Probability that a packet arrives twice.")] = 0.0,
-        rate_kbps: Annotated[Optional[float], typer.Option(help="Rate limit per direction (token bucket, 50 ms queue).")] = None,
+        reorder: Annotated[float, typer.Option(help="Probability that a packet is held back behind its successor.", callback=between(0.0, 1.0))] = 0.0,
+        duplicate: Annotated[float, typer.Option(help="Probability that a packet arrives twice.", callback=between(0.0, 1.0))] = 0.0,
+        rate_kbps: Annotated[Optional[float], typer.Option(help="Rate limit per direction (token bucket, 50 ms queue).", callback=positive)] = None,
         outage: Annotated[Optional[str], typer.Option(help="START:SECONDS after the first packet: drop everything then.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the A→B impairment (B→A gets a derived one).")] = 0,
         both_ways: Annotated[bool, typer.Option("--both-ways/--one-way", help="Impair B→A too (default), or only A→B.")] = True,
         log: Annotated[Optional[Path], typer.Option(help="Per-packet ground truth: JSON lines, or CSV for a .csv name.")] = None,
-        duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+        duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).", callback=positive)] = None,
         summary: Annotated[Optional[Path], typer.Option(help="Write the JSON counters here (default: print them).")] = None,
     ) -> None:
         """A UDP relay that drops, delays, reorders, duplicates and rate-limits packets between two peers.
@@ -111,10 +133,6 @@ def register(app: typer.Typer) -> None:
         from nmp_peer.relay import Relay
         from nmp_peer.transport import Endpoint
 
-        if rate_kbps is not None and not rate_kbps > 0:
-            raise ValueError(f"--rate-kbps must be positive, got {rate_kbps}")
-        if duration is not None and not duration > 0:
-            raise ValueError(f"--duration must be positive, got {duration}")
         spec = dict(loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
                     jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate)
         a2b = make_impairment(**spec, seed=seed)  # type: ignore[arg-type]
@@ -154,7 +172,7 @@ def scenarios_run(
     backend: Annotated[str, typer.Option(help="loopback (127.0.0.1) | netns (root) | docker (compose)")] = "loopback",
     concealers: Annotated[str, typer.Option(help="Comma-separated concealers.")] = "zeros,repeat,lpc",
     only: Annotated[Optional[str], typer.Option(help="Comma-separated scenario names (default: all).")] = None,
-    seconds: Annotated[float, typer.Option(help="How long A and B play together in each jam.")] = 6.0,
+    seconds: Annotated[float, typer.Option(help="How long A and B play together in each jam (1..600).", callback=between(1.0, 600.0))] = 6.0,
     file: FileOpt = None,
     clip: Annotated[str, typer.Option(help="auto (FluidSynth demo clip if installed) | demo | synthetic")] = "auto",
     visqol: Annotated[bool, typer.Option("--visqol/--no-visqol", help="Also ViSQOL (slow: ~1.3 s per second of audio).")] = False,
@@ -183,15 +201,13 @@ def scenarios_run(
 @scenarios_app.command("clip")
 def scenarios_clip(
     path: Annotated[Path, typer.Argument(help="WAV file to write (mono, 16-bit, 44.1 kHz).")],
-    seconds: Annotated[float, typer.Option(help="Length.")] = 10.0,
+    seconds: Annotated[float, typer.Option(help="Length (0.5..3600).", callback=between(0.5, 3600.0))] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the notes.")] = 1,
     kind: Annotated[str, typer.Option(help="auto (FluidSynth demo clip if installed) | demo | synthetic")] = "auto",
 ) -> None:
     """Write the clip a scenario peer plays (the compose file's peers use it when none is given)."""
     from nmp_peer.scenarios.spec import write_clip
 
-    if not 0.5 <= seconds <= 3600:
-        raise ValueError(f"--seconds must be in [0.5, 3600], got {seconds:g}")
     what = write_clip(path, seconds, seed, kind)
     print(f"wrote {path} ({what}, {seconds:g} s)", file=sys.stderr)
 

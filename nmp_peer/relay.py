@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from nmp_peer.jsonio import OutputFileError
 from nmp_peer.lab.impair import Impairment
 from nmp_peer.transport import Address, Endpoint, EndpointError
 from nmp_peer.wire import Packet, WireError, seq_delta
@@ -220,7 +221,7 @@ class _LogWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file: TextIO = open(self.path, "w", encoding="utf-8", newline="")
         except OSError as exc:
-            raise ValueError(f"cannot write relay log {self.path}: {exc.strerror or exc}") from None
+            raise OutputFileError(f"cannot write relay log {self.path}: {exc.strerror or exc}") from None
         self._csv = csv.writer(self._file) if self.path.suffix.lower() == ".csv" else None
         if self._csv is not None:
             self._csv.writerow(LOG_FIELDS)

@@ -36,17 +36,30 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (all interfaces)."""
+        """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (all interfaces).
+
+        An IPv6 address must be in brackets: ``::1:5000`` could be the address ``::1:5000``
+        or ``::1`` port 5000 (both are valid IPv6), so it is refused with the bracketed form
+        as the hint, whatever the host part looks like.
+        """
+        def is_ipv6(address: str) -> bool:
+            try:
+                ipaddress.IPv6Address(address)
+            except ValueError:
+                return False
+            return True
+
         host, sep, port = text.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise EndpointError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:50000 or [::1]:50000)")
-        host = host.strip("[]") or "0.0.0.0"
-        if ":" in host:
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise EndpointError(f"{text!r}: IPv6 addresses go in brackets, e.g. [::1]:50000") from None
-        return cls(host, int(port))
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            if not is_ipv6(host):
+                raise EndpointError(f"{text!r}: only an IPv6 address goes in brackets, e.g. [::1]:50000")
+        elif ":" in host or "[" in host or "]" in host:
+            example = f"[{host}]:{port}" if ":" in host and is_ipv6(host) else "[::1]:50000"
+            raise EndpointError(f"{text!r}: IPv6 addresses go in brackets, e.g. {example}")
+        return cls(host or "0.0.0.0", int(port))
 
     def resolve(self) -> Address:
         try:

@@ -65,8 +65,11 @@ def test_conceal_command_keeps_length_and_rate_and_reports_bad_traces(tmp_path: 
     write_trace(trace, trace_for(100)[:30])
     out = tmp_path / "out.wav"
     cmd = [sys.executable, "-m", "nmp_peer.cli", "conceal", str(wav), "--trace", str(trace), "--method", "repeat", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)  # 30 packets of 87: refused, not padded
+    assert r.returncode == 2 and "has 30 packets" in r.stderr and "--trace-fit pad" in r.stderr and not out.exists()
+    cmd += ["--trace-fit", "pad"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and "the packets after the trace's end are received" in r.stderr, r.stderr
     played, rate = read_audio(out)
     assert rate == 44100 and played.shape == audio.shape
     trace.write_text("0\n1\nx\n")

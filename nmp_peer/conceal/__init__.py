@@ -7,6 +7,13 @@ from collections.abc import Callable
 from nmp_peer.conceal.base import Concealer
 
 
+class UnknownConcealerError(ValueError):
+    """A concealer name that is not in the registry; the message names the choices.
+
+    A user error (``nmp-peer`` prints it as one line, exit code 2): the names come from
+    the command line or a config file."""
+
+
 def _zeros() -> Concealer:
     from nmp_peer.conceal.simple import ZerosConcealer
 
@@ -58,9 +65,9 @@ def concealer_names() -> list[str]:
 
 
 def make_concealer(name: str) -> Concealer:
-    """Build a concealer by name; ``ValueError`` names the choices for an unknown one."""
+    """Build a concealer by name; ``UnknownConcealerError`` names the choices for an unknown one."""
     try:
         factory = FACTORIES[name]
     except KeyError:
-        raise ValueError(f"unknown concealer {name!r}; choose one of {', '.join(FACTORIES)}") from None
+        raise UnknownConcealerError(f"unknown concealer {name!r}; choose one of {', '.join(FACTORIES)}") from None
     return factory()

@@ -103,12 +103,20 @@ class ThreadedWorker:
     after all, or the engine moved on). With ``chain`` (the default), a finished
     concealment is followed by a guess at the next slot's (module docstring);
     ``chained`` counts the requests that found their guess.
+
+    A concealer that raises does not stop the thread, and is not hidden either: ``errors``
+    counts the exceptions and ``last_error`` holds the latest one as text (type and
+    message). The job ends incomplete, with the last stage that did finish, if any (an
+    LPC stage before the GAN stage failed, say), so the engine uses that or falls back
+    as it does when a concealment is late.
     """
 
     def __init__(self, concealer: Concealer, chain: bool = True) -> None:
         self.concealer = concealer
         self.chain = chain
         self.chained = 0
+        self.errors = 0
+        self.last_error: str | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._job: _Job | None = None
@@ -183,7 +191,9 @@ class ThreadedWorker:
                         job.complete = not job.cancelled
                         if job.complete and self.chain and self._job is job and self._guess is None:
                             self._guess = job.chained()
-            except Exception:  # a broken concealer must not kill the worker: the engine falls back
-                pass
+            except Exception as exc:  # a broken concealer must not kill the worker: counted; the engine falls back
+                with self._lock:
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 job.done.set()

@@ -224,11 +224,16 @@ def read_trace(path: str | os.PathLike[str]) -> np.ndarray:
     Accepted: one ``0``/``1`` per line (the released files), or lines of contiguous
     ``0``/``1`` digits (one long line, say); surrounding spaces, CRLF line ends and
     blank lines at the end are fine. Anything else raises ``TraceError`` naming the
-    file, the line and what was found there.
+    file, the line and what was found there; so does a file that cannot be read (missing,
+    a directory, no permission).
     """
     name = Path(path).name
-    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
-        lines = f.read().split("\n")
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
+            lines = f.read().split("\n")
+    except OSError as exc:
+        reason = "is a directory" if isinstance(exc, IsADirectoryError) else (exc.strerror or str(exc)).lower()
+        raise TraceError(f"cannot read trace {path}: {reason}") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
