@@ -204,7 +204,9 @@ async def _run_realtime(
         max_ticks = len(blocks) + 4 * engine.config.latency.max_depth_packets + 2000
         for tick in range(max_ticks):
             await sleep_until(loop, t0 + tick * block_s)
-            outputs.append(engine.next_block(now_samples()))
+            # The output clock is the tick schedule (a device's would be its DAC time):
+            # when a tick runs late on a busy machine its block is still the one due then.
+            outputs.append(engine.next_block(float(tick * BLOCK_FRAMES)))
             if tick >= len(blocks) and _done(engine, len(audio) - 2 * BLOCK_FRAMES, ts0):
                 return
 

@@ -241,7 +241,9 @@ class Peer:
         tick = 0
         while True:
             await sleep_until(loop, start + tick * BLOCK_S)
-            block = self.engine.next_block(self.now())
+            # A file has no clock of its own: the tick schedule is the output clock, so a
+            # tick that runs late still plays the block due at its time.
+            block = self.engine.next_block((start + tick * BLOCK_S - loop.time()) * SAMPLE_RATE + self.now())
             if writer is not None:
                 writer.write(block)
             tick += 1

@@ -512,6 +512,8 @@ class PlayoutEngine:
         else:
             ready = key is not None and key == self._requested
             taken = self.worker.take(key) if ready else None
+            if isinstance(self.worker, ThreadedWorker):
+                self.stats.concealer_errors = self.worker.errors
             prediction = taken.result if taken is not None else None
             if prediction is not None and not taken.complete:
                 self.stats.concealer_partial += 1

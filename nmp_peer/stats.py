@@ -35,6 +35,9 @@ class Stats:
     concealer_chained: int = 0
     """Burst packets whose concealment the worker had started before the engine asked for
     it, chained onto the previous packet's (``nmp_peer.conceal.worker``)."""
+    concealer_errors: int = 0
+    """Exceptions raised by the concealer in the worker thread; each such slot got a
+    fallback block (counted as a miss)."""
     underruns: int = 0
     """Blocks concealed because the buffer had run dry, plus sound-card output underflows."""
     blocks_inserted: int = 0
