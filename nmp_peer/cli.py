@@ -39,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError, KeyFileError)
 
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a shipped name (default, lan, wan).")]
 ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros | repeat | lpc | gan | opus-plc | opus-fec (default: the config's).")]
 
 
