@@ -74,6 +74,16 @@ class ConcealSection(_Section):
 class NetworkSection(_Section):
     listen: str = "0.0.0.0:50000"
     peer: str | None = None
+    """``nmp-peer jam``'s --listen and --peer when the command line gives none."""
+
+    @field_validator("listen", "peer")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        from nmp_peer.transport import Endpoint
+
+        if value is not None:
+            Endpoint.parse(value)  # EndpointError is a ValueError: reported as network.<key>
+        return value
 
 
 class SecuritySection(_Section):
