@@ -83,8 +83,8 @@ def _config(config: str | None, concealer: str | None, channels: int | None = No
 
 @app.command()
 def jam(
-    listen: Annotated[Optional[str], typer.Option(help="Local HOST:PORT to listen on (default: the config's [network] listen, 0.0.0.0:50000).")] = None,
-    peer: Annotated[Optional[str], typer.Option(help="The other musician's HOST:PORT (default: the config's [network] peer).")] = None,
+    listen: Annotated[Optional[str], typer.Option(help="Local HOST:PORT to listen on (default: the config's network.listen, 0.0.0.0:50000).")] = None,
+    peer: Annotated[Optional[str], typer.Option(help="The other musician's HOST:PORT (default: the config's network.peer).")] = None,
     input: Annotated[Optional[str], typer.Option("--input", help="Sound device (name or index) or a WAV/FLAC file to send.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", help="Sound device (name or index) or a WAV file to write.")] = None,
     config: ConfigOpt = None,
