@@ -17,7 +17,7 @@ N_VALID ?= 12
 N_EVAL  ?= 24
 JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 RUN     ?= data/gan-run
-CONFIG  ?= conf/train/bin2bin_v2.toml
+CONFIG  ?= nmp_peer/conf/train/bin2bin_v2.toml
 
 .PHONY: setup system-deps demo test bench clean train-data train
 

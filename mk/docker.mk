@@ -64,7 +64,7 @@ docker-base: docker-daemon
 # runs on the host network: its apt-get and pip reach the mirror and PyPI even where the
 # default bridge cannot.
 docker-image: docker-base
-	tar -c -P --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md nmp_peer conf docker \
+	tar -c -P --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md nmp_peer docker \
 	  $(DOCKER_EXTRA_CA) --transform='s|^.*/\([^/]*\.crt\)$$|extra-ca/\1|' \
 	  | $(DOCKER_BUILD) --network host --build-arg BASE=$(DOCKER_BASE) -f docker/Dockerfile -t $(DOCKER_IMAGE) -
 

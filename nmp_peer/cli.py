@@ -45,7 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a name in conf/ (default, lan, wan).")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="TOML config: a path, or a shipped name (default, lan, wan).")]
 ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros | repeat | lpc | gan | opus-plc | opus-fec (default: the config's).")]
 
 
@@ -89,8 +89,8 @@ def _config(config: str | None, concealer: str | None, channels: int | None = No
 
 @app.command()
 def jam(
-    listen: Annotated[str, typer.Option(help="Local HOST:PORT to listen on.")] = "0.0.0.0:50000",
-    peer: Annotated[str, typer.Option(help="The other musician's HOST:PORT.")] = ...,  # type: ignore[assignment]
+    listen: Annotated[Optional[str], typer.Option(help="Local HOST:PORT to listen on (default: the config's network.listen, 0.0.0.0:50000).")] = None,
+    peer: Annotated[Optional[str], typer.Option(help="The other musician's HOST:PORT (default: the config's network.peer).")] = None,
     input: Annotated[Optional[str], typer.Option("--input", help="Sound device (name or index) or a WAV/FLAC file to send.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", help="Sound device (name or index) or a WAV file to write.")] = None,
     config: ConfigOpt = None,
@@ -109,6 +109,10 @@ def jam(
     from nmp_peer.transport import Endpoint
 
     cfg = _config(config, concealer, codec=codec)
+    listen = listen or cfg.network.listen
+    peer = peer or cfg.network.peer
+    if not peer:
+        raise UserError("jam needs the other peer's address: --peer HOST:PORT, or peer = \"HOST:PORT\" in the config's [network]")
     encoder, _ = _encoder(cfg)
     key_path = key_file or cfg.security.key_file
     key = load_key(key_path) if key_path else None

@@ -150,9 +150,9 @@ def register(app: typer.Typer) -> None:
 
 scenarios_app = typer.Typer(
     no_args_is_help=True,
-    help="Named hostile networks between two peers (conf/scenarios.toml): run them, report what B heard.",
+    help="Named hostile networks between two peers (the shipped scenarios.toml): run them, report what B heard.",
 )
-FileOpt = Annotated[Optional[Path], typer.Option("--file", help="Scenario file (default: conf/scenarios.toml).")]
+FileOpt = Annotated[Optional[Path], typer.Option("--file", help="Scenario file (default: the shipped nmp_peer/conf/scenarios.toml).")]
 
 
 @scenarios_app.command("list")

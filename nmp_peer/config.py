@@ -1,4 +1,5 @@
-"""Validated TOML configuration (``conf/*.toml``); a bad value is named in one line."""
+"""Validated TOML configuration: a file, or a config shipped in the package
+(``nmp_peer/conf/*.toml``, see ``nmp_peer.shipped``); a bad value is named in one line."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from nmp_peer import SAMPLE_RATE
 from nmp_peer.conceal import concealer_names
 from nmp_peer.latency import LatencyPolicy
 from nmp_peer.playout import PlayoutConfig
+from nmp_peer.shipped import conf_dir, resolve_config, shipped_names  # noqa: F401  (re-exported)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()
+"""``nmp_peer/conf``: default, lan, wan (``--config NAME``) and scenarios.toml."""
 
 
 class ConfigError(ValueError):
@@ -71,6 +74,16 @@ class ConcealSection(_Section):
 class NetworkSection(_Section):
     listen: str = "0.0.0.0:50000"
     peer: str | None = None
+    """``nmp-peer jam``'s --listen and --peer when the command line gives none."""
+
+    @field_validator("listen", "peer")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        from nmp_peer.transport import Endpoint
+
+        if value is not None:
+            Endpoint.parse(value)  # EndpointError is a ValueError: reported as network.<key>
+        return value
 
 
 class SecuritySection(_Section):
@@ -149,12 +162,10 @@ def read_toml(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Load ``path`` (a file, or a name in ``conf/`` such as ``lan``); None gives the defaults."""
+    """Load ``path`` (a file, or a shipped name such as ``lan``: ``shipped_names()``); None gives the defaults."""
     if path is None:
         return Config()
-    p = Path(path)
-    if not p.exists() and (CONF_DIR / f"{path}.toml").exists():
-        p = CONF_DIR / f"{path}.toml"
+    p = resolve_config(path, ConfigError)
     data = read_toml(p, ConfigError, "config file")
     try:
         cfg = Config.model_validate(data)

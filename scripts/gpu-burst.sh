@@ -9,7 +9,7 @@
 set -euo pipefail
 OUT=${OUT:-out/gpu-burst}
 BUDGET_MIN=${BUDGET_MIN:-6}
-CONFIG=${CONFIG:-conf/train/bin2bin_v2_gpu.toml}
+CONFIG=${CONFIG:-nmp_peer/conf/train/bin2bin_v2_gpu.toml}
 CALIB_STEPS=${CALIB_STEPS:-200}
 PACK=${PACK:-.devdata/pack}
 WORK=${WORK:-/tmp/gpu-burst}

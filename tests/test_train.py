@@ -25,7 +25,7 @@ from nmp_peer.conceal.gan import (  # noqa: E402
 )
 from nmp_peer.conceal.lpc import LpcConcealer  # noqa: E402
 from nmp_peer.train import losses  # noqa: E402
-from nmp_peer.train.config import ConfigError, load_config  # noqa: E402
+from nmp_peer.train.config import CONF_DIR, ConfigError, load_config  # noqa: E402
 from nmp_peer.train.data import DataSettings, make_examples  # noqa: E402
 from nmp_peer.train.export import export  # noqa: E402
 from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
@@ -229,7 +229,7 @@ def test_cosine_schedule_ends_at_half():
 
 def test_config_refuses_unknown_keys(tmp_path: Path):
     bad = tmp_path / "bad.toml"
-    tiny = Path(__file__).parents[1] / "conf" / "train" / "tiny.toml"
+    tiny = CONF_DIR / "tiny.toml"
     bad.write_text(f'base = "{tiny}"\n[optim]\nlearning_rate = 1.0\n')
     with pytest.raises(ConfigError, match="optim.learning_rate"):
         load_config(bad)
@@ -242,7 +242,7 @@ def test_config_refuses_unknown_keys(tmp_path: Path):
 def test_oracle_bound_beats_lpc(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """The true magnitude with the LP phase must score better than LPC alone (the bound
     the model card quotes is this command's output on the real validation split)."""
-    tiny = Path(__file__).parents[1] / "conf" / "train" / "tiny.toml"
+    tiny = CONF_DIR / "tiny.toml"
     assert main(["--config", str(tiny), "--data", str(data_dir), "--out", str(tmp_path), "--oracle", "--no-progress"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["oracle"]["lsd"] < scores["lpc"]["lsd"]

@@ -1,6 +1,6 @@
 """Pre-concert checks: two peers with a hostile network between them, and what the audience hears.
 
-``spec`` (named scenarios from ``conf/scenarios.toml``, the clips), ``jam`` (one jam
+``spec`` (named scenarios from the shipped ``conf/scenarios.toml``, the clips), ``jam`` (one jam
 through the relay on the loopback, netns or docker backend), ``analysis`` (counters
 against the relay's ground truth, alignment, quality), ``runner`` (every scenario ×
 concealer), ``report`` (report.md and plots), ``docker`` (engine, compose, netem).

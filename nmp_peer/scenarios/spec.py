@@ -1,11 +1,11 @@
-"""Named network scenarios (``conf/scenarios.toml``) and the clips played through them.
+"""Named network scenarios (``nmp_peer/conf/scenarios.toml``, shipped in the package) and the clips played through them.
 
 A scenario says what the network between the two peers does: the relay's options
 (loss model, delay and jitter, reordering, duplication, a rate limit, an outage) and
 the events the runner causes (a peer restart). ``Scenario.relay_args`` turns it into
 ``nmp-peer impair`` options, ``netem_args`` into a ``tc qdisc ... netem`` line for
 kernels that have netem. Unknown keys and bad values are refused with the file, the
-scenario and the reason in one line, like ``conf/*.toml``.
+scenario and the reason in one line, like the peer configs.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Scenario(BaseModel):
     both_ways: bool = True
     seed: int = 1
     config: str | None = None
-    """The peers' config (a path, or a name in conf/); None: the built-in defaults."""
+    """The peers' config (a path, or a shipped name: default, lan, wan); None: the built-in defaults."""
 
     @field_validator("outage")
     @classmethod
@@ -151,7 +151,7 @@ class ScenarioFile(BaseModel):
 
 
 def load_scenarios(path: str | Path | None = None) -> list[Scenario]:
-    """All scenarios of ``path`` (default ``conf/scenarios.toml``), in file order.
+    """All scenarios of ``path`` (default: the shipped ``nmp_peer/conf/scenarios.toml``), in file order.
 
     ``[defaults]`` gives values every scenario starts from (e.g. ``seed``, ``config``).
     """

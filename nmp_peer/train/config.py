@@ -1,4 +1,4 @@
-"""Training configuration: one TOML file per experiment (``conf/train/*.toml``).
+"""Training configuration: one TOML file per experiment (shipped: ``nmp_peer/conf/train/*.toml``).
 
 Sections ``[model]``, ``[data]``, ``[optim]``, ``[loss]`` and ``[train]`` map onto the
 dataclasses below; a missing key takes the default written here, an unknown one is an
@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nmp_peer.shipped import conf_dir, resolve_config
 from nmp_peer.train.data import DataSettings
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "train"
+CONF_DIR = conf_dir() / "train"
 
 
 class ConfigError(ValueError):
@@ -121,13 +122,8 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, dict[str, Any]]:
 
 
 def load_config(path_or_name: str | Path) -> TrainConfig:
-    """Read a config file, or a name in ``conf/train`` (``bin2bin_v2``, ``tiny``)."""
-    path = Path(path_or_name)
-    if not path.is_file():
-        candidate = CONF_DIR / f"{path_or_name}.toml"
-        if not candidate.is_file():
-            raise ConfigError(f"{path_or_name}: no such config file or name in {CONF_DIR}")
-        path = candidate
+    """Read a config file, or a shipped name in ``nmp_peer/conf/train`` (``bin2bin_v2``, ``tiny``)."""
+    path = resolve_config(path_or_name, ConfigError, "training config", subdir="train")
     merged = _read(path.resolve())
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():

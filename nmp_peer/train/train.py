@@ -1,6 +1,6 @@
 """Train the bin2bin-v2 generator: one command, resumable.
 
-    python -m nmp_peer.train.train --config conf/train/bin2bin_v2.toml --data DIR --out DIR
+    python -m nmp_peer.train.train --config bin2bin_v2 --data DIR --out DIR
 
 ``DIR`` (data) holds WAV clips, in ``train/`` and ``valid/`` as ``nmp_peer.synth.build_set``
 writes them. ``--out`` receives:
@@ -651,7 +651,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the bin2bin-v2 generator (resumes from --out/last.pt).")
-    parser.add_argument("--config", required=True, help="TOML file or a name in conf/train")
+    parser.add_argument("--config", required=True, help="TOML file or a shipped name (nmp_peer/conf/train: bin2bin_v2, tiny, ...)")
     parser.add_argument("--data", required=True, type=Path, help="folder of WAV clips (train/ and valid/)")
     parser.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, logs, plots")
     parser.add_argument("--cache", type=Path, default=None, help="LP-filled example cache (default OUT/cache)")
