@@ -30,7 +30,7 @@ from nmp_peer.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.lab.impair import Decision, Impairment
 from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, sleep_until
+from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
 
 RECEIVE_TIMEOUT_S = 5.0
 
@@ -171,6 +171,7 @@ async def _run_realtime(
     ts0 = packetizer.timestamp
     address = receiver.address
     block_s = BLOCK_FRAMES / SAMPLE_RATE
+    freeze_heap()
     t0 = loop.time() + 0.05
     outputs: list[np.ndarray] = []
 
@@ -204,9 +205,9 @@ async def _run_realtime(
         max_ticks = len(blocks) + 4 * engine.config.latency.max_depth_packets + 2000
         for tick in range(max_ticks):
             await sleep_until(loop, t0 + tick * block_s)
-            # The output clock is the tick schedule (a device's would be its DAC time):
-            # when a tick runs late on a busy machine its block is still the one due then.
-            outputs.append(engine.next_block(float(tick * BLOCK_FRAMES)))
+            for data, _ in receiver.take_ready():  # what arrived while this tick was late
+                engine.push_datagram(data, now_samples())
+            outputs.append(engine.next_block(now_samples()))
             if tick >= len(blocks) and _done(engine, len(audio) - 2 * BLOCK_FRAMES, ts0):
                 return
 

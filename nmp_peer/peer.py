@@ -23,7 +23,7 @@ from nmp_peer.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.security import Authenticator, ReceiveGate
-from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, sleep_until
+from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
 
 BLOCK_S = BLOCK_FRAMES / SAMPLE_RATE
 
@@ -75,6 +75,8 @@ class Peer:
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
         self._ended = False
+        self._drain: Callable[[], None] | None = None
+        """Takes in the datagrams already here (set once receiving runs)."""
         """This peer's stream has been ended with end-of-stream notices."""
         self.source: np.ndarray | None = None
         if is_audio_file(options.input):
@@ -97,6 +99,7 @@ class Peer:
                 pass
         peer_addr = self.options.peer.resolve()
         sock = await UdpSocket.bind(self.options.listen)
+        freeze_heap()
         gate = ReceiveGate(self.engine.stats, peer_host=peer_addr[0], authenticator=self.authenticator)
         tasks = [loop.create_task(self._receive(sock, gate)), loop.create_task(self._status())]
         closers: list[Callable[[], None]] = []
@@ -142,12 +145,21 @@ class Peer:
 
     async def _receive(self, sock: UdpSocket, gate: ReceiveGate) -> None:
         """Every datagram the socket has read, per wake-up: under a flood that is hundreds at once."""
-        admit, push, now = gate.admit, self.engine.push, self.now
+        handle = self._handler(gate)
+        self._drain = lambda: handle(sock.take_ready())
         while True:
-            for data, addr in await sock.receive_batch():
+            handle(await sock.receive_batch())
+
+    def _handler(self, gate: ReceiveGate) -> Callable[[list[tuple[bytes, tuple[str, int]]]], None]:
+        admit, push, now = gate.admit, self.engine.push, self.now
+
+        def handle(batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+            for data, addr in batch:
                 packet = admit(data, addr)
                 if packet is not None:
                     push(packet, now())
+
+        return handle
 
     async def _send(self, sock: UdpSocket, addr: tuple[str, int], block: np.ndarray) -> None:
         packet = self.packetizer.packetize(block)
@@ -241,9 +253,9 @@ class Peer:
         tick = 0
         while True:
             await sleep_until(loop, start + tick * BLOCK_S)
-            # A file has no clock of its own: the tick schedule is the output clock, so a
-            # tick that runs late still plays the block due at its time.
-            block = self.engine.next_block((start + tick * BLOCK_S - loop.time()) * SAMPLE_RATE + self.now())
+            if self._drain is not None:  # what arrived while this tick was late
+                self._drain()
+            block = self.engine.next_block(self.now())
             if writer is not None:
                 writer.write(block)
             tick += 1

@@ -8,6 +8,7 @@ buffer). Packetizing lives here too, as the sender's half of the wire format.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
 import secrets
@@ -182,6 +183,20 @@ class UdpSocket:
             self._resume_reading()
         return batch
 
+    def take_ready(self) -> list[tuple[bytes, Address]]:
+        """Every datagram already here, without waiting (maybe none): what was read and
+        what the kernel holds now. An output ticker calls this before each block, so a
+        tick that runs late (a busy machine) never plays past packets that have arrived."""
+        if self._closed:
+            return []
+        if self._reading:
+            self._read_ready()
+        batch = list(self._queue)
+        self._queue.clear()
+        if not self._reading and not self._closed:
+            self._resume_reading()
+        return batch
+
     def kernel_drops(self) -> int | None:
         """Datagrams the kernel dropped because this socket's receive buffer was full
         (Linux's /proc/net/udp; None elsewhere). After ``close``: the count at closing."""
@@ -296,6 +311,16 @@ class Packetizer:
         self.seq = (self.seq + 1) % SEQ_MODULUS
         self.timestamp += BLOCK_FRAMES
         return packet
+
+
+def freeze_heap() -> None:
+    """Call before real time starts: collect once, then move every object alive now out of
+    the collector's reach (``gc.freeze``). A full collection otherwise scans the whole heap
+    of numpy, scipy and onnxruntime objects, a stall of tens of milliseconds that every
+    ticker and socket reader in the process waits out; afterwards it scans only what
+    the session itself allocates."""
+    gc.collect()
+    gc.freeze()
 
 
 async def sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:

@@ -116,3 +116,20 @@ def test_bench_codec_reports_bitrate_and_latency() -> None:
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert 50 < d["payload_kbps"] < 90 and d["added_latency_ms"] > 2.5
+
+
+@pytest.mark.parametrize("concealer", ["lpc", "opus-plc"])
+def test_an_opus_stream_the_adaptive_buffer_shrinks_plays_on(concealer: str) -> None:
+    """A deep start makes the adaptive policy drop blocks; each dropped packet still goes
+    through the Opus decoder (it crashed here: the drop decoded through the PCM codec),
+    so the decoder sees every frame, conceals nothing and the buffer really shrinks."""
+    settings = OpusSettings(bitrate=96_000)
+    audio = music_like(4.0)
+    policy = LatencyPolicy(mode="adaptive", depth_packets=10, window_s=1.0)
+    result = asyncio.run(run_loopback(audio, Impairment(), concealer=concealer, playout=PlayoutConfig(latency=policy),
+                                      codec=OpusEncoderStream(1, settings), codec_delay=codec_delay_samples(settings)))
+    s = result.stats
+    assert s["blocks_dropped"] >= 3
+    assert s["packets_lost"] == s["packets_concealed"] == 0
+    assert s["buffer_depth_packets"] < 10 - s["blocks_dropped"] + 1.5
+    assert s["packets_received"] == s["packets_sent"]
