@@ -129,6 +129,8 @@ class Config(_Section):
             fade_after_ms=self.conceal.fade_after_ms,
             fade_ms=self.conceal.fade_ms,
             chain_bursts=self.conceal.chain_bursts,
+            # the Opus baseline "opus-fec" is Opus's decoder with its in-band FEC
+            codec_fec=self.opus.fec or self.conceal.method == "opus-fec",
         )
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.drift import StreamResampler
-from nmp_peer.wire import PayloadType, WireError
+from nmp_peer.wire import Packet, PayloadType, WireError
 
 OPUS_RATE = 48_000
 FRAME_MS = (2.5, 5.0, 10.0, 20.0)
@@ -205,6 +205,35 @@ class OpusDecoderStream:
         block, self._fifo = self._fifo[:BLOCK_FRAMES], self._fifo[BLOCK_FRAMES:]
         synthetic, self._synthetic = bool(self._synthetic[:BLOCK_FRAMES].any()), self._synthetic[BLOCK_FRAMES:]
         return block, synthetic
+
+
+class OpusDecoder:
+    """The receiver's :class:`nmp_peer.codec.Decoder` of an Opus stream (one per stream)."""
+
+    def __init__(self, channels: int, *, fec: bool = False) -> None:
+        from nmp_peer.codec import DecoderUnavailable
+
+        self.channels = channels
+        self.fec = fec
+        try:
+            self.stream = OpusDecoderStream(channels)
+        except OpusUnavailable as exc:
+            raise DecoderUnavailable(str(exc)) from None
+
+    def accepts(self, packet: Packet) -> bool:
+        try:
+            unpack_frames(packet.payload)
+        except WireError:
+            return False
+        return True
+
+    def decode(self, packet: Packet | None, following: Packet | None = None) -> tuple[np.ndarray | None, bool]:
+        return self.stream.decode_slot(
+            None if packet is None else packet.payload, None if following is None else following.payload, use_fec=self.fec
+        )
+
+    def synthetic_pending(self) -> bool:
+        return self.stream.synthetic_pending()
 
 
 @functools.lru_cache(maxsize=16)

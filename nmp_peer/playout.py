@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.codec import Codec, make_codec
+from nmp_peer.codec import Decoder, DecoderUnavailable, Pcm16Decoder, make_decoder
 from nmp_peer.conceal.base import Concealer, check_prediction
 from nmp_peer.conceal.simple import RepeatConcealer, ZerosConcealer
 from nmp_peer.conceal.worker import InlineWorker, ThreadedWorker
@@ -58,6 +58,9 @@ class PlayoutConfig:
     needs them, so a gap right after them is seen, and its concealment started, that much
     sooner: the worker gets up to 1 + this many blocks instead of one. Missing slots are
     still declared lost at their own deadline, so this changes no latency and no count."""
+    codec_fec: bool = False
+    """Opus streams: recover a lost frame from the next packet's in-band FEC when that
+    packet is already here (the sender must send FEC), else Opus's own PLC."""
     chain_bursts: bool = True
     """The worker conceals the slot after each concealed one ahead of time, as if its packet
     were lost too, and the engine adopts that work when it is (``nmp_peer.conceal.worker``)."""
@@ -120,8 +123,9 @@ class PlayoutEngine:
         self.fifo = StreamFifo(self.channels)
         self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
         self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
-        self._codecs: dict[int, Codec] = {}
-        self._opus = None  # an OpusDecoderStream once the peer sends Opus
+        self._decoders: dict[PayloadType, Decoder] = {}
+        self._decoder: Decoder | None = None
+        """The decoder of the slots played last (a missing slot goes to it too)."""
         self._codec_gap = False
         self._lock = threading.Lock()
         self._read_pos = 0.0
@@ -169,8 +173,7 @@ class PlayoutEngine:
                 if self.jitter.end_seq is not None:
                     self._apply_end()
             return fate
-        frames = self._frames(packet)
-        if frames != BLOCK_FRAMES or packet.channels != self.channels:
+        if packet.channels != self.channels or self._decoder_for(packet) is None:
             s.packets_malformed += 1
             return None
         with self._lock:
@@ -213,33 +216,18 @@ class PlayoutEngine:
             return None
         return self.push(packet, now)
 
-    def _frames(self, packet: Packet) -> int:
-        if packet.payload_type == PayloadType.PCM16:
-            return len(packet.payload) // (2 * packet.channels)
-        if packet.payload_type == PayloadType.OPUS and self._opus_ok(packet):
-            return BLOCK_FRAMES
-        return -1
-
-    def _opus_ok(self, packet: Packet) -> bool:
-        """An Opus packet this peer can decode (a malformed one is counted, never decoded)."""
-        from nmp_peer.opus import OpusDecoderStream, OpusUnavailable, unpack_frames
-
-        try:
-            unpack_frames(packet.payload)
-            if self._opus is None:
-                self._opus = OpusDecoderStream(packet.channels)
-        except WireError:
-            return False
-        except OpusUnavailable as exc:
-            self.stats.extra["opus_unavailable"] = str(exc)
-            return False
-        return True
-
-    def _codec(self, packet: Packet) -> Codec:
-        codec = self._codecs.get(packet.payload_type)
-        if codec is None:
-            codec = self._codecs[packet.payload_type] = make_codec(packet.payload_type)
-        return codec
+    def _decoder_for(self, packet: Packet) -> Decoder | None:
+        """This stream's decoder of the packet's payload type, made at its first packet;
+        None when the packet is not one this peer can decode (counted malformed)."""
+        decoder = self._decoders.get(packet.payload_type)
+        if decoder is None:
+            try:
+                decoder = self._decoders[packet.payload_type] = make_decoder(
+                    packet.payload_type, self.channels, fec=self.config.codec_fec)
+            except DecoderUnavailable as exc:
+                self.stats.extra[f"{packet.payload_type.name.lower()}_unavailable"] = str(exc)
+                return None
+        return decoder if decoder.accepts(packet) else None
 
     def _observe(self, packet: Packet, now: float) -> None:
         ext = self.jitter.unwrap(packet.seq)
@@ -376,16 +364,6 @@ class PlayoutEngine:
             self.timeline.append((self.samples_out, depth, s.target_depth_packets, event))
         return out
 
-    def _decode_opus(self, seq: int, packet: Packet | None) -> tuple[np.ndarray, bool]:
-        """Advance the Opus decoder by one slot (it conceals lost frames itself: PLC or FEC)."""
-        assert self._opus is not None
-        following = self.jitter.peek(seq + 1)
-        return self._opus.decode_slot(
-            None if packet is None else packet.payload,
-            None if following is None else following.payload,
-            use_fec=self.concealer.name == "opus-fec",
-        )
-
     def _append_slot(self) -> int:
         if self.jitter.ended:
             return self._append_idle()
@@ -405,10 +383,12 @@ class PlayoutEngine:
         dry = packet is None and self.jitter.depth() == 0
         if packet is None:
             self._count_missing(seq, dry)
-        if self._opus is not None and (packet is None or packet.payload_type == PayloadType.OPUS):
-            event = self._append_opus_slot(seq, packet)
         else:
-            event = self._append_pcm_slot(seq, packet)
+            self._decoder = self._decoders[packet.payload_type]
+            if self.first_slot is None:
+                self.first_slot = (packet.timestamp, self._start_out + self.fifo.end)
+        event = self._append_decoded(seq, packet)
+        self._request_next()
         if dry and self._faded_out():
             self._pause()
         return event
@@ -427,19 +407,6 @@ class PlayoutEngine:
             s.packets_lost += 1
         else:
             self._unconfirmed.append(seq)
-
-    def _append_pcm_slot(self, seq: int, packet: Packet | None) -> int:
-        if packet is not None:
-            block = self._codec(packet).decode(packet.payload, packet.channels)
-            if self.first_slot is None:
-                self.first_slot = (packet.timestamp, self._start_out + self.fifo.end)
-            self._append_real(block)
-            event = 0
-        else:
-            self._append_concealed(seq, count_miss=True)
-            event = 1
-        self._request_next()
-        return event
 
     def _append_real(self, block: np.ndarray) -> None:
         if self._requested is not None:  # the packet came after all: that concealment is stale
@@ -471,31 +438,30 @@ class PlayoutEngine:
             self._prediction = None
         self.fifo.append(block)
 
-    def _append_opus_slot(self, seq: int, packet: Packet | None) -> int:
-        """One slot of an Opus stream.
+    def _append_decoded(self, seq: int, packet: Packet | None) -> int:
+        """One slot through the stream's decoder, and the concealer where it has nothing.
 
-        The decoder conceals lost frames itself, and its synthesized audio comes out in
-        the blocks that follow (its delay). With the Opus concealers those blocks play as
-        decoded; with any other concealer, each block holding synthesized audio is
-        replaced by that concealer's block, so the concealer covers the whole gap.
+        A codec with its own concealment (Opus) makes a block for a missing slot too, and
+        its synthesized audio comes out in the blocks that follow (its delay). With the
+        codec's concealers (``codec_native``) those blocks play as decoded, faded like any
+        burst; with any other concealer each block holding synthesized audio is replaced
+        by that concealer's, so it covers the whole gap.
         """
-        block, synthetic = self._decode_opus(seq, packet)
-        if packet is not None and self.first_slot is None:
-            self.first_slot = (packet.timestamp, self._start_out + self.fifo.end)
+        decoder = self._decoder
+        following = self.jitter.peek(seq + 1)
+        block, synthetic = decoder.decode(packet, following) if decoder is not None else (None, True)
         if not synthetic:
+            assert block is not None
             self._append_real(block)
-            event = 0
-        elif self.concealer.codec_native:
+            return 0
+        if block is not None and self.concealer.codec_native:
             gain = self._gain(self._burst * BLOCK_FRAMES, BLOCK_FRAMES)
             self.fifo.append(block * gain)
             self._burst, self._prediction = self._burst + 1, None
             self._codec_gap = True
-            event = 1
         else:
             self._append_concealed(seq, count_miss=True)
-            event = 1
-        self._request_next()
-        return event
+        return 1
 
     def _gain(self, start: int, length: int) -> np.ndarray:
         t = np.arange(start, start + length, dtype=np.float32)
@@ -540,9 +506,11 @@ class PlayoutEngine:
         """Start concealing the next slot now, if its packet is not here yet: one block ahead
         of its deadline, or more when the slot before it was decoded ahead."""
         nxt = self.jitter.next_seq
-        if self._faded_out() or self._paused or self.jitter.ended or (self.concealer.codec_native and self._opus is not None):
+        decoder = self._decoder
+        native = decoder is not None and not isinstance(decoder, Pcm16Decoder)
+        if self._faded_out() or self._paused or self.jitter.ended or (self.concealer.codec_native and native):
             return
-        if self.jitter.has(nxt) and (self._opus is None or not self._opus.synthetic_pending()):
+        if self.jitter.has(nxt) and (decoder is None or not decoder.synthetic_pending()):
             return
         self.worker.request(nxt, self.fifo.tail(self.concealer.context_samples), self._burst)
         self._requested = nxt
@@ -566,12 +534,12 @@ class PlayoutEngine:
         """Shrink the buffer by one slot; the next block is spliced in with a short crossfade."""
         seq, packet = self.jitter.pop()
         assert packet is not None
-        if self._opus is not None and packet.payload_type == PayloadType.OPUS:
-            # Through the Opus decoder too: it must see every frame, or it would conceal
-            # the dropped ones and the buffer would not shrink.
-            self._splice, _ = self._decode_opus(seq, packet)
-        else:
-            self._splice = self._codec(packet).decode(packet.payload, packet.channels)
+        # Through the stream's decoder like any slot: a codec with state (Opus) must see
+        # every frame, or it would conceal the dropped ones and the buffer never shrink.
+        self._decoder = self._decoders[packet.payload_type]
+        block, _ = self._decoder.decode(packet, self.jitter.peek(seq + 1))
+        assert block is not None
+        self._splice = block
         self.controller.shift(-BLOCK_FRAMES)
         self.stats.blocks_dropped += 1
         self._requested = None

@@ -133,3 +133,33 @@ def test_an_opus_stream_the_adaptive_buffer_shrinks_plays_on(concealer: str) -> 
     assert s["packets_lost"] == s["packets_concealed"] == 0
     assert s["buffer_depth_packets"] < 10 - s["blocks_dropped"] + 1.5
     assert s["packets_received"] == s["packets_sent"]
+
+
+def test_an_opus_stream_through_a_buffer_that_grows_and_shrinks_plays_every_packet() -> None:
+    """Late packets grow the adaptive buffer (inserted blocks), a calm spell shrinks it
+    again (dropped blocks), on one Opus stream through the engine's one decoder path."""
+    from nmp_peer.conceal.lpc import LpcConcealer
+    from nmp_peer.playout import PlayoutEngine
+    from nmp_peer.transport import Packetizer
+
+    settings = OpusSettings(bitrate=96_000)
+    audio = music_like(8.0)
+    n = len(audio) // BLOCK_FRAMES
+    policy = LatencyPolicy(mode="adaptive", depth_packets=1, window_s=1.0)
+    engine = PlayoutEngine(LpcConcealer(), PlayoutConfig(latency=policy))
+    packetizer = Packetizer(OpusEncoderStream(1, settings), 1)
+    rng = np.random.default_rng(3)
+    # Packets 40..140 come up to 6 blocks late (in order); the rest on time.
+    due = [k * BLOCK_FRAMES + (rng.uniform(0, 6 * BLOCK_FRAMES) if 40 <= k < 140 else 0.0) for k in range(n)]
+    due = list(np.maximum.accumulate(due))
+    packets = [packetizer.packetize(audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES]) for k in range(n)]
+    sent = 0
+    for tick in range(n + 40):
+        now = float(tick * BLOCK_FRAMES)
+        while sent < n and due[sent] <= now:
+            engine.push(packets[sent], now)
+            sent += 1
+        engine.next_block(now)
+    s = engine.stats
+    assert s.blocks_inserted >= 1 and s.blocks_dropped >= 1, s
+    assert s.packets_received == n and s.packets_lost == 0 and s.packets_malformed == 0

@@ -7,7 +7,7 @@ time. A lost packet's samples are zeroed before packetizing, so they are never r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,6 +42,8 @@ def _blocks(audio: np.ndarray) -> np.ndarray:
 def _engine(concealer: str | Concealer, channels: int, config: PlayoutConfig | None) -> PlayoutEngine:
     concealer = make_concealer(concealer) if isinstance(concealer, str) else concealer
     config = config or PlayoutConfig(channels=channels, latency=LatencyPolicy(mode="fixed", depth_packets=1))
+    if concealer.name == "opus-fec":  # the baseline is Opus's decoder with its in-band FEC
+        config = replace(config, codec_fec=True)
     return PlayoutEngine(concealer, config)
 
 
