@@ -317,6 +317,7 @@ def test_impair_command_relays_logs_and_stops_cleanly_on_a_signal(sig: str, tmp_
     assert [r["seq"] for r in records] == [*range(20), -1] and {r["action"] for r in records} == {"deliver"}
 
 
+@pytest.mark.slow
 def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -> None:
     """jam A ↔ relay (5 % bursty loss both ways) ↔ jam B, three processes on 127.0.0.1.
 

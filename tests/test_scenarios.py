@@ -279,6 +279,7 @@ def _xfail_known(known: str | None) -> None:
         pytest.xfail(known)
 
 
+@pytest.mark.slow
 def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) -> None:
     """Two real jam processes and the relay, Gilbert loss, the shipped GAN model, real time."""
     entry = _jams("loopback", ["gilbert-b2"], "gan", 3.5, tmp_path)["gilbert-b2"]
@@ -291,11 +292,13 @@ def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) 
     _xfail_known(known)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["clean", "bernoulli-5", "outage-2s", "restart", "rate-600k"])
 def test_loopback_jam_counters_match_the_relay_and_the_audio_is_in_order(loopback_jams: dict[str, Any], name: str) -> None:
     _xfail_known(_check_jam(loopback_jams[name]))
 
 
+@pytest.mark.slow
 def test_loopback_clean_is_bit_exact_and_lossy_packets_are_the_relays(loopback_jams: dict[str, Any]) -> None:
     clean = loopback_jams["clean"]
     assert clean["result"]["b"]["packets_lost"] == 0 and clean["result"]["relay"]["a2b"]["lost"] == 0
@@ -307,6 +310,7 @@ def test_loopback_clean_is_bit_exact_and_lossy_packets_are_the_relays(loopback_j
     assert np.isfinite(q["lost_snr_db"]) and np.isfinite(q["lost_lsd_db"])
 
 
+@pytest.mark.slow
 def test_loopback_audio_resumes_within_a_few_packets_after_an_outage_and_a_restart(loopback_jams: dict[str, Any]) -> None:
     outage = loopback_jams["outage-2s"]
     relay = outage["result"]["relay"]
@@ -322,6 +326,7 @@ def test_loopback_audio_resumes_within_a_few_packets_after_an_outage_and_a_resta
     assert min(q["after_restart_ncc"][1:]) > 0.95, q
 
 
+@pytest.mark.slow
 def test_loopback_rate_limit_loss_is_reported(loopback_jams: dict[str, Any]) -> None:
     entry = loopback_jams["rate-600k"]
     relay, b = entry["result"]["relay"], entry["result"]["b"]
@@ -331,6 +336,7 @@ def test_loopback_rate_limit_loss_is_reported(loopback_jams: dict[str, Any]) -> 
     assert truth["lost_low"] <= b["packets_lost"] <= truth["lost_high"]
 
 
+@pytest.mark.slow
 def test_loopback_report_plots_and_json(loopback_jams: dict[str, Any]) -> None:
     out = Path(loopback_jams["clean"]["result"]["b_hears"]).parents[2]
     report = (out / "report.md").read_text()
@@ -352,6 +358,7 @@ def test_loopback_report_plots_and_json(loopback_jams: dict[str, Any]) -> None:
     assert len(data["runs"]) == 5 and data["meta"]["backend"] == "loopback"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["bernoulli-5", "restart"])
 def test_netns_jam_counters_match_the_relay_and_the_audio_is_in_order(netns_jams: dict[str, Any], name: str) -> None:
     from nmp_peer.netns import list_namespaces
