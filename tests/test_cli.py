@@ -143,15 +143,21 @@ def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
         assert s["packets_sent"] >= clip_packets  # silence first (none if the other was heard first), then the clip
         assert s["packets_received"] >= clip_packets
         assert s["packets_malformed"] == 0
-    for heard_file, sent in ((tmp_path / "a_hears.wav", b_audio), (tmp_path / "b_hears.wav", a_audio)):
+    from nmp_peer.scenarios.analysis import track_alignment
+
+    for heard_file, sent, summary in ((tmp_path / "a_hears.wav", b_audio, summaries[0]),
+                                      (tmp_path / "b_hears.wav", a_audio, summaries[1])):
         heard, _ = read_audio(heard_file)
-        # Find the sender's clip inside what was played (the start depends on process start-up),
-        # then hold all of it against the clip: it was played whole.
-        x, y = heard[:, 0], sent[:44100, 0]
-        corr = np.correlate(x[: len(x) - len(y)], y, mode="valid") if len(x) > len(y) else np.array([0.0])
-        lag = int(np.argmax(corr))
-        seg = x[lag : lag + len(sent)]
-        assert len(seg) == len(sent) and np.corrcoef(seg, sent[:, 0])[0, 1] > 0.95
+        # Where each played block came from in the sender's clip (the start depends on process
+        # start-up; a busy machine can make packets late, and the buffer then grows by a block):
+        # the whole clip, once, in order, except the blocks the receiver says it concealed.
+        track = track_alignment(heard[:, 0], sent[:, 0])
+        blocks = len(sent) // 512
+        touched = summary["packets_concealed"] + summary["blocks_inserted"] + summary["blocks_dropped"]
+        assert track.segments == 1 and track.order_violations == [], track.order_violations
+        assert track.clean.sum() >= blocks - 3 * touched - 2, (track.clean.sum(), blocks, summary)
+        source = track.source()[track.clean]
+        assert source.min() < 512 and source.max() > len(sent) - 2 * 512  # from its start to its end
 
 
 def test_devices_lists_or_explains() -> None:

@@ -301,8 +301,17 @@ def test_loopback_jam_counters_match_the_relay_and_the_audio_is_in_order(loopbac
 @pytest.mark.slow
 def test_loopback_clean_is_bit_exact_and_lossy_packets_are_the_relays(loopback_jams: dict[str, Any]) -> None:
     clean = loopback_jams["clean"]
-    assert clean["result"]["b"]["packets_lost"] == 0 and clean["result"]["relay"]["a2b"]["lost"] == 0
-    assert clean["analysis"]["quality"]["snr_db"] is None or clean["analysis"]["quality"]["snr_db"] > 60  # None: inf
+    b, q = clean["result"]["b"], clean["analysis"]["quality"]
+    assert b["packets_lost"] == 0 and clean["result"]["relay"]["a2b"]["lost"] == 0
+    # Bit exact (None: inf), unless B's own counters say the machine made it late: a late
+    # packet is concealed, and the buffer then grows (an inserted block) and the drift
+    # correction resamples for a while. Then the clip must still be there, clean and in order.
+    hiccups = b["packets_late"] + b["blocks_inserted"] + b["blocks_dropped"] + b["underruns"]
+    if hiccups == 0:
+        assert q["snr_db"] is None or q["snr_db"] > 60, (q, b)
+    else:
+        assert q["snr_db"] is None or q["snr_db"] > 20, (q, b)
+        assert q["clean_blocks"] >= 0.9 * q["sounding_blocks"] and q["order_violations"] == 0, (q, b)
     lossy = loopback_jams["bernoulli-5"]["analysis"]
     truth, q = lossy["counters"]["truth"], lossy["quality"]
     assert truth["lost_low"] <= loopback_jams["bernoulli-5"]["result"]["b"]["packets_lost"] <= truth["lost_high"]
