@@ -19,7 +19,7 @@ JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 RUN     ?= data/gan-run
 CONFIG  ?= nmp_peer/conf/train/bin2bin_v2.toml
 
-.PHONY: setup system-deps demo test bench clean train-data train
+.PHONY: setup system-deps demo test test-fast bench clean train-data train
 
 setup: system-deps $(STAMP)
 
@@ -43,6 +43,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not docker"
+
+# the quick part (under a minute): no real-time jams, subprocess runs or long simulations
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not docker and not slow"
 
 bench: setup
 	$(BIN)/nmp-peer bench --path receive --json

@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -272,6 +273,8 @@ class _Layout:
 
 
 Spawn = Callable[..., "subprocess.Popen[str]"]
+_STATUS_RX = re.compile(r"\brx (\d+) ")
+"""``packets_received`` in a jam's live status line."""
 
 
 def _jam_through_relay(
@@ -312,27 +315,51 @@ def _jam_through_relay(
         relay_p.wait(5)
         raise NetnsError(f"relay did not start: {line}{relay_p.stderr.read().strip()[-1000:]}")
     relay_port = int(m.group(1))
+    # Both peers run until they are stopped (SIGTERM, after which each prints its summary);
+    # --duration is only a safety net. The timeline waits for what it needs, so a busy
+    # machine that takes seconds to start a process changes when things happen, not what.
+    safety = ["--duration", f"{timeout_s + 10.0:g}"]
     b = spawn_b([
         *python, "nmp_peer.cli", "jam", "--listen", layout.b_listen, "--peer", f"{layout.b_relay_host}:{relay_port}",
-        "--input", str(clip_b), "--output", str(b_hears), "--duration", f"{startup_s + duration_s:g}", *jam_common,
+        "--input", str(clip_b), "--output", str(b_hears), *safety, *jam_common,
     ], **pipes)
-    first_status = b.stderr.readline()  # B's live status line: it is up and sending to the relay
-    if "depth" not in first_status:
-        b.wait(5)
-        raise NetnsError(f"peer B did not start: {first_status}{b.stderr.read().strip()[-1000:]}")
-    a = spawn_a([
-        *python, "nmp_peer.cli", "jam", "--listen", layout.a_listen, "--peer", f"{layout.a_relay_host}:{relay_port}",
-        "--input", str(clip_a), "--output", str(a_hears), "--duration", f"{startup_s + duration_s + a_extra_s:g}",
-        "--quiet", *jam_common,
-    ], **pipes)
+    b_lines: list[str] = []
+    b_reader = threading.Thread(target=lambda: b_lines.extend(iter(b.stderr.readline, "")), daemon=True)
+    b_reader.start()
+
+    def wait_for(what: str, condition: Callable[[], bool], limit_s: float) -> None:
+        until = min(deadline, time.monotonic() + limit_s)
+        while not condition():
+            if b.poll() is not None or time.monotonic() > until:
+                raise NetnsError(f"{what}: not within {limit_s:g} s; peer B said: {''.join(b_lines)[-1000:]}")
+            time.sleep(0.05)
+
+    def b_received() -> int:
+        counts = [int(m.group(1)) for line in list(b_lines) if (m := _STATUS_RX.search(line))]
+        return counts[-1] if counts else 0
+
+    a = None
     try:
-        b_out, b_err = b.communicate(timeout=left())
+        # B's live status line: it is up and sending to the relay.
+        wait_for("peer B did not start", lambda: any("depth" in line for line in list(b_lines)), startup_s)
+        a = spawn_a([
+            *python, "nmp_peer.cli", "jam", "--listen", layout.a_listen, "--peer", f"{layout.a_relay_host}:{relay_port}",
+            "--input", str(clip_a), "--output", str(a_hears), *safety, "--quiet", *jam_common,
+        ], **pipes)
+        wait_for("peer A not heard by B", lambda: b_received() > 0 or a.poll() is not None, startup_s)
+        time.sleep(duration_s)
+        b.send_signal(signal.SIGTERM)
+        b.wait(timeout=left())
+        b_reader.join(left())
+        b_out, b_err = b.stdout.read(), "".join(b_lines)
+        time.sleep(a_extra_s)
+        a.send_signal(signal.SIGTERM)
         a_out, a_err = a.communicate(timeout=left())
         relay_p.send_signal(signal.SIGTERM)
         _, r_err = relay_p.communicate(timeout=min(10.0, left()))
     except subprocess.TimeoutExpired:
         raise NetnsError(f"the relayed jam did not finish within {timeout_s:g} s") from None
-    summaries = {"a": _summary("peer A", a, a_out, a_err), "b": _summary("peer B", b, b_out, first_status + b_err)}
+    summaries = {"a": _summary("peer A", a, a_out, a_err), "b": _summary("peer B", b, b_out, b_err)}
     if relay_p.returncode != 0:
         raise NetnsError(f"relay exited with {relay_p.returncode}: {r_err.strip()[-2000:]}")
     return {
@@ -360,17 +387,19 @@ def run_netns_jam(
     *,
     tbf_kbps: float | None = None,
     config: str | None = None,
-    startup_s: float = 3.0,
+    startup_s: float = 30.0,
     a_extra_s: float = 1.0,
-    timeout_s: float = 60.0,
+    timeout_s: float = 90.0,
 ) -> dict[str, Any]:
     """Jam between namespaces A and B through the relay in R; return what everyone reported.
 
-    The relay starts first, then B (``--duration startup_s + duration_s``), then, once B
-    is up, A (``a_extra_s`` longer than B): the two play together for about
-    ``duration_s`` (``startup_s`` covers A's process start), and B stops while A is
-    still sending. With a ``clip_a`` at least ``startup_s + duration_s`` long, every
-    slot B played had its packet offered to the relay, which is what
+    The relay starts first, then B; once B is up (its live status line), A. Once B has
+    heard A, the two play together for ``duration_s``; then B is stopped (SIGTERM), A
+    ``a_extra_s`` later, then the relay: B stops while A is still sending, and A outlives
+    B. ``startup_s`` bounds how long each peer may take to come up and be heard (a busy
+    machine can take several seconds to start a process); it does not change the
+    timeline. With a ``clip_a`` longer than ``duration_s + a_extra_s``, every slot B
+    played had its packet offered to the relay, which is what
     ``relay.receiver_loss_bounds`` and ``loss_accounting`` assume.
 
     Returns the JSON summaries ``a``, ``b`` and ``relay``, the ``relay_log`` path, the
@@ -415,9 +444,9 @@ def run_loopback_jam(
     duration_s: float = 4.0,
     *,
     config: str | None = None,
-    startup_s: float = 3.0,
+    startup_s: float = 30.0,
     a_extra_s: float = 1.0,
-    timeout_s: float = 60.0,
+    timeout_s: float = 90.0,
 ) -> dict[str, Any]:
     """``run_netns_jam`` on 127.0.0.1 (no namespaces, no root): the same three processes, ports apart."""
     clip_a, clip_b, out = _prepare(clip_a, clip_b, out_dir)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,3 +36,77 @@ def music_wav(tmp_path: Path) -> Path:
     path = tmp_path / "in.wav"
     write_audio(path, music_like(3.0))
     return path
+
+
+class JamProcess:
+    """An ``nmp-peer jam`` subprocess whose live status lines (stderr) are read as they come.
+
+    Tests wait for what they need to see (``wait_for``) instead of sleeping a fixed time,
+    and stop the peer with SIGTERM (``stop``): it exits 0 and prints its JSON summary.
+    """
+
+    RX = re.compile(r"\brx (\d+) ")
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nmp_peer.cli", "jam", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self._out: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(self.process.stderr, self.lines), daemon=True),
+                         threading.Thread(target=self._read, args=(self.process.stdout, self._out), daemon=True)]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                into.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def received(self) -> int:
+        """``packets_received`` of the last status line (0 before the first)."""
+        with self._changed:
+            counts = [int(m.group(1)) for line in self.lines if (m := self.RX.search(line))]
+        return counts[-1] if counts else 0
+
+    def status_lines(self) -> int:
+        with self._changed:
+            return sum(bool(self.RX.search(line)) for line in self.lines)
+
+    def wait_for(self, what: str, condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+        """Until ``condition()`` holds; fails saying ``what`` if the peer exits or ``timeout_s`` passes first."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:  # an RLock: condition() may read the lines
+            while not condition():
+                left = deadline - time.monotonic()
+                if self.process.poll() is not None or left <= 0:
+                    raise AssertionError(f"{what}: not within {timeout_s:g} s (exit code {self.process.poll()}); "
+                                         f"stderr: {''.join(self.lines)[-1500:]}")
+                self._changed.wait(min(left, 0.5))
+
+    def stop(self, timeout_s: float = 30.0) -> tuple[int, dict[str, Any], str]:
+        """SIGTERM (unless it ended), then its exit code, JSON summary and stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        for t in self._readers:
+            t.join(timeout_s)
+        err, out = "".join(self.lines), "".join(self._out)
+        try:
+            summary = json.loads(out)
+        except json.JSONDecodeError:
+            summary = {}
+        return code, summary, err
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

@@ -57,6 +57,7 @@ def test_lost_samples_are_never_read_and_received_ones_pass_unchanged(method: st
     assert np.isfinite(a).all() and np.abs(a).max() <= 1.0
 
 
+@pytest.mark.slow
 def test_conceal_command_keeps_length_and_rate_and_reports_bad_traces(tmp_path: Path) -> None:
     audio = music_like(1.0)
     wav = tmp_path / "in.wav"

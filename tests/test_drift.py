@@ -43,6 +43,7 @@ def run_skewed(skew_ppm: float, minutes: float, mode: str = "adaptive"):
     return engine, np.array(depths), max_step, concealed_after_start, ticks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skew_ppm", [150.0, -150.0])
 def test_thirty_minutes_of_skew_keep_the_buffer_bounded_and_click_free(skew_ppm: float) -> None:
     engine, depths, max_step, concealed, ticks = run_skewed(skew_ppm, 30.0)

@@ -174,6 +174,7 @@ def test_refine_from_hz_keeps_the_lp_below_and_refines_above():
     assert energy[8000.0][0] < 1e-6 * energy[0.0][0] and energy[8000.0][1] > 0.5 * energy[0.0][1]
 
 
+@pytest.mark.slow
 def test_runtime_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
@@ -284,6 +285,7 @@ def test_a_late_refinement_plays_the_lpc_stage_and_is_counted():
         np.testing.assert_array_equal(out[block], ref_out[block])
 
 
+@pytest.mark.slow
 def test_a_refinement_in_time_is_played_whole(gan):
     audio = music_like(0.5)
     engine, _ = _play_live(gan, audio, {25}, pause_s=0.05)

@@ -67,6 +67,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+@pytest.mark.slow
 def test_a_million_hostile_datagrams_change_nothing_for_the_real_stream() -> None:
     rng = np.random.default_rng(0)
     stats = Stats()
@@ -170,6 +171,7 @@ def test_sequence_jumps_resynchronise_quickly_without_a_click(jump: str) -> None
         assert s.resyncs == 1
 
 
+@pytest.mark.slow
 def test_one_simulated_hour_with_drift_jitter_bursts_and_duplicates() -> None:
     stats = Stats()
     eng = PlayoutEngine(RepeatConcealer(), PlayoutConfig(), stats=stats)  # adaptive, the default
@@ -215,6 +217,7 @@ def test_one_simulated_hour_with_drift_jitter_bursts_and_duplicates() -> None:
     assert stats.packets_duplicate > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragment",
     [

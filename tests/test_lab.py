@@ -42,6 +42,7 @@ def test_category_from_folder_or_name(tmp_path: Path) -> None:
     assert category_of(tmp_path / "piano_003.wav", tmp_path) == "piano"
 
 
+@pytest.mark.slow
 def test_lab_command_writes_report_tables_and_plots(tmp_path: Path) -> None:
     clips = tmp_path / "clips"
     for i, cat in enumerate(("piano", "bass")):
@@ -71,6 +72,7 @@ def test_lab_command_writes_report_tables_and_plots(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_lab_rejects_unknown_methods_in_one_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "lab", "--clips", str(tmp_path), "--out", str(tmp_path / "o"),
                         "--methods", "zeros,magic"], capture_output=True, text=True, timeout=60)

@@ -138,6 +138,7 @@ def test_garbage_flood_is_counted_and_the_stream_plays_on() -> None:
     assert np.array_equal(out[lat:], audio[:n])
 
 
+@pytest.mark.slow
 def test_realtime_mode_runs_on_the_wall_clock() -> None:
     audio = music_like(1.5)
     cfg = PlayoutConfig(latency=LatencyPolicy(mode="adaptive", depth_packets=3))

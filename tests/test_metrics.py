@@ -191,6 +191,7 @@ def test_mrstft_grows_with_damage(clip) -> None:
 # --- ViSQOL and PLCMOS ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_visqol_clean_vs_degraded(clip) -> None:
     pytest.importorskip("visqol")
     x, lost = clip

@@ -58,6 +58,7 @@ def test_namespaces_and_processes_are_removed_when_the_body_fails(netns: None) -
     assert topo.veth_ra not in links and topo.veth_a not in links
 
 
+@pytest.mark.slow
 def test_jam_across_namespaces_counts_the_losses_the_relay_logged(netns: None, clips: tuple[Path, Path], tmp_path: Path) -> None:
     result = run_netns_jam(*clips, tmp_path / "out", relay=RelayOptions(loss=0.05, seed=3, both_ways=False), duration_s=4.0)
     acc = loss_accounting(result)
@@ -71,6 +72,7 @@ def test_jam_across_namespaces_counts_the_losses_the_relay_logged(netns: None, c
     assert not set(result["namespaces"]) & set(list_namespaces())
 
 
+@pytest.mark.slow
 def test_jam_across_namespaces_with_a_tbf_rate_limit(netns: None, clips: tuple[Path, Path], tmp_path: Path) -> None:
     """A 600 kbit/s token bucket behind the relay: the 751 kbit/s stream loses about a fifth more.
 

@@ -85,6 +85,7 @@ def test_opus_loopback_over_udp_counts_losses_and_stays_aligned(concealer: str) 
     assert snr_db(x[received, 0], y[received, 0]) > 12.0
 
 
+@pytest.mark.slow
 def test_a_pcm_peer_and_an_opus_peer_play_each_other(tmp_path: Path) -> None:
     import socket
 
@@ -111,6 +112,7 @@ def test_a_pcm_peer_and_an_opus_peer_play_each_other(tmp_path: Path) -> None:
     assert np.sqrt(np.mean(heard**2)) > 0.05
 
 
+@pytest.mark.slow
 def test_bench_codec_reports_bitrate_and_latency() -> None:
     r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "bench", "--codec", "opus", "--bitrate", "64000"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -317,6 +317,7 @@ def test_impair_command_relays_logs_and_stops_cleanly_on_a_signal(sig: str, tmp_
     assert [r["seq"] for r in records] == [*range(20), -1] and {r["action"] for r in records} == {"deliver"}
 
 
+@pytest.mark.slow
 def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -> None:
     """jam A ↔ relay (5 % bursty loss both ways) ↔ jam B, three processes on 127.0.0.1.
 
@@ -332,8 +333,8 @@ def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -
     write_audio(b_clip, music_like(9.0, seed=2))
     t0 = time.monotonic()
     result = run_loopback_jam(a_clip, b_clip, tmp_path / "out", relay=RelayOptions(loss=0.05, loss_model="gilbert", burst=2.0, seed=3),
-                              duration_s=4.0, startup_s=3.0)
-    assert time.monotonic() - t0 < 50
+                              duration_s=4.0)
+    assert time.monotonic() - t0 < 90
     acc = loss_accounting(result)
     assert acc["relay_lost_low"] <= acc["b_lost"] <= acc["relay_lost_high"], acc
     assert acc["relay_lost_high"] >= 5, acc

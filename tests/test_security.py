@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from nmp_peer.stats import Stats
 from nmp_peer.transport import Packetizer
 from nmp_peer.wire import Packet
 
-from conftest import music_like
+from conftest import JamProcess, music_like
 
 KEY = bytes(range(32))
 A = ("198.18.0.1", 5000)
@@ -89,6 +90,7 @@ def test_gate_with_key_rejects_forged_and_replayed_packets_and_allows_roaming() 
     assert gate.admit(signed[1], B) is not None  # authenticated from a new address: roaming
 
 
+@pytest.mark.slow
 def test_foreign_flood_at_fifty_times_the_stream_rate_does_not_disturb_playout() -> None:
     from nmp_peer.conceal.simple import RepeatConcealer
     from nmp_peer.latency import LatencyPolicy
@@ -129,6 +131,7 @@ def test_key_files_hex_or_raw_and_clear_errors(tmp_path: Path) -> None:
         load_key(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_jam_with_a_key_hears_only_the_peer_with_the_same_key(tmp_path: Path) -> None:
     import socket
 
@@ -145,18 +148,27 @@ def test_jam_with_a_key_hears_only_the_peer_with_the_same_key(tmp_path: Path) ->
 
     write_audio(clip, music_like(1.0))
     pa, pb = port(), port()
-    cli = [sys.executable, "-m", "nmp_peer.cli", "jam", "--quiet", "--duration", "3"]
-    a = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--input", str(clip), "--key-file", str(good)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    b = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pa}", "--input", str(clip), "--key-file", str(bad)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    (oa, ea), (ob, eb) = a.communicate(timeout=60), b.communicate(timeout=60)
-    assert a.returncode == 0 and b.returncode == 0, (ea, eb)
-    sa, sb = json.loads(oa), json.loads(ob)
-    assert sa["packets_received"] == 0 and sa["packets_unauthenticated"] > 50
-    assert sb["packets_received"] == 0 and sb["packets_unauthenticated"] > 50
+    common = ["--input", str(clip), "--duration", "120"]  # a safety net: the test stops them
+    a = JamProcess(["--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--key-file", str(good), *common])
+    b = JamProcess(["--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pa}", "--key-file", str(bad), *common])
+    try:
+        # Both up (a status line each: they send from their start), then 1.5 s together:
+        # each sends 86 packets a second, all signed with a key the other does not have.
+        for peer in (a, b):
+            peer.wait_for("the peer's first status line", lambda peer=peer: peer.status_lines() > 0, timeout_s=60)
+        both_up = time.monotonic()
+        for peer in (a, b):
+            peer.wait_for("1.5 s of both peers running", lambda: time.monotonic() - both_up >= 1.5, timeout_s=10)
+        (ca, sa, ea), (cb, sb, eb) = a.stop(), b.stop()
+    finally:
+        a.kill()
+        b.kill()
+    assert ca == 0 and cb == 0, (ea, eb)
+    assert sa["packets_received"] == 0 and sa["packets_unauthenticated"] > 50, sa
+    assert sb["packets_received"] == 0 and sb["packets_unauthenticated"] > 50, sb
 
 
+@pytest.mark.slow
 def test_missing_key_file_is_one_line() -> None:
     r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "jam", "--peer", "127.0.0.1:9", "--listen", "127.0.0.1:0",
                         "--key-file", "/no/such.key"], capture_output=True, text=True, timeout=60)

@@ -386,6 +386,7 @@ def test_build_set_rejects_bad_arguments(tmp_path: Path) -> None:
         build_set(tmp_path, "eval", n_clips=1, kinds=["kazoo"])
 
 
+@pytest.mark.slow
 @needs_synth
 def test_clips_command_builds_a_focused_set_of_chosen_kinds_and_seed(tmp_path: Path) -> None:
     import subprocess

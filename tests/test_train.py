@@ -51,6 +51,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
     config = load_config("tiny")
     out = tmp_path / "run"
@@ -82,6 +83,7 @@ def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
     assert out_gan.shape == (1024, 1) and np.all(np.isfinite(out_gan))
 
 
+@pytest.mark.slow
 def test_a_few_steps_in_the_resynthesis_domain(data_dir: Path, tmp_path: Path):
     config = load_config("tiny")
     config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, domain="resynthesis"))

@@ -57,6 +57,7 @@ def test_random_bytes_raise_only_wire_error(data: bytes) -> None:
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1100), st.integers(0, 255)), max_size=8), st.integers(0, 1100))
 def test_mutated_packets_raise_only_wire_error(flips, cut) -> None:

@@ -81,6 +81,7 @@ def test_a_guess_on_another_history_is_dropped_and_the_request_computed_afresh(s
     assert worker.chained == 0
 
 
+@pytest.mark.slow
 def test_chained_bursts_play_exactly_what_fresh_requests_would():
     """Through the engine, paced so that every concealment is in time: a threaded engine
     with chaining plays the same samples as the inline one (which computes each slot

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from nmp_peer.scenarios.analysis import CLICK_RATIO
+
 PLOTS = {
     "loss.png": "Loss per scenario: what the relay dropped (A → B), what B counted lost, and late",
     "agreement.png": "B's lost count against the relay's ground truth (bars: the range the relay log allows)",
@@ -159,9 +161,10 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "Peer A plays a clip to peer B through the impairment relay (and B to A). B's counters are held",
         "against the relay's per-packet log (A → B); B's recording is aligned with A's clip block by block",
         "(cross-correlation) and scored on the packets the relay dropped. `lost` bounds: what the log allows",
-        "given where B stopped. `SNR`/`LSD`: on lost packets only (`nmp_peer.lab.metrics`). `step`: largest",
-        "sample step of the recording over the clip's own (above 1: a click). `recovery`: blocks until clean",
-        "audio came back after an outage or a restart, beyond the packets that never came.",
+        "given where B stopped. `SNR`/`LSD`: on lost packets only (`nmp_peer.lab.metrics`). `click`: the",
+        f"steepest sample step of the recording over the steepest within a block of it (above {CLICK_RATIO:g}: a",
+        "click, `analysis.find_clicks`). `recovery`: blocks until clean audio came back after an outage or a",
+        "restart, beyond the packets that never came.",
         "",
         "## Counters against the relay's ground truth",
         "",
@@ -183,7 +186,7 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "",
         "## Quality of what B played",
         "",
-        "| scenario | concealer | SNR lost dB ↑ | LSD lost dB ↓ | SNR all dB ↑ | MR-STFT ↓ | ViSQOL ↑ | step | recovery "
+        "| scenario | concealer | SNR lost dB ↑ | LSD lost dB ↓ | SNR all dB ↑ | MR-STFT ↓ | ViSQOL ↑ | click | recovery "
         "| audio |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -193,7 +196,7 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         r = e["row"]
         lines.append(
             f"| {r['scenario']} | {r['concealer']} | {_fmt(r['lost_snr_db'])} | {_fmt(r['lost_lsd_db'])} | "
-            f"{_fmt(r['snr_db'])} | {_fmt(r['mrstft'], 3)} | {_fmt(r['visqol'], 2)} | {_fmt(r['step_ratio'], 2)} | "
+            f"{_fmt(r['snr_db'])} | {_fmt(r['mrstft'], 3)} | {_fmt(r['visqol'], 2)} | {_fmt(r['click_ratio'], 2)} | "
             f"{_fmt(r['recovery_blocks'])} | {_fmt(r['audio_ok'])} |")
     failed = [(e, c) for e in entries if not e.get("error")
               for c in [*e["analysis"]["counters"]["checks"], *e["analysis"]["audio_checks"]] if not c["ok"]]
