@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from nmp_peer import SAMPLE_RATE
-from nmp_peer.codec import float_to_pcm16, pcm16_to_float
+from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
 
 
 class AudioFileError(ValueError):

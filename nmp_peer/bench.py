@@ -42,11 +42,11 @@ def _test_signal(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
 
 def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
     """Parse + jitter buffer + playout per packet (zeros concealer: the receive path alone)."""
-    from nmp_peer.codec import Pcm16Codec
+    from nmp_peer.proto.codec import Pcm16Codec
     from nmp_peer.conceal.simple import ZerosConcealer
-    from nmp_peer.latency import LatencyPolicy
-    from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-    from nmp_peer.transport import Packetizer
+    from nmp_peer.receiver.latency import LatencyPolicy
+    from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+    from nmp_peer.live.transport import Packetizer
 
     audio = _test_signal(BLOCK_FRAMES * 512)
     packetizer = Packetizer(Pcm16Codec(), 1)
@@ -73,7 +73,7 @@ def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
 
 def _bench_drift_read(calls: int = 2000) -> float:
     """p50 of one output block read through the interpolating reader (only while correcting drift)."""
-    from nmp_peer.drift import read_block
+    from nmp_peer.receiver.drift import read_block
 
     source = _test_signal(4 * BLOCK_FRAMES)
     times = []
@@ -114,8 +114,8 @@ def bench_concealer(concealer: Concealer, calls: int = 300) -> dict[str, Any]:
 
 def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000) -> dict[str, Any]:
     """Encode + decode time per 512-sample packet, and the bitrate on the wire."""
-    from nmp_peer.codec import Pcm16Codec
-    from nmp_peer.wire import HEADER_BYTES
+    from nmp_peer.proto.codec import Pcm16Codec
+    from nmp_peer.proto.wire import HEADER_BYTES
 
     audio = _test_signal(BLOCK_FRAMES * packets)
     blocks = [audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES] for k in range(packets)]
@@ -123,7 +123,7 @@ def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000
     dec_s: list[float] = []
     size = 0
     if codec == "opus":
-        from nmp_peer.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples
+        from nmp_peer.proto.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples
 
         settings = OpusSettings(bitrate=bitrate)
         encoder, decoder = OpusEncoderStream(1, settings), OpusDecoderStream(1, settings.frame_ms)
@@ -165,8 +165,8 @@ def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
     """CPU of a real-time loopback jam (both ends of one direction, zeros concealer), % of one core."""
     import asyncio
 
-    from nmp_peer.lab.impair import Impairment
-    from nmp_peer.loopback import run_loopback
+    from nmp_peer.netsim.impair import Impairment
+    from nmp_peer.live.loopback import run_loopback
 
     audio = _test_signal(int(seconds * SAMPLE_RATE))
     asyncio.run(run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True))  # warm up
@@ -189,7 +189,7 @@ def opus_quality(clips: list[str], bitrates: list[int], seconds: float = 8.0) ->
     from nmp_peer.lab import metrics
     from nmp_peer.lab.run import load_clip
     from nmp_peer.lab.simulate import conceal_trace
-    from nmp_peer.opus import OpusSettings
+    from nmp_peer.proto.opus import OpusSettings
 
     refs = [load_clip(c, seconds) for c in clips]
     rows = []
@@ -229,8 +229,8 @@ def _send_stream(port: int, n: int, start: float) -> dict[str, Any]:
     """The real stream: ``n`` PCM16 packets at the packet rate from their own socket (a process of its own)."""
     import socket
 
-    from nmp_peer.codec import Pcm16Codec
-    from nmp_peer.transport import Packetizer
+    from nmp_peer.proto.codec import Pcm16Codec
+    from nmp_peer.live.transport import Packetizer
 
     audio = _test_signal(BLOCK_FRAMES * 256)
     packetizer = Packetizer(Pcm16Codec(), 1)
@@ -316,8 +316,8 @@ async def _flood_step(pool: Any, flood_rate: float, seconds: float, seed: int) -
     import socket
 
     from nmp_peer.config import load_config
-    from nmp_peer.peer import JamOptions, Peer
-    from nmp_peer.transport import Endpoint
+    from nmp_peer.live.peer import JamOptions, Peer
+    from nmp_peer.live.transport import Endpoint
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))

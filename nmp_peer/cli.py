@@ -32,12 +32,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmp_peer.conceal.gan import ModelNotFoundError
     from nmp_peer.config import ConfigError
     from nmp_peer.jsonio import OutputFileError
-    from nmp_peer.lab.loss import TraceError
-    from nmp_peer.peer import DeviceError
+    from nmp_peer.netsim.loss import TraceError
+    from nmp_peer.live.peer import DeviceError
     from nmp_peer.scenarios.spec import ScenarioError
-    from nmp_peer.security import KeyFileError
+    from nmp_peer.proto.security import KeyFileError
     from nmp_peer.synth.render import SynthUnavailableError
-    from nmp_peer.transport import EndpointError
+    from nmp_peer.live.transport import EndpointError
 
     return (
         UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError,
@@ -51,14 +51,14 @@ ConcealerOpt = Annotated[Optional[str], typer.Option("--concealer", help="zeros 
 
 def _encoder(cfg: Any) -> tuple[Any, int]:
     """The sender's codec from the config, and the delay it adds (samples)."""
-    from nmp_peer.opus import OpusUnavailable
+    from nmp_peer.proto.opus import OpusUnavailable
 
     try:
         encoder = cfg.encoder()
     except OpusUnavailable as exc:
         raise UserError(str(exc)) from None
     if cfg.audio.codec == "opus":
-        from nmp_peer.opus import codec_delay_samples
+        from nmp_peer.proto.opus import codec_delay_samples
 
         return encoder, codec_delay_samples(encoder.settings, cfg.audio.channels)
     return encoder, 0
@@ -104,9 +104,9 @@ def jam(
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
     from rich.console import Console
 
-    from nmp_peer.peer import JamOptions, Peer
-    from nmp_peer.security import load_key
-    from nmp_peer.transport import Endpoint
+    from nmp_peer.live.peer import JamOptions, Peer
+    from nmp_peer.proto.security import load_key
+    from nmp_peer.live.transport import Endpoint
 
     cfg = _config(config, concealer, codec=codec)
     listen = listen or cfg.network.listen
@@ -159,7 +159,7 @@ def loopback(
     """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
     from nmp_peer.audio_io import read_audio, write_audio
     from nmp_peer.cli_net import make_impairment
-    from nmp_peer.loopback import run_loopback
+    from nmp_peer.live.loopback import run_loopback
 
     audio, file_rate = read_audio(input)
     cfg = _config(config, concealer, channels=min(audio.shape[1], 2), codec=codec)
@@ -202,7 +202,7 @@ def conceal(
 ) -> None:
     """Conceal the packets a trace marks lost, with the live peer's playout engine on a virtual clock."""
     from nmp_peer.audio_io import read_audio, write_audio
-    from nmp_peer.lab.loss import read_trace
+    from nmp_peer.netsim.loss import read_trace
     from nmp_peer.lab.simulate import conceal_trace
 
     if trace_fit not in ("exact", "pad", "cut"):
@@ -265,7 +265,7 @@ def lab(
 
     from nmp_peer.conceal import concealer_names
     from nmp_peer.lab import report
-    from nmp_peer.lab.loss import challenge_like_trace, make_loss_model, read_trace
+    from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
     from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, load_clip, loss_mask, plan, run_jobs
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
@@ -456,7 +456,7 @@ def model_info() -> None:
 @app.command()
 def devices() -> None:
     """List the sound devices PortAudio sees."""
-    from nmp_peer.peer import list_devices
+    from nmp_peer.live.peer import list_devices
 
     print(list_devices())
 

@@ -1,4 +1,4 @@
-"""``nmp-peer impair`` (the UDP impairment relay, see ``nmp_peer.relay``) and ``nmp-peer scenarios``
+"""``nmp-peer impair`` (the UDP impairment relay, see ``nmp_peer.netsim.relay``) and ``nmp-peer scenarios``
 (named hostile networks between two peers, see ``nmp_peer.scenarios``).
 
 ``register(app)`` adds both to the main ``nmp-peer`` app. A bad value raises
@@ -20,8 +20,8 @@ import typer
 from nmp_peer.errors import UserError, at_least, between, positive
 from nmp_peer.jsonio import write_json
 
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import LOSS_KINDS, make_loss_model
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import LOSS_KINDS, make_loss_model
 
 B2A_SEED_SALT = 0x6261
 """The B→A direction's seed is derived from ``--seed`` and this, so its draws differ from A→B's."""
@@ -130,8 +130,8 @@ def register(app: typer.Typer) -> None:
 
         Side A sends to --listen; the relay forwards to --forward (side B) and relays B's replies back.
         """
-        from nmp_peer.relay import Relay
-        from nmp_peer.transport import Endpoint
+        from nmp_peer.netsim.relay import Relay
+        from nmp_peer.live.transport import Endpoint
 
         spec = dict(loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
                     jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate)

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nmp_peer import SAMPLE_RATE
 from nmp_peer.conceal import concealer_names
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.playout import PlayoutConfig
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig
 from nmp_peer.shipped import conf_dir, resolve_config, shipped_names  # noqa: F401  (re-exported)
 
 CONF_DIR = conf_dir()
@@ -79,7 +79,7 @@ class NetworkSection(_Section):
     @field_validator("listen", "peer")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        from nmp_peer.transport import Endpoint
+        from nmp_peer.live.transport import Endpoint
 
         if value is not None:
             Endpoint.parse(value)  # EndpointError is a ValueError: reported as network.<key>
@@ -101,12 +101,12 @@ class Config(_Section):
 
     def encoder(self, channels: int | None = None) -> Any:
         """The sender's codec: PCM16, or an Opus encoder stream with the [opus] settings."""
-        from nmp_peer.codec import Pcm16Codec
+        from nmp_peer.proto.codec import Pcm16Codec
 
         ch = channels or self.audio.channels
         if self.audio.codec == "pcm16":
             return Pcm16Codec()
-        from nmp_peer.opus import OpusEncoderStream, OpusSettings
+        from nmp_peer.proto.opus import OpusEncoderStream, OpusSettings
 
         o = self.opus
         return OpusEncoderStream(ch, OpusSettings(o.bitrate, o.frame_ms, o.complexity, o.fec))

@@ -26,8 +26,8 @@ from nmp_peer.conceal import UnknownConcealerError, make_concealer
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.gan import ModelNotFoundError
 from nmp_peer.conceal.worker import ThreadedWorker
-from nmp_peer.lab.loss import TraceError, read_trace, write_trace
-from nmp_peer.transport import Endpoint, EndpointError
+from nmp_peer.netsim.loss import TraceError, read_trace, write_trace
+from nmp_peer.live.transport import Endpoint, EndpointError
 
 from conftest import music_like
 
@@ -151,8 +151,8 @@ def test_the_worker_counts_a_concealer_exception_and_keeps_serving() -> None:
 
 
 def test_an_engine_whose_concealer_raises_plays_fallback_blocks_and_counts_them() -> None:
-    from nmp_peer.latency import LatencyPolicy
-    from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+    from nmp_peer.receiver.latency import LatencyPolicy
+    from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
     from test_playout import play
 

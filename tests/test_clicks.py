@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import BernoulliLoss, GilbertElliottLoss
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss
 from nmp_peer.scenarios.analysis import CLICK_RATIO, _neighbourhood_max, find_clicks, track_alignment
 from nmp_peer.synth.signals import synthetic_music
 
@@ -70,7 +70,7 @@ def test_a_step_the_clip_itself_has_is_not_the_receivers_click() -> None:
 def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None:
     """The real playout engine (virtual clock): repetition with its seam correction and LPC
     join the music; the zeros concealer drops to silence mid-waveform."""
-    from nmp_peer.loopback import run_loopback
+    from nmp_peer.live.loopback import run_loopback
 
     clip = synthetic_music(4.0, seed=2)
     ratios = {}
@@ -89,11 +89,11 @@ def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None
 @pytest.mark.parametrize("concealer", ["lpc", "repeat"])
 def test_the_burst_fade_to_silence_is_click_free(concealer: str) -> None:
     """A 220 Hz tone, then a long gap: the engine conceals, fades out after 50 ms, goes silent."""
-    from nmp_peer.codec import Pcm16Codec
+    from nmp_peer.proto.codec import Pcm16Codec
     from nmp_peer.conceal import make_concealer
-    from nmp_peer.latency import LatencyPolicy
-    from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-    from nmp_peer.transport import Packetizer
+    from nmp_peer.receiver.latency import LatencyPolicy
+    from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+    from nmp_peer.live.transport import Packetizer
 
     engine = PlayoutEngine(make_concealer(concealer), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)))
     packetizer = Packetizer(Pcm16Codec(), 1)

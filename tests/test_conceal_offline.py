@@ -11,7 +11,7 @@ import pytest
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.audio_io import read_audio, write_audio
-from nmp_peer.lab.loss import write_trace
+from nmp_peer.netsim.loss import write_trace
 from nmp_peer.lab.simulate import conceal_trace
 
 from conftest import music_like

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from nmp_peer.scenarios import load_scenarios, select
-from nmp_peer.scenarios.docker import (
+from nmp_peer.scenarios.backends.docker import (
     COMPOSE_FILE,
     DEFAULT_IMAGE,
     compose_command,

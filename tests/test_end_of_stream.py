@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.config import load_config
 from nmp_peer.conceal.simple import RepeatConcealer
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import GilbertElliottLoss
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.loopback import run_loopback
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.transport import Packetizer
-from nmp_peer.wire import FLAG_END, Packet, WireError
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import GilbertElliottLoss
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.live.loopback import run_loopback
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.wire import FLAG_END, Packet, WireError
 
 from conftest import music_like
 

@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from nmp_peer.bench import bench_flood
-from nmp_peer.security import MAX_DATAGRAM_BYTES
-from nmp_peer.transport import Endpoint, SocketClosed, UdpSocket
+from nmp_peer.proto.security import MAX_DATAGRAM_BYTES
+from nmp_peer.live.transport import Endpoint, SocketClosed, UdpSocket
 
 
 def test_a_readiness_event_hands_every_queued_datagram_to_one_wake_up() -> None:

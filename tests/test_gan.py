@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.gan import (
     CHUNK_CONTEXT_SAMPLES,
     CHUNK_SAMPLES,
@@ -26,9 +26,9 @@ from nmp_peer.conceal.gan import (
 )
 from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.lab.simulate import conceal_trace
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.transport import Packetizer
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.live.transport import Packetizer
 
 from conftest import music_like
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.simple import RepeatConcealer
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import GilbertElliottLoss
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.security import Authenticator, RateLimiter, ReceiveGate
-from nmp_peer.stats import Stats
-from nmp_peer.transport import Packetizer
-from nmp_peer.wire import Packet
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import GilbertElliottLoss
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.proto.security import Authenticator, RateLimiter, ReceiveGate
+from nmp_peer.receiver.stats import Stats
+from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.wire import Packet
 
 
 PEER = ("198.18.0.1", 5000)

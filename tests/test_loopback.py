@@ -8,11 +8,11 @@ import socket
 import numpy as np
 import pytest
 
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import BernoulliLoss, GilbertElliottLoss
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.loopback import LoopbackResult, run_loopback
-from nmp_peer.playout import PlayoutConfig
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.live.loopback import LoopbackResult, run_loopback
+from nmp_peer.receiver.playout import PlayoutConfig
 
 from conftest import music_like
 
@@ -111,9 +111,9 @@ def test_garbage_flood_is_counted_and_the_stream_plays_on() -> None:
     # Garbage arrives through the receive path that the socket feeds: twenty junk datagrams
     # (random, or a real packet cut short and padded) before every real packet.
     from nmp_peer.conceal.simple import RepeatConcealer
-    from nmp_peer.playout import PlayoutEngine
-    from nmp_peer.transport import Packetizer
-    from nmp_peer.codec import Pcm16Codec
+    from nmp_peer.receiver.playout import PlayoutEngine
+    from nmp_peer.live.transport import Packetizer
+    from nmp_peer.proto.codec import Pcm16Codec
 
     rng = np.random.default_rng(0)
     engine = PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)))
@@ -154,7 +154,7 @@ def test_realtime_mode_runs_on_the_wall_clock() -> None:
 def test_ipv6_loopback_socket() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this kernel")
-    from nmp_peer.transport import Endpoint, UdpSocket
+    from nmp_peer.live.transport import Endpoint, UdpSocket
 
     async def roundtrip() -> bytes:
         a = await UdpSocket.bind(Endpoint.parse("[::1]:0"))

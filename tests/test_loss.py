@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nmp_peer.lab.impair import PACKET_INTERVAL_S, Decision, Impairment, simulate_arrivals
-from nmp_peer.lab.loss import (
+from nmp_peer.netsim.impair import PACKET_INTERVAL_S, Decision, Impairment, simulate_arrivals
+from nmp_peer.netsim.loss import (
     BernoulliLoss,
     GilbertElliottLoss,
     LossModel,

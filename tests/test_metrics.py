@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nmp_peer.lab import metrics
-from nmp_peer.lab.loss import GilbertElliottLoss, challenge_like_trace
+from nmp_peer.netsim.loss import GilbertElliottLoss, challenge_like_trace
 from nmp_peer.lab.metrics import (
     MetricUnavailable,
     lost_packet_lsd_db,

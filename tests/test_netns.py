@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nmp_peer.audio_io import write_audio
-from nmp_peer.netns import (
+from nmp_peer.scenarios.backends.netns import (
     RelayOptions,
     check_address,
     list_namespaces,

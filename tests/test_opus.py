@@ -13,14 +13,14 @@ import pytest
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.lab import metrics
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import BernoulliLoss
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import BernoulliLoss
 from nmp_peer.lab.simulate import conceal_trace
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.loopback import run_loopback
-from nmp_peer.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples, pack_frames, unpack_frames
-from nmp_peer.playout import PlayoutConfig
-from nmp_peer.wire import WireError
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.live.loopback import run_loopback
+from nmp_peer.proto.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples, pack_frames, unpack_frames
+from nmp_peer.receiver.playout import PlayoutConfig
+from nmp_peer.proto.wire import WireError
 
 from conftest import music_like
 
@@ -141,8 +141,8 @@ def test_an_opus_stream_through_a_buffer_that_grows_and_shrinks_plays_every_pack
     """Late packets grow the adaptive buffer (inserted blocks), a calm spell shrinks it
     again (dropped blocks), on one Opus stream through the engine's one decoder path."""
     from nmp_peer.conceal.lpc import LpcConcealer
-    from nmp_peer.playout import PlayoutEngine
-    from nmp_peer.transport import Packetizer
+    from nmp_peer.receiver.playout import PlayoutEngine
+    from nmp_peer.live.transport import Packetizer
 
     settings = OpusSettings(bitrate=96_000)
     audio = music_like(8.0)

@@ -7,12 +7,12 @@ import time
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.simple import RepeatConcealer
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.transport import Packetizer
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.live.transport import Packetizer
 
 from conftest import music_like
 

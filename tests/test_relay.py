@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from nmp_peer.audio_io import read_audio, write_audio
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import BernoulliLoss, GilbertElliottLoss, burst_lengths, make_loss_model
-from nmp_peer.relay import Relay, TokenBucket, UDP_IP_OVERHEAD_BYTES, read_log
-from nmp_peer.transport import Endpoint
-from nmp_peer.wire import Packet, PayloadType
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss, burst_lengths, make_loss_model
+from nmp_peer.netsim.relay import Relay, TokenBucket, UDP_IP_OVERHEAD_BYTES, read_log
+from nmp_peer.live.transport import Endpoint
+from nmp_peer.proto.wire import Packet, PayloadType
 
 from conftest import music_like
 
@@ -326,7 +326,7 @@ def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -
     never came) is then the relay's A→B drops between those two points; late packets did
     arrive and are counted apart. A outlives B, so it got every datagram the relay sent it.
     """
-    from nmp_peer.netns import RelayOptions, loss_accounting, run_loopback_jam
+    from nmp_peer.scenarios.backends.netns import RelayOptions, loss_accounting, run_loopback_jam
 
     a_clip, b_clip = tmp_path / "a.wav", tmp_path / "b.wav"
     write_audio(a_clip, music_like(9.0, seed=1))

@@ -19,7 +19,7 @@ import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.scenarios import Scenario, ScenarioError, load_scenarios, select
-from nmp_peer.playout import PlayoutConfig
+from nmp_peer.receiver.playout import PlayoutConfig
 from nmp_peer.scenarios.analysis import CLICK_RATIO, quality, receiver_truth, track_alignment
 from nmp_peer.scenarios.spec import STREAM_KBPS, synthetic_music
 from nmp_peer.scenarios.runner import RECOVERY_LIMIT_BLOCKS
@@ -213,7 +213,7 @@ def loopback_jams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[st
 
 @pytest.fixture(scope="module")
 def netns_jams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    from nmp_peer.netns import netns_unavailable
+    from nmp_peer.scenarios.backends.netns import netns_unavailable
 
     reason = netns_unavailable()
     if reason:
@@ -371,7 +371,7 @@ def test_loopback_report_plots_and_json(loopback_jams: dict[str, Any]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bernoulli-5", "restart"])
 def test_netns_jam_counters_match_the_relay_and_the_audio_is_in_order(netns_jams: dict[str, Any], name: str) -> None:
-    from nmp_peer.netns import list_namespaces
+    from nmp_peer.scenarios.backends.netns import list_namespaces
 
     entry = netns_jams[name]
     known = _check_jam(entry)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from nmp_peer.codec import Pcm16Codec
-from nmp_peer.security import Authenticator, KeyFileError, RateLimiter, ReceiveGate, ReplayWindow, load_key
-from nmp_peer.stats import Stats
-from nmp_peer.transport import Packetizer
-from nmp_peer.wire import Packet
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.security import Authenticator, KeyFileError, RateLimiter, ReceiveGate, ReplayWindow, load_key
+from nmp_peer.receiver.stats import Stats
+from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.wire import Packet
 
 from conftest import JamProcess, music_like
 
@@ -93,8 +93,8 @@ def test_gate_with_key_rejects_forged_and_replayed_packets_and_allows_roaming() 
 @pytest.mark.slow
 def test_foreign_flood_at_fifty_times_the_stream_rate_does_not_disturb_playout() -> None:
     from nmp_peer.conceal.simple import RepeatConcealer
-    from nmp_peer.latency import LatencyPolicy
-    from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+    from nmp_peer.receiver.latency import LatencyPolicy
+    from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
     stats = Stats()
     engine = PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)), stats=stats)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmp_peer.wire import HEADER_BYTES, TAG_BYTES, Packet, PayloadType, WireError, seq_delta
+from nmp_peer.proto.wire import HEADER_BYTES, TAG_BYTES, Packet, PayloadType, WireError, seq_delta
 
 
 def sample_packet(**kw) -> Packet:

@@ -12,8 +12,8 @@ from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.conceal.worker import ThreadedWorker
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 from conftest import music_like
 from test_playout import play

@@ -20,12 +20,12 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.audio_io import read_audio
-from nmp_peer.codec import float_to_pcm16, pcm16_to_float
+from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.lab import metrics
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.lab.loss import challenge_like_trace, make_loss_model, read_trace
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
 from nmp_peer.lab.simulate import conceal_trace, play_network
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")

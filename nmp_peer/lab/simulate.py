@@ -12,15 +12,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.codec import Codec, Pcm16Codec
+from nmp_peer.proto.codec import Codec, Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.base import Concealer
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.opus import OpusSettings
-from nmp_peer.latency import LatencyPolicy
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.stats import Stats
-from nmp_peer.transport import Packetizer
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.proto.opus import OpusSettings
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.receiver.stats import Stats
+from nmp_peer.live.transport import Packetizer
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _encoder(concealer: str | Concealer, channels: int, opus: OpusSettings | Non
         opus = OpusSettings(fec=name == "opus-fec")
     if opus is None:
         return Pcm16Codec(), 0
-    from nmp_peer.opus import OpusEncoderStream, codec_delay_samples
+    from nmp_peer.proto.opus import OpusEncoderStream, codec_delay_samples
 
     return OpusEncoderStream(channels, opus), codec_delay_samples(opus, channels)
 

@@ -32,8 +32,8 @@ from scipy.ndimage import maximum_filter1d
 from scipy.signal import correlate
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.relay import LOST_ACTIONS
-from nmp_peer.wire import seq_delta
+from nmp_peer.netsim.relay import LOST_ACTIONS
+from nmp_peer.proto.wire import seq_delta
 
 PACKET_MS = 1000.0 * BLOCK_FRAMES / SAMPLE_RATE
 CLEAN_NCC = 0.95
@@ -76,7 +76,7 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
     """What a receiver of ``direction`` must have counted, from the relay's log.
 
     For a receiver that listened before the first packet reached the relay and stopped
-    while its sender still sent (see ``nmp_peer.relay.receiver_loss_bounds``, which
+    while its sender still sent (see ``nmp_peer.netsim.relay.receiver_loss_bounds``, which
     this extends to several streams). It starts at the first packet the relay
     delivered; a later stream (a restarted sender) is followed from its
     ``resync_after``-th delivered packet, the ones before count as foreign. It played
@@ -198,7 +198,7 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
         checks.append(_check("relay saw all A sent", audio_in == a["packets_sent"],
                              f"A sent {a['packets_sent']}, relay took in {audio_in} (and "
                              f"{relay['a2b'].get('end_notices', 0)} end-of-stream notices)"))
-        from nmp_peer.netns import ARRIVAL_COUNTERS
+        from nmp_peer.scenarios.backends.netns import ARRIVAL_COUNTERS
 
         arrived = sum(a.get(k, 0) for k in ARRIVAL_COUNTERS)
         checks.append(_check("A got all the relay sent", arrived == relay["b2a"]["copies_sent"],

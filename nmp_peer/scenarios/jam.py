@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from nmp_peer.netns import (
+from nmp_peer.scenarios.backends.netns import (
     A_ADDR,
     B_ADDR,
     PEER_PORT,
@@ -234,12 +234,12 @@ class LoopbackBackend(Backend):
 
 
 class NetnsBackend(Backend):
-    """Namespaces A, R (relay), B from ``nmp_peer.netns.netns_topology``; needs root."""
+    """Namespaces A, R (relay), B from ``nmp_peer.scenarios.backends.netns.netns_topology``; needs root."""
 
     name = "netns"
 
     def __init__(self, out: Path, safety_s: float) -> None:
-        from nmp_peer.netns import netns_topology
+        from nmp_peer.scenarios.backends.netns import netns_topology
 
         self.out = out
         self.safety_s = safety_s
@@ -320,7 +320,7 @@ class DockerBackend(Backend):
     name = "docker"
 
     def __init__(self, out: Path, safety_s: float, *, image: str, netem: str | None = None) -> None:
-        from nmp_peer.scenarios.docker import compose_command, pick_subnet
+        from nmp_peer.scenarios.backends.docker import compose_command, pick_subnet
 
         self.out = out
         self.safety_s = safety_s
@@ -426,7 +426,7 @@ def run_jam(backend: Backend, plan: JamPlan) -> dict[str, Any]:
     relay_log, relay_summary = out / "relay.jsonl", out / "relay.json"
     trace_path = None
     if sc.loss_model == "trace":
-        from nmp_peer.lab.loss import write_trace
+        from nmp_peer.netsim.loss import write_trace
 
         trace_path = out / "trace.txt"
         write_trace(trace_path, sc.trace_packets(4 * plan.seconds + 120.0))
@@ -532,11 +532,11 @@ def backend_unavailable(name: str, image: str = "nmp-peer:latest") -> str | None
     if name == "loopback":
         return None
     if name == "netns":
-        from nmp_peer.netns import netns_unavailable
+        from nmp_peer.scenarios.backends.netns import netns_unavailable
 
         return netns_unavailable()
     if name == "docker":
-        from nmp_peer.scenarios.docker import docker_unavailable
+        from nmp_peer.scenarios.backends.docker import docker_unavailable
 
         return docker_unavailable(image)
     return f"unknown backend {name!r}; choose {', '.join(BACKENDS)}"

@@ -60,7 +60,7 @@ RECOVERY_LIMIT_BLOCKS = 16
 def analyse(result: dict[str, Any], scenario: Scenario, *, visqol: bool = False) -> dict[str, Any]:
     """Counters against the relay's log and the audio B played against A's clip."""
     from nmp_peer.audio_io import read_audio
-    from nmp_peer.relay import read_log
+    from nmp_peer.netsim.relay import read_log
 
     records = read_log(result["relay_log"]) if "relay_log" in result else None
     counters = check_counters(result, records)
@@ -160,7 +160,7 @@ def run_scenarios(
         raise ScenarioError(f"backend {backend} cannot run here: {reason}")
     use_netem = False
     if backend == "docker" and netem != "off":
-        from nmp_peer.scenarios.docker import netem_unavailable
+        from nmp_peer.scenarios.backends.docker import netem_unavailable
 
         why = netem_unavailable()
         if why and netem == "on":

@@ -88,7 +88,7 @@ class Scenario(BaseModel):
 
     def trace_packets(self, seconds: float) -> np.ndarray:
         """The challenge-like loss trace for a run of ``seconds`` (it outlasts the run; after it, no loss)."""
-        from nmp_peer.lab.loss import challenge_like_trace
+        from nmp_peer.netsim.loss import challenge_like_trace
 
         assert self.trace_loss is not None
         n = int(math.ceil(seconds * 1000.0 / PACKET_MS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nmp_peer import SAMPLE_RATE
-from nmp_peer.codec import float_to_pcm16, pcm16_to_float
+from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
 
 
 def synthetic_music(seconds: float, seed: int = 0, channels: int = 1) -> np.ndarray:

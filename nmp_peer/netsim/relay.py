@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nmp_peer.jsonio import OutputFileError
-from nmp_peer.lab.impair import Impairment
-from nmp_peer.transport import Address, Endpoint, EndpointError
-from nmp_peer.wire import Packet, WireError, seq_delta
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.live.transport import Address, Endpoint, EndpointError
+from nmp_peer.proto.wire import Packet, WireError, seq_delta
 
 RATE_QUEUE_MS = 50.0
 """Default rate-limit queue: this much of the link rate is buffered before tail drop."""
@@ -517,7 +517,7 @@ def receiver_loss_bounds(records: list[dict[str, Any]], direction: str, lag_pack
     Returns (relay drops up to ``U - lag_packets``, relay drops up to ``U``), both counted
     after the first delivered packet.
     """
-    from nmp_peer.lab.impair import PACKET_INTERVAL_S
+    from nmp_peer.netsim.impair import PACKET_INTERVAL_S
 
     other = "b2a" if direction == "a2b" else "a2b"
     mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0 and not r.get("end")]

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.codec import Codec
-from nmp_peer.security import MAX_DATAGRAM_BYTES
-from nmp_peer.wire import SEQ_MODULUS, Packet
+from nmp_peer.proto.codec import Codec
+from nmp_peer.proto.security import MAX_DATAGRAM_BYTES
+from nmp_peer.proto.wire import SEQ_MODULUS, Packet
 
 Address = tuple[str, int]
 

@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.stats import Stats
-from nmp_peer.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, Packet, WireError, seq_delta
+from nmp_peer.receiver.stats import Stats
+from nmp_peer.proto.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, Packet, WireError, seq_delta
 
 MIN_KEY_BYTES = 16
 MAX_DATAGRAM_BYTES = HEADER_BYTES + MAX_PAYLOAD_BYTES + TAG_BYTES

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.wire import Packet, PayloadType, WireError
+from nmp_peer.proto.wire import Packet, PayloadType, WireError
 
 PCM_SCALE = 32768.0
 
@@ -98,7 +98,7 @@ def make_decoder(payload_type: PayloadType, channels: int, *, fec: bool = False)
     if payload_type is PayloadType.PCM16:
         return Pcm16Decoder(channels)
     if payload_type is PayloadType.OPUS:
-        from nmp_peer.opus import OpusDecoder
+        from nmp_peer.proto.opus import OpusDecoder
 
         return OpusDecoder(channels, fec=fec)
     raise WireError(f"no decoder for payload type {payload_type.name}")

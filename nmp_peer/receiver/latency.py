@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.drift import LOOKAHEAD
+from nmp_peer.receiver.drift import LOOKAHEAD
 
 Mode = Literal["fixed", "adaptive"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from nmp_peer.wire import SEQ_MODULUS, Packet, seq_delta
+from nmp_peer.proto.wire import SEQ_MODULUS, Packet, seq_delta
 
 
 class Arrival(Enum):

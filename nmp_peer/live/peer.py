@@ -19,11 +19,11 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.security import Authenticator, ReceiveGate
-from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.proto.security import Authenticator, ReceiveGate
+from nmp_peer.live.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
 
 BLOCK_S = BLOCK_FRAMES / SAMPLE_RATE
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.drift import StreamResampler
-from nmp_peer.wire import Packet, PayloadType, WireError
+from nmp_peer.receiver.drift import StreamResampler
+from nmp_peer.proto.wire import Packet, PayloadType, WireError
 
 OPUS_RATE = 48_000
 FRAME_MS = (2.5, 5.0, 10.0, 20.0)
@@ -208,10 +208,10 @@ class OpusDecoderStream:
 
 
 class OpusDecoder:
-    """The receiver's :class:`nmp_peer.codec.Decoder` of an Opus stream (one per stream)."""
+    """The receiver's :class:`nmp_peer.proto.codec.Decoder` of an Opus stream (one per stream)."""
 
     def __init__(self, channels: int, *, fec: bool = False) -> None:
-        from nmp_peer.codec import DecoderUnavailable
+        from nmp_peer.proto.codec import DecoderUnavailable
 
         self.channels = channels
         self.fec = fec

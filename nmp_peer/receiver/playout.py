@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.codec import Decoder, DecoderUnavailable, Pcm16Decoder, make_decoder
+from nmp_peer.proto.codec import Decoder, DecoderUnavailable, Pcm16Decoder, make_decoder
 from nmp_peer.conceal.base import Concealer, check_prediction
 from nmp_peer.conceal.simple import RepeatConcealer, ZerosConcealer
 from nmp_peer.conceal.worker import InlineWorker, ThreadedWorker
-from nmp_peer.drift import LOOKAHEAD, read_block
-from nmp_peer.jitter import Arrival, JitterBuffer
-from nmp_peer.latency import Action, LatencyController, LatencyPolicy
-from nmp_peer.stats import Stats
-from nmp_peer.wire import Packet, PayloadType, WireError
+from nmp_peer.receiver.drift import LOOKAHEAD, read_block
+from nmp_peer.receiver.jitter import Arrival, JitterBuffer
+from nmp_peer.receiver.latency import Action, LatencyController, LatencyPolicy
+from nmp_peer.receiver.stats import Stats
+from nmp_peer.proto.wire import Packet, PayloadType, WireError
 
 
 @dataclass(frozen=True)

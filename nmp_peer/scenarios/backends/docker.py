@@ -16,9 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from nmp_peer.netns import check_address
+from nmp_peer.scenarios.backends.netns import check_address
 
-COMPOSE_FILE = Path(__file__).resolve().parent.parent.parent / "docker" / "compose.yaml"
+COMPOSE_FILE = Path(__file__).resolve().parents[3] / "docker" / "compose.yaml"
 DEFAULT_IMAGE = "nmp-peer:latest"
 SUBNET_SPACE = ipaddress.ip_network("198.18.0.0/15")
 RESERVED_THIRD_OCTETS = range(0, 8)

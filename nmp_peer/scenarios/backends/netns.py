@@ -488,7 +488,7 @@ def loss_accounting(result: dict[str, Any]) -> dict[str, Any]:
     seen every packet A sent: ``relay_a2b_received == a_sent`` (audio: A's end-of-stream
     notices are not counted as sent).
     """
-    from nmp_peer.relay import read_log, receiver_loss_bounds
+    from nmp_peer.netsim.relay import read_log, receiver_loss_bounds
 
     a, b, relay = result["a"], result["b"], result["relay"]
     lag = math.ceil(max(b["buffer_depth_packets"], b["target_depth_packets"])) + 2

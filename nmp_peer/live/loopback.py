@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.codec import Pcm16Codec
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
-from nmp_peer.lab.impair import Decision, Impairment
-from nmp_peer.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.netsim.impair import Decision, Impairment
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.live.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
 
 RECEIVE_TIMEOUT_S = 5.0
 

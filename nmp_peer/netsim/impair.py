@@ -38,7 +38,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.lab.loss import LossModel
+from nmp_peer.netsim.loss import LossModel
 
 PACKET_INTERVAL_S = BLOCK_FRAMES / SAMPLE_RATE
 """Time between two packets at the sender: 512 / 44100 s = 11.6 ms."""

@@ -1,0 +1,1 @@
+"""The real-time edges: UDP sockets (asyncio), sound devices and files on a clock, the jam peer."""

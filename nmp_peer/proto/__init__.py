@@ -1,0 +1,1 @@
+"""The wire protocol: packet format, codecs, authentication. Sans-IO and clock-free."""

@@ -1,0 +1,1 @@
+"""Where a scenario's two peers and relay run: network namespaces, containers."""
