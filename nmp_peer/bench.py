@@ -46,7 +46,7 @@ def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
     from nmp_peer.conceal.simple import ZerosConcealer
     from nmp_peer.receiver.latency import LatencyPolicy
     from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-    from nmp_peer.live.transport import Packetizer
+    from nmp_peer.proto.packetizer import Packetizer
 
     audio = _test_signal(BLOCK_FRAMES * 512)
     packetizer = Packetizer(Pcm16Codec(), 1)
@@ -230,7 +230,7 @@ def _send_stream(port: int, n: int, start: float) -> dict[str, Any]:
     import socket
 
     from nmp_peer.proto.codec import Pcm16Codec
-    from nmp_peer.live.transport import Packetizer
+    from nmp_peer.proto.packetizer import Packetizer
 
     audio = _test_signal(BLOCK_FRAMES * 256)
     packetizer = Packetizer(Pcm16Codec(), 1)

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nmp_peer import BLOCK_FRAMES
 from nmp_peer.audio_io import AudioFileError, read_audio, write_audio
 from nmp_peer.cli import _user_errors, main
 from nmp_peer.conceal import UnknownConcealerError, make_concealer

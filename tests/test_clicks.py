@@ -93,7 +93,7 @@ def test_the_burst_fade_to_silence_is_click_free(concealer: str) -> None:
     from nmp_peer.conceal import make_concealer
     from nmp_peer.receiver.latency import LatencyPolicy
     from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-    from nmp_peer.live.transport import Packetizer
+    from nmp_peer.proto.packetizer import Packetizer
 
     engine = PlayoutEngine(make_concealer(concealer), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)))
     packetizer = Packetizer(Pcm16Codec(), 1)

@@ -11,7 +11,7 @@ from nmp_peer.conceal.simple import RepeatConcealer
 from nmp_peer.receiver.drift import read_block
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.packetizer import Packetizer
 
 FREQ = 4 * SAMPLE_RATE / BLOCK_FRAMES  # four whole periods per packet: every packet is the same
 AMP = 0.5

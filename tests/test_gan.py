@@ -28,7 +28,7 @@ from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.lab.simulate import conceal_trace
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.packetizer import Packetizer
 
 from conftest import music_like
 

@@ -15,9 +15,10 @@ from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import GilbertElliottLoss
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.proto.security import Authenticator, RateLimiter, ReceiveGate
+from nmp_peer.proto.security import Authenticator, RateLimiter
+from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.wire import Packet
 
 

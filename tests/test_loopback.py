@@ -112,7 +112,7 @@ def test_garbage_flood_is_counted_and_the_stream_plays_on() -> None:
     # (random, or a real packet cut short and padded) before every real packet.
     from nmp_peer.conceal.simple import RepeatConcealer
     from nmp_peer.receiver.playout import PlayoutEngine
-    from nmp_peer.live.transport import Packetizer
+    from nmp_peer.proto.packetizer import Packetizer
     from nmp_peer.proto.codec import Pcm16Codec
 
     rng = np.random.default_rng(0)

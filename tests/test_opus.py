@@ -142,7 +142,7 @@ def test_an_opus_stream_through_a_buffer_that_grows_and_shrinks_plays_every_pack
     again (dropped blocks), on one Opus stream through the engine's one decoder path."""
     from nmp_peer.conceal.lpc import LpcConcealer
     from nmp_peer.receiver.playout import PlayoutEngine
-    from nmp_peer.live.transport import Packetizer
+    from nmp_peer.proto.packetizer import Packetizer
 
     settings = OpusSettings(bitrate=96_000)
     audio = music_like(8.0)

@@ -12,7 +12,7 @@ from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.simple import RepeatConcealer
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.packetizer import Packetizer
 
 from conftest import music_like
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from nmp_peer.proto.codec import Pcm16Codec
-from nmp_peer.proto.security import Authenticator, KeyFileError, RateLimiter, ReceiveGate, ReplayWindow, load_key
+from nmp_peer.proto.security import Authenticator, KeyFileError, RateLimiter, ReplayWindow, load_key
+from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.wire import Packet
 
 from conftest import JamProcess, music_like

@@ -20,7 +20,7 @@ from nmp_peer.proto.opus import OpusSettings
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.live.transport import Packetizer
+from nmp_peer.proto.packetizer import Packetizer
 
 
 @dataclass

@@ -30,7 +30,8 @@ from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.netsim.impair import Decision, Impairment
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.live.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.proto.packetizer import Packetizer
 
 RECEIVE_TIMEOUT_S = 5.0
 

@@ -22,8 +22,10 @@ from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.proto.security import Authenticator, ReceiveGate
-from nmp_peer.live.transport import Endpoint, Packetizer, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.proto.security import Authenticator
+from nmp_peer.receiver.gate import ReceiveGate
+from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.proto.packetizer import Packetizer
 
 BLOCK_S = BLOCK_FRAMES / SAMPLE_RATE
 

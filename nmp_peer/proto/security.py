@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.receiver.stats import Stats
-from nmp_peer.proto.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, Packet, WireError, seq_delta
+from nmp_peer.proto.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, Packet, seq_delta
 
 MIN_KEY_BYTES = 16
 MAX_DATAGRAM_BYTES = HEADER_BYTES + MAX_PAYLOAD_BYTES + TAG_BYTES
@@ -113,63 +111,3 @@ class RateLimiter:
         if len(self._buckets) > self._max_sources:
             self._buckets.popitem(last=False)
         return ok
-
-
-class ReceiveGate:
-    """Decides, per datagram, whether it may reach the jitter buffer; counts why not."""
-
-    def __init__(
-        self,
-        stats: Stats,
-        *,
-        peer_host: str | None = None,
-        authenticator: Authenticator | None = None,
-        rate_limiter: RateLimiter | None = None,
-    ) -> None:
-        self.stats = stats
-        self.authenticator = authenticator
-        self.rate_limiter = rate_limiter or RateLimiter()
-        self.replay = ReplayWindow()
-        self._peer_ip = _normalise_ip(peer_host) if peer_host else None
-        self.pinned: tuple[str, int] | None = None
-
-    def admit(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> Packet | None:
-        s = self.stats
-        if len(data) > MAX_DATAGRAM_BYTES:
-            s.packets_oversized += 1
-            return None
-        if not self.rate_limiter.allow(addr, now):
-            s.packets_rate_limited += 1
-            return None
-        try:
-            packet = Packet.parse(data)
-        except WireError:
-            s.packets_malformed += 1
-            return None
-        if self.authenticator is not None:
-            if not self.authenticator.verify(packet):
-                s.packets_unauthenticated += 1
-                return None
-            if not self.replay.check(packet.stream_id, packet.seq):
-                s.packets_replayed += 1
-                return None
-            return packet
-        if self.pinned is None:
-            if self._peer_ip is not None and _normalise_ip(addr[0]) != self._peer_ip:
-                s.packets_foreign += 1
-                return None
-            self.pinned = addr
-        elif addr != self.pinned:
-            s.packets_foreign += 1
-            return None
-        return packet
-
-
-def _normalise_ip(host: str) -> str:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
