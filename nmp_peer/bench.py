@@ -166,7 +166,7 @@ def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
     import asyncio
 
     from nmp_peer.netsim.impair import Impairment
-    from nmp_peer.live.loopback import run_loopback
+    from nmp_peer.netsim.loopback import run_loopback
 
     audio = _test_signal(int(seconds * SAMPLE_RATE))
     asyncio.run(run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True))  # warm up

@@ -159,7 +159,7 @@ def loopback(
     """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
     from nmp_peer.audio_io import read_audio, write_audio
     from nmp_peer.cli_net import make_impairment
-    from nmp_peer.live.loopback import run_loopback
+    from nmp_peer.netsim.loopback import run_loopback
 
     audio, file_rate = read_audio(input)
     cfg = _config(config, concealer, channels=min(audio.shape[1], 2), codec=codec)

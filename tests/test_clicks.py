@@ -70,7 +70,7 @@ def test_a_step_the_clip_itself_has_is_not_the_receivers_click() -> None:
 def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None:
     """The real playout engine (virtual clock): repetition with its seam correction and LPC
     join the music; the zeros concealer drops to silence mid-waveform."""
-    from nmp_peer.live.loopback import run_loopback
+    from nmp_peer.netsim.loopback import run_loopback
 
     clip = synthetic_music(4.0, seed=2)
     ratios = {}

@@ -20,7 +20,7 @@ from nmp_peer.conceal.simple import RepeatConcealer
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import GilbertElliottLoss
 from nmp_peer.receiver.latency import LatencyPolicy
-from nmp_peer.live.loopback import run_loopback
+from nmp_peer.netsim.loopback import run_loopback
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.wire import FLAG_END, Packet, WireError

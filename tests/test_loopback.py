@@ -11,7 +11,7 @@ import pytest
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss
 from nmp_peer.receiver.latency import LatencyPolicy
-from nmp_peer.live.loopback import LoopbackResult, run_loopback
+from nmp_peer.netsim.loopback import LoopbackResult, run_loopback
 from nmp_peer.receiver.playout import PlayoutConfig
 
 from conftest import music_like

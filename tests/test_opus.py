@@ -17,7 +17,7 @@ from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import BernoulliLoss
 from nmp_peer.lab.simulate import conceal_trace
 from nmp_peer.receiver.latency import LatencyPolicy
-from nmp_peer.live.loopback import run_loopback
+from nmp_peer.netsim.loopback import run_loopback
 from nmp_peer.proto.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples, pack_frames, unpack_frames
 from nmp_peer.receiver.playout import PlayoutConfig
 from nmp_peer.proto.wire import WireError
