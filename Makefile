@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= opus,lab,train,test
+EXTRAS  ?= opus,lab,train,test,lint
 # iproute2: `ip` and `tc` for the network-namespace tests (they skip, saying so, without it)
 APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont iproute2
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -19,7 +19,7 @@ JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 RUN     ?= data/gan-run
 CONFIG  ?= nmp_peer/conf/train/bin2bin_v2.toml
 
-.PHONY: setup system-deps demo test test-fast bench clean train-data train
+.PHONY: setup system-deps demo test test-fast lint bench clean train-data train
 
 setup: system-deps $(STAMP)
 
@@ -47,6 +47,13 @@ test: setup
 # the quick part (under a minute): no real-time jams, subprocess runs or long simulations
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not docker and not slow"
+
+# ruff (lint and format), mypy, and the import contracts of pyproject.toml (the tiers)
+lint: setup
+	$(BIN)/ruff check nmp_peer tests benchmarks
+	$(BIN)/ruff format --check nmp_peer tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/nmp-peer bench --path receive --json

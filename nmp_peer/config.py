@@ -35,9 +35,18 @@ class AudioSection(_Section):
 
 class OpusSection(_Section):
     bitrate: int = Field(128_000, ge=6_000, le=510_000)
-    frame_ms: Literal[2.5, 5.0, 10.0, 20.0] = 10.0
+    frame_ms: float = 10.0
     complexity: int = Field(8, ge=0, le=10)
     fec: bool = False
+
+    @field_validator("frame_ms")
+    @classmethod
+    def _opus_frame(cls, value: float) -> float:
+        from nmp_peer.proto.opus import FRAME_MS
+
+        if value not in FRAME_MS:
+            raise ValueError(f"Opus frames are {', '.join(f'{f:g}' for f in FRAME_MS)} ms, not {value:g}")
+        return value
 
 
 class BufferSection(_Section):

@@ -242,7 +242,7 @@ def plcmos(test: np.ndarray, sr: int = SAMPLE_RATE, rounds: int = 15, seed: int 
     if sr != PLCMOS_SAMPLE_RATE:
         x = soxr.resample(x, sr, PLCMOS_SAMPLE_RATE, quality="HQ")
     x = np.clip(x, -1.0, 1.0)
-    features = np.float32(model.stft_transform(x))[np.newaxis, np.newaxis, ...]
+    features = np.asarray(model.stft_transform(x), np.float32)[np.newaxis, np.newaxis, ...]
     rng = np.random.default_rng(seed)
     scores = []
     for _ in range(rounds):

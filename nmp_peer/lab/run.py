@@ -107,18 +107,22 @@ class TimedConcealer(Concealer):
         self.seconds: list[float] = []
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
-        result = None
-        for result in self.stages(history, burst_index):
-            pass
-        return result
+        return _last(self.stages(history, burst_index))
 
     def stages(self, history: np.ndarray, burst_index: int) -> Iterator[np.ndarray]:
         start = time.perf_counter()
-        result = None
-        for result in self.inner.stages(history, burst_index):
-            pass
+        result = _last(self.inner.stages(history, burst_index))
         self.seconds.append(time.perf_counter() - start)
         yield result
+
+
+def _last(stages: Iterator[np.ndarray]) -> np.ndarray:
+    result: np.ndarray | None = None
+    for result in stages:
+        pass
+    if result is None:
+        raise RuntimeError("a concealer yielded no stage")
+    return result
 
 
 def _metric_values(name: str, ref: np.ndarray, test: np.ndarray, lost: np.ndarray) -> float:

@@ -81,7 +81,7 @@ class Peer:
         """Takes in the datagrams already here (set once receiving runs)."""
         """This peer's stream has been ended with end-of-stream notices."""
         self.source: np.ndarray | None = None
-        if is_audio_file(options.input):
+        if options.input is not None and is_audio_file(options.input):
             self.source, _ = read_audio(options.input, channels=channels)
         elif options.input is not None and Path(options.input).suffix:
             raise AudioFileError(f"cannot read audio file {options.input}: unsupported extension")
@@ -210,7 +210,11 @@ class Peer:
 
         def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
             block = indata.copy()
-            loop.call_soon_threadsafe(lambda: queue.full() or queue.put_nowait(block))
+            def put() -> None:
+                if not queue.full():
+                    queue.put_nowait(block)
+
+            loop.call_soon_threadsafe(put)
 
         try:
             stream = sd.InputStream(

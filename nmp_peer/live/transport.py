@@ -62,7 +62,8 @@ class Endpoint:
             info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         except socket.gaierror as exc:
             raise EndpointError(f"cannot resolve {self.host!r}: {exc.strerror}") from None
-        return info[0][4][:2]
+        host, port = info[0][4][:2]
+        return str(host), int(port)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

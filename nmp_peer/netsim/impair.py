@@ -160,7 +160,7 @@ def simulate_arrivals(
         raise ValueError(f"n_packets must be non-negative, got {n_packets}")
     if packet_interval_s is None:
         packet_interval_s = impairment.packet_interval_s
-    arrivals = []
+    arrivals: list[tuple[int, float]] = []
     for i in range(n_packets):
         send_s = i * packet_interval_s
         arrivals.extend((i, send_s + d) for d in impairment.decide())

@@ -113,7 +113,7 @@ class LatencyController:
         high = ordered[k_high] + self._bias + offset
         one_block = BLOCK_FRAMES + LOOKAHEAD
         if p.mode == "fixed":
-            target = p.depth_packets * BLOCK_FRAMES + LOOKAHEAD
+            target = float(p.depth_packets * BLOCK_FRAMES + LOOKAHEAD)
             error = high - target
         else:
             error = low - (one_block + p.margin_samples)

@@ -473,15 +473,15 @@ class PlayoutEngine:
     def _append_concealed(self, key: int | None, *, count_miss: bool) -> None:
         """Append one concealed block: the worker's result for ``key`` if ready, else a fallback."""
         offset = self._burst * BLOCK_FRAMES
+        prediction: np.ndarray | None
         if self._faded_out():
             prediction = np.zeros((BLOCK_FRAMES, self.channels), np.float32)
         else:
-            ready = key is not None and key == self._requested
-            taken = self.worker.take(key) if ready else None
+            taken = self.worker.take(key) if key is not None and key == self._requested else None
             if isinstance(self.worker, ThreadedWorker):
                 self.stats.concealer_errors = self.worker.errors
             prediction = taken.result if taken is not None else None
-            if prediction is not None and not taken.complete:
+            if taken is not None and prediction is not None and not taken.complete:
                 self.stats.concealer_partial += 1
             if prediction is None and isinstance(self.worker, InlineWorker):
                 prediction = self._conceal_inline(self.fifo.tail(self.concealer.context_samples))

@@ -142,7 +142,8 @@ def render_clip(
     rng = random.Random(f"clip:{spec.seed}")
     parts, stems = plan_parts(spec.kind, rng)
     song = generate_song(spec.seed, spec.seconds + _LEAD_IN_S, parts)
-    rendered, stem_info = [], []
+    rendered: list[np.ndarray] = []
+    stem_info: list[dict[str, Any]] = []
     for indices in stems:
         font = rng.choice(fonts)
         gain_db = rng.uniform(-8.0, 0.0) if len(stems) > 1 else 0.0

@@ -379,7 +379,7 @@ def _make_harmony(rng: random.Random, tonic: int, scale_name: str, bars: int) ->
     section_kinds[0] = 0
     progressions = {}
     for kind in set(section_kinds):
-        progression = rng.choice(_PROGRESSIONS)
+        progression: tuple[int, ...] = rng.choice(_PROGRESSIONS)
         if rng.random() < 0.2:
             turn = rng.randrange(1, 4)
             progression = progression[turn:] + progression[:turn]

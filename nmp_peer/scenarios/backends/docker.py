@@ -20,7 +20,7 @@ from nmp_peer.scenarios.backends.netns import check_address
 
 COMPOSE_FILE = Path(__file__).resolve().parents[3] / "docker" / "compose.yaml"
 DEFAULT_IMAGE = "nmp-peer:latest"
-SUBNET_SPACE = ipaddress.ip_network("198.18.0.0/15")
+SUBNET_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
 RESERVED_THIRD_OCTETS = range(0, 8)
 """198.18.0-7.x stay free for the namespace lab (198.18.1.0/24 and 198.18.2.0/24)."""
 
@@ -114,7 +114,7 @@ def pick_subnet() -> str:
     candidates = [f"198.{hi}.{lo}" for hi in (18, 19) for lo in range(256) if not (hi == 18 and lo in RESERVED_THIRD_OCTETS)]
     random.shuffle(candidates)
     for prefix in candidates:
-        net = ipaddress.ip_network(f"{prefix}.0/24")
+        net = ipaddress.IPv4Network(f"{prefix}.0/24")
         if net.subnet_of(SUBNET_SPACE) and not any(net.overlaps(u) for u in used):
             check_address(f"{prefix}.2")
             return prefix
