@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
@@ -27,7 +27,6 @@ from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
 from nmp_peer.proto.packetizer import Packetizer
 
-BLOCK_S = BLOCK_FRAMES / SAMPLE_RATE
 
 
 class DeviceError(ValueError):
@@ -185,12 +184,12 @@ class Peer:
             start = loop.time()
             k = 0
             while not self.engine.stats.packets_received:
-                await sleep_until(loop, start + k * BLOCK_S)
+                await sleep_until(loop, start + k * PACKET_S)
                 await self._send(sock, addr, silence)
                 k += 1
             n_blocks = -(-len(source) // BLOCK_FRAMES)  # the last one padded with silence
             for i in range(n_blocks):
-                await sleep_until(loop, start + (k + i) * BLOCK_S)
+                await sleep_until(loop, start + (k + i) * PACKET_S)
                 block = source[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES]
                 if len(block) < BLOCK_FRAMES:
                     block = np.concatenate([block, silence[: BLOCK_FRAMES - len(block)]])
@@ -199,7 +198,7 @@ class Peer:
             # stop in between cannot leave the stream unended).
             for j, packet in enumerate(self._end_packets()):
                 if j:
-                    await sleep_until(loop, start + (k + n_blocks + j) * BLOCK_S)
+                    await sleep_until(loop, start + (k + n_blocks + j) * PACKET_S)
                 sock.send_nowait(packet.serialize(), addr)
             return
         if self.options.input is None:
@@ -258,7 +257,7 @@ class Peer:
         start = loop.time()
         tick = 0
         while True:
-            await sleep_until(loop, start + tick * BLOCK_S)
+            await sleep_until(loop, start + tick * PACKET_S)
             if self._drain is not None:  # what arrived while this tick was late
                 self._drain()
             block = self.engine.next_block(self.now())

@@ -37,11 +37,11 @@ from typing import Literal
 import numpy as np
 from scipy.special import ndtri
 
-from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer import PACKET_S
 from nmp_peer.netsim.loss import LossModel
 
-PACKET_INTERVAL_S = BLOCK_FRAMES / SAMPLE_RATE
-"""Time between two packets at the sender: 512 / 44100 s = 11.6 ms."""
+PACKET_INTERVAL_S = PACKET_S
+"""Time between two packets at the sender (``nmp_peer.PACKET_S``)."""
 
 PARETO_SHAPE = 3.0
 """Tail index of the Pareto jitter: heavy-tailed but with a finite mean and variance."""

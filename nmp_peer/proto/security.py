@@ -19,12 +19,11 @@ from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
-from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer import PACKET_RATE
 from nmp_peer.proto.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, Packet, seq_delta
 
 MIN_KEY_BYTES = 16
 MAX_DATAGRAM_BYTES = HEADER_BYTES + MAX_PAYLOAD_BYTES + TAG_BYTES
-PACKET_RATE = SAMPLE_RATE / BLOCK_FRAMES
 
 
 class KeyFileError(ValueError):

@@ -17,12 +17,11 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer import BLOCK_FRAMES, PACKET_MS, SAMPLE_RATE
 from nmp_peer.config import CONF_DIR, first_error, read_toml
 from nmp_peer.synth.signals import synthetic_music
 
 SCENARIOS_FILE = CONF_DIR / "scenarios.toml"
-PACKET_MS = 1000.0 * BLOCK_FRAMES / SAMPLE_RATE
 STREAM_KBPS = 8.0 * (2 * BLOCK_FRAMES + 24 + 28) * SAMPLE_RATE / BLOCK_FRAMES / 1000.0
 """PCM16 mono on the wire with the 24-byte header and IPv4/UDP headers: 741 kbit/s."""
 
