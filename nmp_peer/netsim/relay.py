@@ -49,7 +49,7 @@ from typing import Any, TextIO
 from nmp_peer.jsonio import OutputFileError
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.live.transport import Address, Endpoint, EndpointError, SocketClosed, UdpSocket
-from nmp_peer.proto.wire import Packet, WireError, seq_delta
+from nmp_peer.proto.wire import Packet, WireError
 
 RATE_QUEUE_MS = 50.0
 """Default rate-limit queue: this much of the link rate is buffered before tail drop."""
@@ -492,36 +492,4 @@ class Relay:
             self._log.write(record)
 
 
-
 LOST_ACTIONS = ("drop", "rate-drop", "outage")
-
-
-def receiver_loss_bounds(records: list[dict[str, Any]], direction: str, lag_packets: int) -> tuple[int, int]:
-    """Bounds on the receiver's ``packets_lost`` that a relay log implies, for one direction.
-
-    For a receiver (an nmp-peer jam) that was listening before the first packet of
-    ``direction`` reached the relay and stopped while its sender was still sending.
-    Its jitter buffer starts at the first packet the relay delivered; when it stopped,
-    it had played the slots up to at most ``U``, the last packet the relay took in before
-    the receiver's own last datagram reached it (plus one packet interval), and at least
-    ``U - lag_packets`` (its buffer depth plus a margin). A slot counts as lost when its
-    packet never arrived: here, when the relay dropped it. Late packets did arrive and
-    are not counted (the jam moves them from ``packets_lost`` to ``packets_late``).
-
-    Returns (relay drops up to ``U - lag_packets``, relay drops up to ``U``), both counted
-    after the first delivered packet.
-    """
-    from nmp_peer.netsim.impair import PACKET_INTERVAL_S
-
-    other = "b2a" if direction == "a2b" else "a2b"
-    mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0 and not r.get("end")]
-    first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
-    if first is None:
-        return 0, 0
-    heard = [r["t_ms"] for r in records if r["dir"] == other]
-    end_ms = (max(heard) if heard else float("inf")) + 1000.0 * PACKET_INTERVAL_S
-    same = [r for r in mine if r["stream_id"] == first["stream_id"]]
-    pos = {id(r): seq_delta(r["seq"], first["seq"]) for r in same}
-    upper = max((pos[id(r)] for r in same if r["t_ms"] <= end_ms), default=0)
-    lost = [pos[id(r)] for r in same if r["action"] in LOST_ACTIONS and pos[id(r)] > 0]
-    return sum(p <= upper - lag_packets for p in lost), sum(p <= upper for p in lost)
