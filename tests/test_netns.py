@@ -1,23 +1,26 @@
-"""Two jam processes in two network namespaces, the relay in a third; needs root and ``ip netns``."""
+"""Two jam processes in two network namespaces, the relay in a third (the scenarios' netns backend); needs root and ``ip netns``."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nmp_peer.audio_io import write_audio
+from nmp_peer.netsim.relay import read_log
+from nmp_peer.scenarios.analysis import check_counters
 from nmp_peer.scenarios.backends.netns import (
-    RelayOptions,
     check_address,
     list_namespaces,
-    loss_accounting,
     netns_topology,
     netns_unavailable,
-    run_netns_jam,
     tbf_unavailable,
 )
+from nmp_peer.scenarios.jam import JamPlan, NetnsBackend, open_backend, run_jam
+from nmp_peer.scenarios.spec import Scenario
 
 from conftest import music_like
 
@@ -58,18 +61,40 @@ def test_namespaces_and_processes_are_removed_when_the_body_fails(netns: None) -
     assert topo.veth_ra not in links and topo.veth_a not in links
 
 
+def _jam(clips: tuple[Path, Path], out: Path, scenario: Scenario, *, tbf_kbps: float | None = None,
+         seconds: float = 4.0) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], dict[str, int] | None]:
+    """One jam on the netns backend (a ``tc tbf`` on the relay's link toward B with ``tbf_kbps``).
+
+    Returns the result, ``check_counters``' checks by name, ``receiver_truth`` of B and
+    the qdisc's counters (read after everyone stopped, before the namespaces go).
+    """
+    out.mkdir()
+    t0 = time.monotonic()
+    with open_backend("netns", out, safety_s=90.0) as backend:
+        assert isinstance(backend, NetnsBackend)
+        if tbf_kbps is not None:
+            backend.topo.add_tbf(tbf_kbps)
+        result = run_jam(backend, JamPlan(scenario, "repeat", seconds, out, *clips, a_extra_s=1.0))
+        tbf = backend.topo.qdisc_stats() if tbf_kbps is not None else None
+    assert time.monotonic() - t0 < 90
+    assert not set(result["namespaces"]) & set(list_namespaces())
+    counters = check_counters(result, read_log(result["relay_log"]))
+    return result, {c["check"]: c for c in counters["checks"]}, counters["truth"], tbf
+
+
 @pytest.mark.slow
 def test_jam_across_namespaces_counts_the_losses_the_relay_logged(netns: None, clips: tuple[Path, Path], tmp_path: Path) -> None:
-    result = run_netns_jam(*clips, tmp_path / "out", relay=RelayOptions(loss=0.05, seed=3, both_ways=False), duration_s=4.0)
-    acc = loss_accounting(result)
-    assert acc["a_received"] > 150 and acc["b_received"] > 150, acc
-    assert acc["relay_lost_low"] <= acc["b_lost"] <= acc["relay_lost_high"], acc
-    assert acc["relay_lost_high"] > 0, acc
-    assert acc["relay_a2b_received"] == acc["a_sent"], acc
-    assert acc["a_arrived"] == acc["relay_b2a_sent"], acc
+    """5 % loss A → B only: every check of ``analysis.check_counters`` holds, and the relay did drop."""
+    result, checks, truth, _ = _jam(clips, tmp_path / "out", Scenario(name="bernoulli-5-one-way", loss=0.05, seed=3,
+                                                                        both_ways=False))
+    failed = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]
+    assert not failed, failed
+    assert {"lost = relay drops", "relay saw all A sent", "A got all the relay sent"} <= set(checks), checks
+    a, b = result["a"], result["b"]
+    assert a["packets_received"] > 150 and b["packets_received"] > 150, (a, b)
+    assert truth["lost_high"] > 0, truth
     assert result["relay"]["b2a"]["lost"] == 0 and result["relay"]["foreign"] == 0
     assert result["relay"]["forward"].startswith("198.18.")
-    assert not set(result["namespaces"]) & set(list_namespaces())
 
 
 @pytest.mark.slow
@@ -77,18 +102,20 @@ def test_jam_across_namespaces_with_a_tbf_rate_limit(netns: None, clips: tuple[P
     """A 600 kbit/s token bucket behind the relay: the 751 kbit/s stream loses about a fifth more.
 
     B's losses are the relay's drops plus some of the qdisc's (those after B stopped are
-    not B's); everything the relay sent toward B went through the qdisc.
+    not B's); everything the relay sent toward B went through the qdisc. The relay's own
+    books (all A sent came in, A got all it sent back) hold as without the limit.
     """
     reason = tbf_unavailable()
     if reason:
         pytest.skip(f"tc tbf unavailable: {reason}")
-    result = run_netns_jam(*clips, tmp_path / "out", relay=RelayOptions(loss=0.02, seed=4, both_ways=False),
-                           duration_s=4.0, tbf_kbps=600)
-    acc, tbf = loss_accounting(result), result["tbf"]
-    assert acc["a_received"] > 150 and acc["b_received"] > 100, acc
+    result, checks, truth, tbf = _jam(clips, tmp_path / "out", Scenario(name="tbf-600k", loss=0.02, seed=4,
+                                                                          both_ways=False), tbf_kbps=600)
+    assert tbf is not None
+    a, b = result["a"], result["b"]
+    assert a["packets_received"] > 150 and b["packets_received"] > 100, (a, b)
     assert tbf["dropped"] > 20, tbf
-    assert acc["relay_lost_low"] + 10 <= acc["b_lost"] <= acc["relay_lost_high"] + tbf["dropped"], (acc, tbf)
+    assert truth["lost_low"] + 10 <= b["packets_lost"] <= truth["lost_high"] + tbf["dropped"], (b, truth, tbf)
     offered = tbf["packets"] + tbf["dropped"]
     assert 0 <= offered - result["relay"]["a2b"]["copies_sent"] <= 8, (tbf, result["relay"]["a2b"])  # + a few ARP
-    assert acc["a_arrived"] == acc["relay_b2a_sent"], acc
-    assert not set(result["namespaces"]) & set(list_namespaces())
+    for name in ("clean exit", "relay saw all A sent", "A got all the relay sent"):
+        assert checks[name]["ok"], checks[name]

@@ -319,27 +319,35 @@ def test_impair_command_relays_logs_and_stops_cleanly_on_a_signal(sig: str, tmp_
 
 @pytest.mark.slow
 def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -> None:
-    """jam A ↔ relay (5 % bursty loss both ways) ↔ jam B, three processes on 127.0.0.1.
+    """jam A ↔ relay (5 % bursty loss both ways) ↔ jam B: the scenarios' loopback backend, three processes on 127.0.0.1.
 
     B listens before A starts, so its jitter buffer starts at the first packet the relay
     delivered; it stops while A still sends. Its ``packets_lost`` (slots whose packet
     never came) is then the relay's A→B drops between those two points; late packets did
     arrive and are counted apart. A outlives B, so it got every datagram the relay sent it.
+    Every check of ``analysis.check_counters`` must hold (received, duplicates, late and
+    foreign against the log too).
     """
-    from nmp_peer.scenarios.backends.netns import RelayOptions, loss_accounting, run_loopback_jam
+    from nmp_peer.scenarios.analysis import check_counters
+    from nmp_peer.scenarios.jam import JamPlan, open_backend, run_jam
+    from nmp_peer.scenarios.spec import Scenario
 
-    a_clip, b_clip = tmp_path / "a.wav", tmp_path / "b.wav"
+    a_clip, b_clip, out = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "out"
     write_audio(a_clip, music_like(9.0, seed=1))
     write_audio(b_clip, music_like(9.0, seed=2))
+    out.mkdir()
+    scenario = Scenario(name="gilbert-5", loss=0.05, loss_model="gilbert", burst=2.0, seed=3)
     t0 = time.monotonic()
-    result = run_loopback_jam(a_clip, b_clip, tmp_path / "out", relay=RelayOptions(loss=0.05, loss_model="gilbert", burst=2.0, seed=3),
-                              duration_s=4.0)
+    with open_backend("loopback", out, safety_s=90.0) as backend:
+        result = run_jam(backend, JamPlan(scenario, "repeat", 4.0, out, a_clip, b_clip, a_extra_s=1.0))
     assert time.monotonic() - t0 < 90
-    acc = loss_accounting(result)
-    assert acc["relay_lost_low"] <= acc["b_lost"] <= acc["relay_lost_high"], acc
-    assert acc["relay_lost_high"] >= 5, acc
-    assert acc["relay_a2b_received"] == acc["a_sent"], acc
-    assert acc["a_arrived"] == acc["relay_b2a_sent"], acc
-    assert acc["a_received"] > 150 and acc["b_received"] > 150, acc
+    counters = check_counters(result, read_log(result["relay_log"]))
+    failed = [f"{c['check']}: {c['detail']}" for c in counters["checks"] if not c["ok"]]
+    assert not failed, failed
+    names = {c["check"] for c in counters["checks"]}
+    assert {"lost = relay drops", "relay saw all A sent", "A got all the relay sent"} <= names, names
+    assert counters["truth"]["lost_high"] >= 5, counters["truth"]
+    a, b = result["a"], result["b"]
+    assert a["packets_received"] > 150 and b["packets_received"] > 150, (a, b)
     heard, _ = read_audio(result["b_hears"])
     assert np.abs(heard).max() > 0.1

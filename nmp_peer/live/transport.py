@@ -153,12 +153,15 @@ class UdpSocket:
         except OSError:
             self.send_errors += 1
 
-    def send_nowait(self, data: bytes, addr: Address) -> None:
-        """Send without a task or an await: UDP never blocks, and a full buffer drops (counted)."""
+    def send_nowait(self, data: bytes, addr: Address) -> bool:
+        """Send without a task or an await: UDP never blocks, and a full buffer drops (counted).
+        True when the datagram went to the kernel."""
         try:
             self._sock.sendto(data, addr)
         except OSError:
             self.send_errors += 1
+            return False
+        return True
 
     async def receive(self) -> tuple[bytes, Address]:
         """The next datagram; raises ``SocketClosed`` once closed."""

@@ -29,7 +29,8 @@ datagram that is not an nmp-peer packet; it is relayed all the same), size, acti
 each copy's delay in ms. ``Relay.run`` returns the counters.
 
 ``DirectionLink`` and ``TokenBucket`` are sans-IO and clock-free (time is passed in);
-``Relay`` owns the socket, the timers and the signals.
+``Relay`` owns the socket (``nmp_peer.live.transport.UdpSocket``, the peers' own), the timers
+and the signals.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from typing import Any, TextIO
 
 from nmp_peer.jsonio import OutputFileError
 from nmp_peer.netsim.impair import Impairment
-from nmp_peer.live.transport import Address, Endpoint, EndpointError
-from nmp_peer.proto.wire import Packet, WireError, seq_delta
+from nmp_peer.live.transport import Address, Endpoint, EndpointError, SocketClosed, UdpSocket
+from nmp_peer.proto.wire import Packet, WireError
 
 RATE_QUEUE_MS = 50.0
 """Default rate-limit queue: this much of the link rate is buffered before tail drop."""
@@ -57,6 +58,8 @@ UDP_IP_OVERHEAD_BYTES = 28
 """IPv4 (20) + UDP (8) headers, counted by the rate limit like a real link."""
 
 RECEIVE_BUFFER_BYTES = 1 << 21
+MAX_DATAGRAM_BYTES = 65535
+"""Read whole: the relay forwards any datagram as it is, whatever its size."""
 
 LOG_FIELDS = ("t_ms", "dir", "index", "seq", "stream_id", "end", "bytes", "action", "delays_ms")
 ACTIONS = ("deliver", "drop", "duplicate", "reorder", "rate-drop", "outage", "no-peer", "foreign")
@@ -255,12 +258,9 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return rows
 
 
-def _bind_address(endpoint: Endpoint) -> tuple[int, Address]:
-    try:
-        info = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise EndpointError(f"cannot resolve {endpoint.host!r}: {exc.strerror}") from None
-    return info[0][0], info[0][4][:2]
+def _listen_family(endpoint: Endpoint) -> int:
+    """The address family of the listening socket, as ``UdpSocket.bind`` will choose it."""
+    return socket.AF_INET6 if ":" in endpoint.resolve()[0] else socket.AF_INET
 
 
 def _forward_address(endpoint: Endpoint, family: int) -> Address:
@@ -275,18 +275,6 @@ def _forward_address(endpoint: Endpoint, family: int) -> Address:
     if addr[1] == 0:
         raise EndpointError(f"forward address {endpoint} needs a port")
     return addr
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.relay._on_datagram(data, addr[:2])
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable while a side is not up yet, a full buffer: count, go on.
-        self.relay.send_errors += 1
 
 
 class Relay:
@@ -326,11 +314,10 @@ class Relay:
         self.side_a: Address | None = None
         self.no_peer = 0
         self.foreign = 0
-        self.send_errors = 0
-        self._family, self._bind = _bind_address(listen)
+        self._family = _listen_family(listen)
         self._forward = _forward_address(forward, self._family)
-        self._transport: asyncio.DatagramTransport | None = None
-        self._sock: socket.socket | None = None
+        self._udp: UdpSocket | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log: _LogWriter | None = None
         self._t0 = 0.0
@@ -347,34 +334,44 @@ class Relay:
     @property
     def address(self) -> Address:
         """The bound listening address (its real port when ``listen`` asked for port 0)."""
-        if self._transport is None:
+        if self._udp is None:
             raise RuntimeError("relay not started")
-        return self._transport.get_extra_info("sockname")[:2]
+        return self._udp.address
 
     async def start(self) -> None:
         """Bind the socket and open the log; datagrams are relayed from now on."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(self._family, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-            sock.bind(self._bind)
-        except OSError as exc:
-            sock.close()
-            raise EndpointError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
-        sock.setblocking(False)
+        udp = await UdpSocket.bind(self.listen, rcvbuf=RECEIVE_BUFFER_BYTES, max_datagram=MAX_DATAGRAM_BYTES)
         if self.log_path is not None:
             try:
                 self._log = _LogWriter(self.log_path)
             except ValueError:
-                sock.close()
+                udp.close()
                 raise
         self._loop = loop
         self._stop = asyncio.Event()
         self._t0 = loop.time()
         self._started_wall = time.monotonic()
         self._cpu0 = time.process_time()
-        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        self._sock = sock
+        self._udp = udp
+        self._reader = loop.create_task(self._receive())
+
+    async def _receive(self) -> None:
+        assert self._udp is not None
+        while self._closed is None:
+            try:
+                batch = await self._udp.receive_batch()
+            except SocketClosed:
+                return
+            for data, addr in batch:
+                if self._closed is not None:
+                    return
+                self._on_datagram(data, addr)
+
+    @property
+    def send_errors(self) -> int:
+        """Copies the socket could not send (a full buffer), and errors (ICMP) it reported while receiving."""
+        return 0 if self._udp is None else self._udp.send_errors + self._udp.receive_errors
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -382,7 +379,7 @@ class Relay:
 
     async def run(self, duration_s: float | None = None) -> dict[str, Any]:
         """Relay until ``stop()``, SIGINT/SIGTERM or ``duration_s``; return the counters."""
-        if self._transport is None:
+        if self._udp is None:
             await self.start()
         loop = asyncio.get_running_loop()
         assert self._stop is not None
@@ -411,9 +408,10 @@ class Relay:
         for handle in self._pending.values():
             handle.cancel()
         self._pending.clear()
-        self._sock = None
-        if self._transport is not None:
-            self._transport.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._udp is not None:
+            self._udp.close()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -482,52 +480,16 @@ class Relay:
         self._send(link, data, dest)
 
     def _send(self, link: DirectionLink, data: bytes, dest: Address) -> None:
-        # Straight to the socket: asyncio's sendto would skip empty datagrams and queue
-        # without bound; a full send buffer drops, as a router's queue would.
-        if self._sock is None:
+        # Straight to the socket, never queued: a full send buffer drops (counted), as a
+        # router's queue would; an empty datagram is sent as it is.
+        if self._udp is None or self._closed is not None:
             return
-        try:
-            self._sock.sendto(data, dest)
-        except OSError:  # a full buffer, or ICMP unreachable reported by an earlier send
-            self.send_errors += 1
-            return
-        link.counters.copies_sent += 1
+        if self._udp.send_nowait(data, dest):
+            link.counters.copies_sent += 1
 
     def _write(self, record: Record) -> None:
         if self._log is not None:
             self._log.write(record)
 
 
-
 LOST_ACTIONS = ("drop", "rate-drop", "outage")
-
-
-def receiver_loss_bounds(records: list[dict[str, Any]], direction: str, lag_packets: int) -> tuple[int, int]:
-    """Bounds on the receiver's ``packets_lost`` that a relay log implies, for one direction.
-
-    For a receiver (an nmp-peer jam) that was listening before the first packet of
-    ``direction`` reached the relay and stopped while its sender was still sending.
-    Its jitter buffer starts at the first packet the relay delivered; when it stopped,
-    it had played the slots up to at most ``U``, the last packet the relay took in before
-    the receiver's own last datagram reached it (plus one packet interval), and at least
-    ``U - lag_packets`` (its buffer depth plus a margin). A slot counts as lost when its
-    packet never arrived: here, when the relay dropped it. Late packets did arrive and
-    are not counted (the jam moves them from ``packets_lost`` to ``packets_late``).
-
-    Returns (relay drops up to ``U - lag_packets``, relay drops up to ``U``), both counted
-    after the first delivered packet.
-    """
-    from nmp_peer.netsim.impair import PACKET_INTERVAL_S
-
-    other = "b2a" if direction == "a2b" else "a2b"
-    mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0 and not r.get("end")]
-    first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
-    if first is None:
-        return 0, 0
-    heard = [r["t_ms"] for r in records if r["dir"] == other]
-    end_ms = (max(heard) if heard else float("inf")) + 1000.0 * PACKET_INTERVAL_S
-    same = [r for r in mine if r["stream_id"] == first["stream_id"]]
-    pos = {id(r): seq_delta(r["seq"], first["seq"]) for r in same}
-    upper = max((pos[id(r)] for r in same if r["t_ms"] <= end_ms), default=0)
-    lost = [pos[id(r)] for r in same if r["action"] in LOST_ACTIONS and pos[id(r)] > 0]
-    return sum(p <= upper - lag_packets for p in lost), sum(p <= upper for p in lost)

@@ -76,8 +76,8 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
     """What a receiver of ``direction`` must have counted, from the relay's log.
 
     For a receiver that listened before the first packet reached the relay and stopped
-    while its sender still sent (see ``nmp_peer.netsim.relay.receiver_loss_bounds``, which
-    this extends to several streams). It starts at the first packet the relay
+    while its sender still sent (the timeline of ``nmp_peer.scenarios.jam``), over one
+    stream or several. It starts at the first packet the relay
     delivered; a later stream (a restarted sender) is followed from its
     ``resync_after``-th delivered packet, the ones before count as foreign. It played
     every slot of an earlier stream up to that stream's last packet, then let slots pass
@@ -147,6 +147,13 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
     return out
 
 
+ARRIVAL_COUNTERS = (
+    "packets_received", "packets_duplicate", "packets_foreign", "packets_malformed", "packets_replayed",
+    "packets_rate_limited", "packets_oversized", "packets_unauthenticated", "end_notices",
+)
+"""A jam's counters that together count every datagram that reached it (those it lacks count 0)."""
+
+
 def lag_packets(summary: dict[str, Any]) -> int:
     """How many packets short of its last one a receiver may have stopped playing."""
     return math.ceil(max(summary.get("buffer_depth_packets", 0.0), summary.get("target_depth_packets", 0.0))) + 2
@@ -198,8 +205,6 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
         checks.append(_check("relay saw all A sent", audio_in == a["packets_sent"],
                              f"A sent {a['packets_sent']}, relay took in {audio_in} (and "
                              f"{relay['a2b'].get('end_notices', 0)} end-of-stream notices)"))
-        from nmp_peer.scenarios.backends.netns import ARRIVAL_COUNTERS
-
         arrived = sum(a.get(k, 0) for k in ARRIVAL_COUNTERS)
         checks.append(_check("A got all the relay sent", arrived == relay["b2a"]["copies_sent"],
                              f"A counted {arrived} arrivals, relay sent {relay['b2a']['copies_sent']}"))

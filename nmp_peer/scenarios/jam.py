@@ -31,6 +31,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,7 +50,6 @@ from nmp_peer.scenarios.backends.netns import (
     RELAY_B_ADDR,
     RELAY_PORT,
     check_address,
-    free_udp_port,
 )
 from nmp_peer.scenarios.spec import Scenario
 
@@ -199,6 +199,13 @@ def _jam_args(listen: str, peer: str, concealer: str, config: str | None, files:
     if quiet:
         args.append("--quiet")
     return args
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class LoopbackBackend(Backend):
