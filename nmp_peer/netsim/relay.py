@@ -269,7 +269,7 @@ def _forward_address(endpoint: Endpoint, family: int) -> Address:
     except socket.gaierror as exc:
         raise EndpointError(f"cannot resolve forward address {endpoint.host!r} for the listening socket's "
                             f"address family: {exc.strerror}") from None
-    addr = info[0][4][:2]
+    addr = (str(info[0][4][0]), int(info[0][4][1]))
     if addr[0] in ("0.0.0.0", "::"):
         raise EndpointError(f"forward address {endpoint} must name a host, not all interfaces")
     if addr[1] == 0:

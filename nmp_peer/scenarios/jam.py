@@ -490,9 +490,9 @@ def run_jam(backend: Backend, plan: JamPlan) -> dict[str, Any]:
     events["stopped_s"] = round(time.monotonic() - t0, 3)
     for name, code in codes.items():
         if code != 0:
-            party = {"a": a, "b": b, "relay": relay}[name]
-            assert party is not None
-            raise JamError(f"{party.name} exited with {code} after SIGTERM: {party.stderr()[-1500:]}")
+            stopped = {"a": a, "b": b, "relay": relay}[name]
+            assert stopped is not None
+            raise JamError(f"{stopped.name} exited with {code} after SIGTERM: {stopped.stderr()[-1500:]}")
     result: dict[str, Any] = {
         **backend.describe(),
         "scenario": sc.name,
