@@ -28,7 +28,7 @@ from nmp_peer.train.config import CONF_DIR, ConfigError, load_config  # noqa: E4
 from nmp_peer.train.data import DataSettings, make_examples  # noqa: E402
 from nmp_peer.train.export import export  # noqa: E402
 from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
-from nmp_peer.train.train import DeviceChunks, TorchFrontEnd, lr_at, main, train  # noqa: E402
+from nmp_peer.train.trainer import DeviceChunks, TorchFrontEnd, lr_at, main, train  # noqa: E402
 
 from conftest import music_like  # noqa: E402
 
