@@ -24,11 +24,14 @@ from nmp_peer.conceal.gan import (  # noqa: E402
 )
 from nmp_peer.conceal.lpc import LpcConcealer  # noqa: E402
 from nmp_peer.train import losses  # noqa: E402
+from nmp_peer.train.batches import DeviceChunks  # noqa: E402
 from nmp_peer.train.config import CONF_DIR, ConfigError, load_config  # noqa: E402
 from nmp_peer.train.data import DataSettings, make_examples  # noqa: E402
 from nmp_peer.train.export import export  # noqa: E402
+from nmp_peer.train.frontend import TorchFrontEnd  # noqa: E402
 from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
-from nmp_peer.train.trainer import DeviceChunks, TorchFrontEnd, lr_at, main, train  # noqa: E402
+from nmp_peer.train.train import main, train  # noqa: E402
+from nmp_peer.train.trainer import lr_at  # noqa: E402
 
 from conftest import music_like  # noqa: E402
 
@@ -65,7 +68,7 @@ def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
 
     # resume: picks up at step 4, continues to 6, logs stay one row per step
     before = torch.load(out / "last.pt", weights_only=False)["generator"]
-    trainer = train(config, data_dir, out, steps=6, progress=False)
+    trainer = train(config, data_dir, out, stop_at=6, progress=False)
     assert trainer.step == 6
     assert [int(r["step"]) for r in _rows(out / "train_log.csv")] == [1, 2, 3, 4, 5, 6]
     after = torch.load(out / "last.pt", weights_only=False)["generator"]
@@ -295,3 +298,20 @@ def test_steps_override_the_schedule_and_a_checkpoint_config_round_trips():
         load_config("tiny", steps=0)
     stored = load_config("bin2bin_v2_cpu_packet")
     assert config_from_dict(stored.to_dict()) == stored
+
+
+@pytest.mark.slow
+def test_the_steps_flag_sets_the_schedule_and_is_recorded(data_dir: Path, tmp_path: Path):
+    """``--steps`` replaces a copy of the config with another ``optim.steps`` (what
+    scripts/gpu-burst.sh used to write); ``--stop-at`` stops without changing the schedule."""
+    out = tmp_path / "run"
+    common = ["--data", str(data_dir), "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(["--config", "tiny", "--steps", "3", *common]) == 0
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 3 and state["config"]["optim"]["steps"] == 3 and state["config"]["name"] == "tiny"
+    assert [float(r["lr"]) for r in _rows(out / "train_log.csv")][0] == pytest.approx(2e-4)
+    assert main(["--config", "tiny", "--steps", "3", "--stop-at", "5", *common]) == 0
+    rows = _rows(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5] and float(rows[-1]["lr"]) == pytest.approx(1e-4)
+    with pytest.raises(SystemExit, match=r"^error: --steps: optim.steps: Input should be greater than or equal to 1$"):
+        main(["--config", "tiny", "--steps", "0", *common])
