@@ -315,3 +315,17 @@ def test_the_steps_flag_sets_the_schedule_and_is_recorded(data_dir: Path, tmp_pa
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5] and float(rows[-1]["lr"]) == pytest.approx(1e-4)
     with pytest.raises(SystemExit, match=r"^error: --steps: optim.steps: Input should be greater than or equal to 1$"):
         main(["--config", "tiny", "--steps", "0", *common])
+
+
+def test_conf_train_holds_the_reference_the_shipped_recipe_and_tiny():
+    """Finished experiments live in ``conf/train/experiments/`` and load by their plain name."""
+    assert sorted(p.stem for p in CONF_DIR.glob("*.toml")) == [
+        "bin2bin_v2", "bin2bin_v2_cpu", "bin2bin_v2_cpu_packet", "tiny"
+    ]
+    shipped = load_config("bin2bin_v2_cpu_packet")  # the ONNX model's config_name
+    assert (shipped.optim.steps, shipped.loss.loss_frames, shipped.data.max_valid_chunks) == (2600, "packet", 128)
+    assert (shipped.optim.lr, shipped.train.valid_every, shipped.model.features) == (2e-4, 150, 16)
+    noadv = load_config("bin2bin_v2_cpu_noadv")
+    assert (noadv.loss.adversarial_weight, noadv.optim.steps, noadv.loss.loss_frames) == (0.0, 800, "packet")
+    gpu = load_config("bin2bin_v2_gpu_flac", steps=10200)  # GPU 2 of docs/model-card.md
+    assert (gpu.optim.lr, gpu.optim.batch_size, gpu.optim.steps, gpu.data.chunks_per_second) == (1e-4, 32, 10200, 100.0)
