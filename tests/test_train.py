@@ -257,7 +257,7 @@ def test_oracle_bound_beats_lpc(data_dir: Path, tmp_path: Path, capsys: pytest.C
     [
         ("[optim]\nbatch_size = 0\n", "optim.batch_size: Input should be greater than or equal to 1"),
         ('[loss]\ndomain = "played"\n', "loss.domain: Input should be 'output' or 'resynthesis'"),
-        ("[model]\nfeatures = 8\n[optim]\nbatch_size = 1\n", 'optim.batch_size: must be >= 2 with model.norm = "batch"'),
+        ("[optim]\nbatch_size = 1\n", 'optim.batch_size: must be >= 2 with model.norm = "batch"'),
         ("[optim]\nbetas = [0.9, 1.5]\n", "optim.betas.1: Input should be less than 1"),
         ("[train]\nthreads = 0\n", "train.threads: Input should be greater than or equal to 1"),
         ("model = 3\n", "model: Input should be a valid dictionary"),

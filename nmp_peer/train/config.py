@@ -162,7 +162,8 @@ def resolve(path_or_name: str | Path) -> Path:
     names = ", ".join(p.stem for p in sorted(CONF_DIR.glob("*.toml")))
     experiments = ", ".join(p.stem for p in sorted(EXPERIMENTS_DIR.glob("*.toml")))
     raise ConfigError(
-        f"training config {path_or_name} not found: neither a file nor a shipped name ({names}; experiments: {experiments})"
+        f"training config {path_or_name} not found: neither a file nor a shipped name "
+        f"({names}; experiments: {experiments})"
     )
 
 

@@ -146,7 +146,8 @@ def train(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the bin2bin-v2 generator (resumes from --out/last.pt).")
     parser.add_argument("--config", required=True,
-                        help="TOML file or a shipped name (nmp_peer/conf/train and its experiments/: bin2bin_v2, tiny, ...)")
+                        help="TOML file or a shipped name, from nmp_peer/conf/train or its experiments/ "
+                        "(bin2bin_v2, tiny, ...)")
     parser.add_argument("--data", required=True, type=Path, help="folder of WAV clips (train/ and valid/)")
     parser.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, logs, plots")
     parser.add_argument("--cache", type=Path, default=None, help="LP-filled example cache (default OUT/cache)")
