@@ -11,6 +11,8 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed
 
 # Training data and the GAN (the [train] extra): one command each, both resumable.
+# CONFIG: a file or a shipped name (nmp_peer/conf/train, its experiments/); STEPS=N sets
+# the config's optim.steps (the cosine horizon and the last step).
 DATA    ?= data/synth
 HOURS   ?= 20
 N_VALID ?= 12
@@ -18,6 +20,7 @@ N_EVAL  ?= 24
 JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 RUN     ?= data/gan-run
 CONFIG  ?= nmp_peer/conf/train/bin2bin_v2.toml
+STEPS   ?=
 
 .PHONY: setup system-deps demo test test-fast lint bench clean train-data train
 
@@ -68,7 +71,7 @@ train-data: setup
 	   (('train', dict(hours=$(HOURS))), ('valid', dict(n_clips=$(N_VALID))), ('eval', dict(n_clips=$(N_EVAL))))]"
 
 train: train-data
-	$(BIN)/python -m nmp_peer.train.train --config $(CONFIG) --data $(DATA) --out $(RUN)
+	$(BIN)/python -m nmp_peer.train.train --config $(CONFIG) $(if $(STEPS),--steps $(STEPS)) --data $(DATA) --out $(RUN)
 	$(BIN)/python -m nmp_peer.train.export --checkpoint $(RUN)/best.pt --out $(RUN)/bin2bin_v2.onnx
 	$(BIN)/python -m nmp_peer.train.evaluate --clips $(DATA)/eval --model $(RUN)/bin2bin_v2.onnx
 

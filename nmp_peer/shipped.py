@@ -1,7 +1,7 @@
 """The configs shipped with the package (``nmp_peer/conf/``), found through ``importlib.resources``.
 
 ``conf/default.toml``, ``lan.toml`` and ``wan.toml`` (``--config NAME``), ``conf/scenarios.toml``
-(``nmp-peer scenarios``) and ``conf/train/*.toml`` (the training experiments) are package
+(``nmp-peer scenarios``) and ``conf/train/`` (the training configs, ``nmp_peer.train.config``) are package
 data, so an installed wheel has them as well as a checkout. Standard library only: the
 training tools import this without the peer's dependencies.
 """

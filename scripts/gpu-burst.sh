@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU training burst on a lent machine: unpack the carried data, LP-fill it on all
-# cores, time a few steps, train for what fits BUDGET_MIN, leave checkpoints and logs in
-# $OUT. Prepare here first (docs/model-card.md, "Training"):
+# cores, time a few steps, train for what fits BUDGET_MIN (--steps), leave checkpoints and
+# logs in $OUT. Prepare here first (docs/model-card.md, "Training"):
 #   python -m nmp_peer.train.pack encode --data /work/data/synth --out .devdata/flac --seconds 4 --codec flac
 #   (lossless; an Opus pack holds more hours but a long run learns the codec), and the
 #   soundfile/cffi/pycparser/soxr wheels for the machine's Python in .whl/; PACK=.devdata/flac
@@ -9,7 +9,7 @@
 set -euo pipefail
 OUT=${OUT:-out/gpu-burst}
 BUDGET_MIN=${BUDGET_MIN:-6}
-CONFIG=${CONFIG:-nmp_peer/conf/train/bin2bin_v2_gpu.toml}
+CONFIG=${CONFIG:-bin2bin_v2_gpu}   # a shipped name (nmp_peer/conf/train/experiments/) or a file
 CALIB_STEPS=${CALIB_STEPS:-200}
 PACK=${PACK:-.devdata/pack}
 WORK=${WORK:-/tmp/gpu-burst}
@@ -40,10 +40,8 @@ print(max(int(float(sys.argv[2]) * 60 * 0.9 / per_step) // 100 * 100, 100))
 PY
 )
 echo "calibration: $(tail -1 "$WORK/calib/train_log.csv"); setup took ${left}s; training $steps steps"
-run_config="$OUT/$(basename "$CONFIG" .toml)_run.toml"
-printf 'base = "%s"\nname = "%s_run"\n\n[optim]\nsteps = %d\n' \
-    "$(basename "$CONFIG")" "$(basename "$CONFIG" .toml)" "$steps" > "$run_config"
-cp "$run_config" "$(dirname "$CONFIG")/"
-$PY -m nmp_peer.train.train --config "$(dirname "$CONFIG")/$(basename "$run_config")" --data "$WORK/data" \
+# --steps sets optim.steps, the cosine horizon, to what fits; the checkpoints record it
+echo "run: python -m nmp_peer.train.train --config $CONFIG --steps $steps" > "$OUT/command.txt"
+$PY -m nmp_peer.train.train --config "$CONFIG" --steps "$steps" --data "$WORK/data" \
     --out "$OUT/run" --cache "$WORK/cache" --max-minutes "$($PY -c "print($BUDGET_MIN + 0.5)")" --no-progress "${init_args[@]}"
 echo "done in $(( $(date +%s) - started ))s"

@@ -43,14 +43,15 @@ def test_every_shipped_name_loads_from_the_package_resources(tmp_path: Path, mon
         assert isinstance(load_config(name), Config)
     train = _package_tomls("train")
     assert {"bin2bin_v2", "bin2bin_v2_cpu", "tiny"} <= set(train) and train == shipped_names("train")
-    for name in train:
-        assert load_train_config(name).name
+    experiments = _package_tomls("train", "experiments")
+    assert "bin2bin_v2_cpu_noadv" in experiments and not set(train) & set(experiments)  # a name is one file
+    for name in train + experiments:
+        assert load_train_config(name).name == name
     assert [s.name for s in load_scenarios()][:1] == ["clean"]
     assert load_config("default") == Config()  # default.toml writes out the built-in values
 
 
 def test_an_unknown_name_lists_the_shipped_ones_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nmp_peer.train.config import ConfigError as TrainConfigError
     from nmp_peer.train.config import load_config as load_train_config
 
     monkeypatch.chdir(tmp_path)
@@ -58,8 +59,9 @@ def test_an_unknown_name_lists_the_shipped_ones_in_one_line(tmp_path: Path, monk
         load_config("wann")
     message = str(err.value)
     assert "wann" in message and "default, lan, wan" in message and "\n" not in message
-    with pytest.raises(TrainConfigError, match=r"bin2bin_v2_cpu, .*tiny"):
+    with pytest.raises(ConfigError, match=r"bin2bin_v2_cpu, .*tiny; experiments: .*bin2bin_v2_cpu_noadv") as err:
         load_train_config("tinny")
+    assert "\n" not in str(err.value)
     (tmp_path / "wan").write_text("[buffer]\ndepth_packets = 7\n")  # a file the user names wins
     assert load_config("wan").buffer.depth_packets == 7
     assert load_config(str(CONF_DIR / "lan.toml")).buffer.mode == "fixed"  # a path still works

@@ -44,7 +44,8 @@ def test_the_wheel_carries_every_shipped_config_and_module(tmp_path: Path) -> No
 
     configs = {p.relative_to(PACKAGE.parent).as_posix() for p in (PACKAGE / "conf").rglob("*.toml")}
     assert {"nmp_peer/conf/default.toml", "nmp_peer/conf/lan.toml", "nmp_peer/conf/wan.toml",
-            "nmp_peer/conf/scenarios.toml", "nmp_peer/conf/train/bin2bin_v2.toml"} <= configs
+            "nmp_peer/conf/scenarios.toml", "nmp_peer/conf/train/bin2bin_v2.toml",
+            "nmp_peer/conf/train/experiments/bin2bin_v2_cpu_noadv.toml"} <= configs
     assert configs <= names, sorted(configs - names)
     assert "nmp_peer/conceal/models/bin2bin_v2.onnx" in names
     modules = {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}

@@ -6,7 +6,6 @@ Needs the ``train`` extra (PyTorch, onnx); skipped only when PyTorch is not inst
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -25,11 +24,14 @@ from nmp_peer.conceal.gan import (  # noqa: E402
 )
 from nmp_peer.conceal.lpc import LpcConcealer  # noqa: E402
 from nmp_peer.train import losses  # noqa: E402
+from nmp_peer.train.batches import DeviceChunks  # noqa: E402
 from nmp_peer.train.config import CONF_DIR, ConfigError, load_config  # noqa: E402
 from nmp_peer.train.data import DataSettings, make_examples  # noqa: E402
 from nmp_peer.train.export import export  # noqa: E402
+from nmp_peer.train.frontend import TorchFrontEnd  # noqa: E402
 from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
-from nmp_peer.train.train import DeviceChunks, TorchFrontEnd, lr_at, main, train  # noqa: E402
+from nmp_peer.train.train import main, train  # noqa: E402
+from nmp_peer.train.trainer import lr_at  # noqa: E402
 
 from conftest import music_like  # noqa: E402
 
@@ -66,7 +68,7 @@ def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
 
     # resume: picks up at step 4, continues to 6, logs stay one row per step
     before = torch.load(out / "last.pt", weights_only=False)["generator"]
-    trainer = train(config, data_dir, out, steps=6, progress=False)
+    trainer = train(config, data_dir, out, stop_at=6, progress=False)
     assert trainer.step == 6
     assert [int(r["step"]) for r in _rows(out / "train_log.csv")] == [1, 2, 3, 4, 5, 6]
     after = torch.load(out / "last.pt", weights_only=False)["generator"]
@@ -86,7 +88,7 @@ def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_a_few_steps_in_the_resynthesis_domain(data_dir: Path, tmp_path: Path):
     config = load_config("tiny")
-    config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, domain="resynthesis"))
+    config = config.model_copy(update={"loss": config.loss.model_copy(update={"domain": "resynthesis"})})
     trainer = train(config, data_dir, tmp_path / "run", progress=False)
     rows = _rows(tmp_path / "run" / "train_log.csv")
     assert trainer.step == 4 and all(np.isfinite(float(r["sc"])) and np.isfinite(float(r["log_mag"])) for r in rows)
@@ -233,7 +235,7 @@ def test_config_refuses_unknown_keys(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     tiny = CONF_DIR / "tiny.toml"
     bad.write_text(f'base = "{tiny}"\n[optim]\nlearning_rate = 1.0\n')
-    with pytest.raises(ConfigError, match="optim.learning_rate"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: optim\.learning_rate: unknown key$"):
         load_config(bad)
     paper = load_config("bin2bin_v2")
     assert (paper.loss.spectral_weight, paper.loss.adversarial_weight) == (10.0, 1.0)
@@ -248,3 +250,82 @@ def test_oracle_bound_beats_lpc(data_dir: Path, tmp_path: Path, capsys: pytest.C
     assert main(["--config", str(tiny), "--data", str(data_dir), "--out", str(tmp_path), "--oracle", "--no-progress"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["oracle"]["lsd"] < scores["lpc"]["lsd"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[optim]\nbatch_size = 0\n", "optim.batch_size: Input should be greater than or equal to 1"),
+        ('[loss]\ndomain = "played"\n', "loss.domain: Input should be 'output' or 'resynthesis'"),
+        ("[optim]\nbatch_size = 1\n", 'optim.batch_size: must be >= 2 with model.norm = "batch"'),
+        ("[optim]\nbetas = [0.9, 1.5]\n", "optim.betas.1: Input should be less than 1"),
+        ("[train]\nthreads = 0\n", "train.threads: Input should be greater than or equal to 1"),
+        ("model = 3\n", "model: Input should be a valid dictionary"),
+        ("[optim\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_file_and_key(tmp_path: Path, text: str, message: str):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'base = "{CONF_DIR / "bin2bin_v2.toml"}"\n{text}')
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(err.value).startswith(f"{bad}: ") and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_error_in_a_base_names_the_base_and_loops_are_refused(tmp_path: Path):
+    (tmp_path / "a.toml").write_text('[train]\nema_decay = 1.0\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n[optim]\nsteps = 10\n')
+    with pytest.raises(ConfigError, match=r"a\.toml: train\.ema_decay: Input should be less than 1"):
+        load_config(tmp_path / "b.toml")
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "b.toml")
+
+
+def test_the_training_config_error_is_the_peers():
+    import nmp_peer.config
+
+    assert ConfigError is nmp_peer.config.ConfigError
+
+
+def test_steps_override_the_schedule_and_a_checkpoint_config_round_trips():
+    from nmp_peer.train.config import config_from_dict
+
+    config = load_config("bin2bin_v2_cpu", steps=300)
+    assert config.optim.steps == 300 and config.optim.lr == 2e-4 and config.name == "bin2bin_v2_cpu"
+    assert lr_at(300, config) == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="--steps: optim.steps"):
+        load_config("tiny", steps=0)
+    stored = load_config("bin2bin_v2_cpu_packet")
+    assert config_from_dict(stored.to_dict()) == stored
+
+
+@pytest.mark.slow
+def test_the_steps_flag_sets_the_schedule_and_is_recorded(data_dir: Path, tmp_path: Path):
+    """``--steps`` replaces a copy of the config with another ``optim.steps`` (what
+    scripts/gpu-burst.sh used to write); ``--stop-at`` stops without changing the schedule."""
+    out = tmp_path / "run"
+    common = ["--data", str(data_dir), "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(["--config", "tiny", "--steps", "3", *common]) == 0
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 3 and state["config"]["optim"]["steps"] == 3 and state["config"]["name"] == "tiny"
+    assert [float(r["lr"]) for r in _rows(out / "train_log.csv")][0] == pytest.approx(2e-4)
+    assert main(["--config", "tiny", "--steps", "3", "--stop-at", "5", *common]) == 0
+    rows = _rows(out / "train_log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5] and float(rows[-1]["lr"]) == pytest.approx(1e-4)
+    with pytest.raises(SystemExit, match=r"^error: --steps: optim.steps: Input should be greater than or equal to 1$"):
+        main(["--config", "tiny", "--steps", "0", *common])
+
+
+def test_conf_train_holds_the_reference_the_shipped_recipe_and_tiny():
+    """Finished experiments live in ``conf/train/experiments/`` and load by their plain name."""
+    assert sorted(p.stem for p in CONF_DIR.glob("*.toml")) == [
+        "bin2bin_v2", "bin2bin_v2_cpu", "bin2bin_v2_cpu_packet", "tiny"
+    ]
+    shipped = load_config("bin2bin_v2_cpu_packet")  # the ONNX model's config_name
+    assert (shipped.optim.steps, shipped.loss.loss_frames, shipped.data.max_valid_chunks) == (2600, "packet", 128)
+    assert (shipped.optim.lr, shipped.train.valid_every, shipped.model.features) == (2e-4, 150, 16)
+    noadv = load_config("bin2bin_v2_cpu_noadv")
+    assert (noadv.loss.adversarial_weight, noadv.optim.steps, noadv.loss.loss_frames) == (0.0, 800, "packet")
+    gpu = load_config("bin2bin_v2_gpu_flac", steps=10200)  # GPU 2 of docs/model-card.md
+    assert (gpu.optim.lr, gpu.optim.batch_size, gpu.optim.steps, gpu.data.chunks_per_second) == (1e-4, 32, 10200, 100.0)

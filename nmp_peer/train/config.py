@@ -1,176 +1,182 @@
-"""Training configuration: one TOML file per experiment (shipped: ``nmp_peer/conf/train/*.toml``).
+"""Training configuration: one TOML file per run, validated like the peer's (``nmp_peer.config``).
 
 Sections ``[model]``, ``[data]``, ``[optim]``, ``[loss]`` and ``[train]`` map onto the
-dataclasses below; a missing key takes the default written here, an unknown one is an
-error naming the file and key. ``base = "other.toml"`` (relative to the file) starts
-from another experiment and changes only what the file sets, so an ablation is a few
-lines.
+pydantic models below; a missing key takes the default written here, an unknown key or a
+value out of range is a ``ConfigError`` in one line, ``file: key.path: reason`` (the
+peer's ``ConfigError``: there is one). ``base = "other.toml"`` (relative to the file)
+starts from another config and changes only what the file sets, so an ablation is a few
+lines; each file of the chain is checked on its own, so the error names the file that
+holds the bad key.
+
+The shipped configs (package data, found by name): ``nmp_peer/conf/train/`` holds the
+reference (``bin2bin_v2``), the shipped model's recipe (``bin2bin_v2_cpu``, then
+``bin2bin_v2_cpu_packet``) and the pipeline test (``tiny``); ``conf/train/experiments/``
+the finished experiments that docs/model-card.md reports. A plain name is looked up in
+both (names are unique across them), so ``--config bin2bin_v2_cpu_noadv`` finds the
+experiment.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from nmp_peer.shipped import conf_dir, resolve_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nmp_peer.config import ConfigError, first_error, read_toml
+from nmp_peer.shipped import conf_dir
 from nmp_peer.train.data import DataSettings
 
+__all__ = ["CONF_DIR", "EXPERIMENTS_DIR", "ConfigError", "TrainConfig", "config_from_dict", "load_config"]
+
 CONF_DIR = conf_dir() / "train"
+EXPERIMENTS_DIR = CONF_DIR / "experiments"
 
 
-class ConfigError(ValueError):
-    """A training config that cannot be used; the message names the file and key."""
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    features: int = 16
-    norm: str = "batch"
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class ModelConfig(_Section):
+    features: int = Field(16, ge=1)
+    norm: Literal["batch", "group", "none"] = "batch"
     residual: bool = True
-    disc_features: int = 16
+    disc_features: int = Field(16, ge=1)
 
 
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    final_lr_fraction: float = 0.5
-    batch_size: int = 16
-    steps: int = 20_000
+class OptimConfig(_Section):
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    final_lr_fraction: float = Field(0.5, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+    steps: int = Field(20_000, ge=1)
+    """The cosine decay's horizon and the step training stops at (``--steps`` sets it)."""
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    spectral_weight: float = 10.0
-    adversarial_weight: float = 1.0
-    generator_steps_per_discriminator_step: int = 10
-    adversarial_start_step: int = 0
-    log_eps: float = 1e-4
-    discriminator_frames: int = 128
-    loss_frames: str = "gap"
+class LossConfig(_Section):
+    spectral_weight: float = Field(10.0, ge=0)
+    adversarial_weight: float = Field(1.0, ge=0)
+    generator_steps_per_discriminator_step: int = Field(10, ge=1)
+    adversarial_start_step: int = Field(0, ge=0)
+    log_eps: float = Field(1e-4, gt=0)
+    discriminator_frames: Literal[128, 256] = 128
+    """The critic's window; either holds the 79 gap frames."""
+    loss_frames: Literal["gap", "packet"] = "gap"
     """Frames the spectral losses compare: ``"gap"``, the 79 that reach the 1024 predicted
     samples; ``"packet"``, the 67 that reach what the engine plays of them, the first
     packet and the 64-sample recovery fade (a burst's next packet is predicted afresh)."""
-    domain: str = "output"
+    domain: Literal["output", "resynthesis"] = "output"
     """Where the spectral losses (and the critic) look: ``"output"``, the generator's output
     magnitude (the report); ``"resynthesis"``, the STFT of the audio the runtime plays,
     the output magnitude with the LP phase inverted, crossfaded from LP and analysed
     again. With 32x overlap a refined magnitude is not a consistent STFT, so inversion
     changes it (in a one-off check the output magnitude was closer to the truth than
     the LPC's, its resynthesis farther). Fine-tuning the shipped model this way did not
-    improve its validation LSD (``conf/train/bin2bin_v2_cpu_resynth.toml``)."""
+    improve its validation LSD (``conf/train/experiments/bin2bin_v2_cpu_resynth.toml``)."""
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    seed: int = 0
-    threads: int = 1
-    ema_decay: float = 0.999
-    valid_every: int = 200
-    checkpoint_every: int = 50
-    log_every: int = 10
-    bn_recalibration_batches: int = 16
-    cache_jobs: int = 0
+class RunConfig(_Section):
+    seed: int = Field(0, ge=0)
+    threads: int = Field(1, ge=1)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    valid_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    bn_recalibration_batches: int = Field(16, ge=1)
+    cache_jobs: int = Field(0, ge=0)
+    """Processes that LP-fill the cache; 0: one per core."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class _Sections(_Section):
+    """A file's own keys: checked field by field, before the chain is merged."""
+
     name: str = "bin2bin_v2"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataSettings = field(default_factory=DataSettings)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = ModelConfig()
+    data: DataSettings = DataSettings()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    train: RunConfig = RunConfig()
+
+
+class TrainConfig(_Sections):
+    """A whole training config: the merged chain, with the checks across sections."""
+
+    @model_validator(mode="after")
+    def _batch_norm_needs_a_batch(self) -> TrainConfig:
+        if self.optim.batch_size < 2 and self.model.norm == "batch":
+            raise ValueError('optim.batch_size: must be >= 2 with model.norm = "batch"')
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
+
+    def with_steps(self, steps: int) -> TrainConfig:
+        """This config with ``optim.steps = steps`` (the ``--steps`` flag), validated."""
+        return _validate({**self.model_dump(), "optim": {**self.optim.model_dump(), "steps": steps}}, "--steps")
 
 
-_SECTIONS = {
-    "model": ModelConfig,
-    "data": DataSettings,
-    "optim": OptimConfig,
-    "loss": LossConfig,
-    "train": RunConfig,
-}
-
-
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, dict[str, Any]]:
-    if path in seen:
-        raise ConfigError(f"{path}: base chain loops")
+def _validate(data: dict[str, Any], where: object, model: type[_Sections] = TrainConfig) -> Any:
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
-    if "base" in raw:
-        merged = _read((path.parent / raw.pop("base")).resolve(), seen + (path,))
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {first_error(exc).removeprefix('(top level): ')}") from None
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's keys over those of its ``base`` chain; each file checked on its own."""
+    if path in seen:
+        raise ConfigError(f"{path}: base: the chain of bases loops")
+    raw = read_toml(path, ConfigError, "training config")
+    base = raw.pop("base", None)
+    _validate(raw, path, _Sections)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: must be a file name, relative to this file")
+    merged = _read((path.parent / base).resolve(), (*seen, path))
     for key, value in raw.items():
-        if key == "name":
-            merged.setdefault("", {})["name"] = value
-            continue
-        if key not in _SECTIONS or not isinstance(value, dict):
-            raise ConfigError(f"{path}: unknown key {key!r}; expected base, name or one of {', '.join(_SECTIONS)}")
-        allowed = {f.name for f in fields(_SECTIONS[key])}
-        for sub in value:
-            if sub not in allowed:
-                raise ConfigError(f"{path}: unknown key {key}.{sub}; expected one of {', '.join(sorted(allowed))}")
-        merged[key] = {**merged.get(key, {}), **value}
+        merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) else value
     return merged
 
 
-def load_config(path_or_name: str | Path) -> TrainConfig:
-    """Read a config file, or a shipped name in ``nmp_peer/conf/train`` (``bin2bin_v2``, ``tiny``)."""
-    path = resolve_config(path_or_name, ConfigError, "training config", subdir="train")
-    merged = _read(path.resolve())
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        values = dict(merged.get(name, {}))
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        try:
-            sections[name] = cls(**values)
-        except TypeError as e:
-            raise ConfigError(f"{path}: [{name}] {e}") from None
-    config = TrainConfig(name=merged.get("", {}).get("name", path.stem), **sections)
-    _check(config, path)
-    return config
+def shipped_configs() -> dict[str, Path]:
+    """Every shipped training config by name: ``conf/train/*.toml``, then ``experiments/``."""
+    found: dict[str, Path] = {}
+    for folder in (CONF_DIR, EXPERIMENTS_DIR):
+        for p in sorted(folder.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def resolve(path_or_name: str | Path) -> Path:
+    """The file the user named if it exists, else the shipped config of that name."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    if str(path_or_name) in shipped:
+        return shipped[str(path_or_name)]
+    names = ", ".join(p.stem for p in sorted(CONF_DIR.glob("*.toml")))
+    experiments = ", ".join(p.stem for p in sorted(EXPERIMENTS_DIR.glob("*.toml")))
+    raise ConfigError(
+        f"training config {path_or_name} not found: neither a file nor a shipped name "
+        f"({names}; experiments: {experiments})"
+    )
+
+
+def load_config(path_or_name: str | Path, *, steps: int | None = None) -> TrainConfig:
+    """Read a config file, or a shipped one by name (``bin2bin_v2``, ``tiny``, an experiment's);
+    ``steps`` overrides ``optim.steps``."""
+    path = resolve(path_or_name).resolve()
+    merged = _read(path)
+    merged.setdefault("name", path.stem)
+    config: TrainConfig = _validate(merged, path)
+    return config if steps is None else config.with_steps(steps)
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild a config stored in a checkpoint."""
-    sections = {}
-    for name, cls in _SECTIONS.items():
-        values = dict(d[name])
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        sections[name] = cls(**values)
-    return TrainConfig(name=d.get("name", "checkpoint"), **sections)
-
-
-def _check(c: TrainConfig, path: Path) -> None:
-    problems = []
-    if c.model.norm not in ("batch", "group", "none"):
-        problems.append("model.norm must be batch, group or none")
-    if c.model.features < 1 or c.model.disc_features < 1:
-        problems.append("model widths must be >= 1")
-    if c.optim.batch_size < 2 and c.model.norm == "batch":
-        problems.append("optim.batch_size must be >= 2 with BatchNorm")
-    if not 0 < c.optim.final_lr_fraction <= 1:
-        problems.append("optim.final_lr_fraction must be in (0, 1]")
-    if c.loss.generator_steps_per_discriminator_step < 1:
-        problems.append("loss.generator_steps_per_discriminator_step must be >= 1")
-    if c.loss.discriminator_frames not in (128, 256):
-        problems.append("loss.discriminator_frames must be 128 or 256 (it must hold the 79 gap frames)")
-    if c.loss.loss_frames not in ("gap", "packet"):
-        problems.append("loss.loss_frames must be gap or packet")
-    if c.loss.domain not in ("output", "resynthesis"):
-        problems.append("loss.domain must be output or resynthesis")
-    if not 0 <= c.train.ema_decay < 1:
-        problems.append("train.ema_decay must be in [0, 1)")
-    if not 0 <= c.data.burst_fraction <= 1:
-        problems.append("data.burst_fraction must be in [0, 1]")
-    if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
+    """Rebuild a config stored in a checkpoint (``TrainConfig.to_dict``)."""
+    return _validate({"name": "checkpoint", **d}, "checkpoint config")

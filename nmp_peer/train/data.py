@@ -24,10 +24,11 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.gan import CHUNK_CONTEXT_SAMPLES, CHUNK_SAMPLES, PREDICT_SAMPLES, REFINE_MIN_RMS
@@ -43,16 +44,20 @@ LEAD_SAMPLES = LPC_CONTEXT_SAMPLES + BLOCK_FRAMES - CHUNK_CONTEXT_SAMPLES
 """Audio needed before a chunk: the LPC context of the earlier packet of a burst."""
 
 
-@dataclass(frozen=True)
-class DataSettings:
-    chunks_per_second: float = 4.0
+class DataSettings(BaseModel):
+    """The ``[data]`` section of a training config (``nmp_peer.train.config``); its values
+    name the example cache, so changing one LP-fills the clips again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunks_per_second: float = Field(4.0, gt=0)
     """Examples cut per second of audio (positions drawn at random, overlaps allowed)."""
-    min_target_rms: float = REFINE_MIN_RMS
+    min_target_rms: float = Field(REFINE_MIN_RMS, ge=0)
     """Examples whose lost 1024 samples are quieter than this (-60 dBFS) are skipped; the
     runtime plays an LP prediction this quiet unrefined."""
-    burst_fraction: float = 0.2
-    max_valid_chunks: int = 256
-    seed: int = 0
+    burst_fraction: float = Field(0.2, ge=0, le=1)
+    max_valid_chunks: int = Field(256, ge=1)
+    seed: int = Field(0, ge=0)
 
 
 @dataclass
@@ -151,13 +156,13 @@ def build_cache(
 ) -> ChunkSet:
     """LP-fill the examples of ``files`` into ``cache_dir`` (reusing shards already there) and load them."""
     key = hashlib.sha256(
-        json.dumps([CACHE_FORMAT, asdict(settings), max_chunks_per_clip, [f.name for f in files]]).encode()
+        json.dumps([CACHE_FORMAT, settings.model_dump(), max_chunks_per_clip, [f.name for f in files]]).encode()
     ).hexdigest()[:12]
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
     shards = [str(folder / f"{i:05d}_{Path(f).stem}.npz") for i, f in enumerate(files)]
     todo = [
-        (str(f), s, asdict(settings), max_chunks_per_clip, i)
+        (str(f), s, settings.model_dump(), max_chunks_per_clip, i)
         for i, (f, s) in enumerate(zip(files, shards))
         if not Path(s).is_file()
     ]
