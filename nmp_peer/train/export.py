@@ -40,7 +40,7 @@ from nmp_peer.conceal.gan import (
     default_model_path,
 )
 from nmp_peer.train.config import config_from_dict
-from nmp_peer.train.model import Generator, count_macs, count_parameters
+from nmp_peer.train.model import Generator, UpBlock, count_macs, count_parameters
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -65,11 +65,13 @@ def fold_batchnorm(model: Generator) -> Generator:
         conv, norm = getattr(module, "pointwise", None), getattr(module, "norm", None)
         if not isinstance(conv, torch.nn.Conv2d) or not isinstance(norm, torch.nn.BatchNorm2d):
             continue
+        assert norm.running_var is not None and norm.running_mean is not None  # eval-mode statistics
         with torch.no_grad():
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
             folded = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=True)
             folded.weight.copy_(conv.weight * scale[:, None, None, None])
+            assert folded.bias is not None
             folded.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
         module.pointwise = folded
         module.norm = torch.nn.Identity()
@@ -99,7 +101,7 @@ def phase_major_depth_to_space(graph: Any) -> int:
             continue
         joined = concat.output[0] + "_phase_major"
         replaced[id(node)] = [
-            helper.make_node("Concat", [u.input[0] for u in lifts], [joined], axis=1),
+            helper.make_node("Concat", [u.input[0] for u in lifts if u is not None], [joined], axis=1),
             helper.make_node("DepthToSpace", [joined], list(node.output), blocksize=2, mode="DCR"),
         ]
         dropped |= {id(reshape), id(concat), *(id(u) for u in lifts)}
@@ -160,6 +162,7 @@ def export(checkpoint: Path, out: Path, check: bool = True) -> dict[str, Any]:
     graph.set_form("export")
     graph.set_output_from(GAP_FRAME)
     for block in graph.up:
+        assert isinstance(block, UpBlock)
         block.freeze_phase_kernels()
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():

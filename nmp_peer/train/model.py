@@ -166,7 +166,10 @@ class Generator(nn.Module):
             self.up.append(UpBlock(c_in + chans[k], c_out, norm, last=k == 0))
             c_in = c_out
         with torch.no_grad():
-            last = self.up[-1].pointwise
+            top = self.up[-1]
+            assert isinstance(top, UpBlock)
+            last = top.pointwise
+            assert last.bias is not None  # the last block's 1x1 convolution has a bias
             if residual:
                 # zero-initialised correction: the untrained generator returns its input
                 last.weight.zero_()
@@ -187,9 +190,11 @@ class Generator(nn.Module):
         if form not in ("train", "export", "separable"):
             raise ValueError(f"unknown form {form!r}")
         n = len(self.down)
-        for k, block in enumerate(self.down):
-            block.fused = form == "train" and k == 0
+        for k, down in enumerate(self.down):
+            assert isinstance(down, DownBlock)
+            down.fused = form == "train" and k == 0
         for k, block in enumerate(self.up):
+            assert isinstance(block, UpBlock)
             if form == "train":
                 block.form = "fused" if k >= n - 2 else "separable"
             elif form == "export":
@@ -337,7 +342,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 1, 256, 256)) 
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
     ]
     was_training = model.training
-    forms = [(m, m.fused) for m in model.modules() if isinstance(m, DownBlock)]
+    forms: list[tuple[nn.Module, bool | str]] = [(m, m.fused) for m in model.modules() if isinstance(m, DownBlock)]
     forms += [(m, m.form) for m in model.modules() if isinstance(m, UpBlock)]
     if isinstance(model, Generator):
         model.set_form("separable")  # count the network as designed, not a computation form
@@ -351,9 +356,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 1, 256, 256)) 
         model.train(was_training)
         for m, f in forms:
             if isinstance(m, DownBlock):
-                m.fused = f
-            else:
-                m.form = f
+                m.fused = bool(f)
+            elif isinstance(m, UpBlock):
+                m.form = str(f)
     return total
 
 

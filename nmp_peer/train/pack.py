@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ CODECS = ("opus", "flac")
 
 def encode(
     data: Path, out: Path, seconds: float, level: float, seed: int = 0, codec: str = "opus"
-) -> dict[str, float | str]:
+) -> dict[str, Any]:
     """Excerpts of every clip of ``data/{train,valid}`` as Ogg/Opus or FLAC in ``out``; returns sizes."""
     import soundfile as sf
 

@@ -65,9 +65,10 @@ class Trainer:
         self.torch_front = TorchFrontEnd(self.device)
         torch.manual_seed(config.train.seed)
         m = config.model
-        self.G = Generator(m.features, m.norm, m.residual).to(self.device, memory_format=torch.channels_last)
+        # (torch's type stubs lack Module.to's memory_format; it is a documented argument)
+        self.G = Generator(m.features, m.norm, m.residual).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.G.set_form("train")
-        self.D = Discriminator(m.disc_features, frames=config.loss.discriminator_frames).to(
+        self.D = Discriminator(m.disc_features, frames=config.loss.discriminator_frames).to(  # type: ignore[call-overload]
             self.device, memory_format=torch.channels_last
         )
         self.ema = copy.deepcopy(self.G).requires_grad_(False)
@@ -236,7 +237,7 @@ class Trainer:
                 pred = lp
             else:
                 feature, gap_spec, gain = self.front.analyze(inp)
-                if model == "oracle":
+                if isinstance(model, str):  # "oracle": the clean target's own features
                     out = self.front.target_features(clean, gain)
                 else:
                     with torch.no_grad():
