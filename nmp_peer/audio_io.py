@@ -69,8 +69,11 @@ def _checked_float(data: np.ndarray, path: Path) -> np.ndarray:
     over = np.abs(data) > 1.0
     if over.any():
         peak = float(np.abs(data).max())
-        print(f"note: {path}: {int(np.count_nonzero(over))} samples beyond ±1.0 (peak {peak:.3g}, "
-              f"{20 * np.log10(peak):+.1f} dBFS) are clipped to ±1.0", file=sys.stderr)
+        print(
+            f"note: {path}: {int(np.count_nonzero(over))} samples beyond ±1.0 (peak {peak:.3g}, "
+            f"{20 * np.log10(peak):+.1f} dBFS) are clipped to ±1.0",
+            file=sys.stderr,
+        )
         data = np.clip(data, -1.0, 1.0)
     return data
 

@@ -42,15 +42,18 @@ def _test_signal(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
 
 def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
     """Parse + jitter buffer + playout per packet (zeros concealer: the receive path alone)."""
-    from nmp_peer.proto.codec import Pcm16Codec
     from nmp_peer.conceal.simple import ZerosConcealer
+    from nmp_peer.proto.codec import Pcm16Codec
+    from nmp_peer.proto.packetizer import Packetizer
     from nmp_peer.receiver.latency import LatencyPolicy
     from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-    from nmp_peer.proto.packetizer import Packetizer
 
     audio = _test_signal(BLOCK_FRAMES * 512)
     packetizer = Packetizer(Pcm16Codec(), 1)
-    datagrams = [packetizer.packetize(audio[(k % 512) * BLOCK_FRAMES : (k % 512 + 1) * BLOCK_FRAMES]).serialize() for k in range(packets)]
+    datagrams = [
+        packetizer.packetize(audio[(k % 512) * BLOCK_FRAMES : (k % 512 + 1) * BLOCK_FRAMES]).serialize()
+        for k in range(packets)
+    ]
     rng = np.random.default_rng(0)
     lost = rng.random(packets) < loss
     # Fixed depth: the steady state of a drift-free stream (the reader copies, no resampling).
@@ -135,7 +138,10 @@ def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000
             dec_s.append(time.thread_time() - t2)
             enc_s.append(t2 - t)
             size += len(payload)
-        extra = {"bitrate_setting": bitrate, "added_latency_ms": round(1000 * codec_delay_samples(settings) / SAMPLE_RATE, 2)}
+        extra = {
+            "bitrate_setting": bitrate,
+            "added_latency_ms": round(1000 * codec_delay_samples(settings) / SAMPLE_RATE, 2),
+        }
     elif codec == "pcm16":
         pcm = Pcm16Codec()
         for block in blocks:
@@ -201,7 +207,15 @@ def opus_quality(clips: list[str], bitrates: list[int], seconds: float = 8.0) ->
             visqol.append(metrics.visqol_audio(ref[:, 0], out[:, 0]))
             err = ref[:, 0] - out[:, 0]
             snr.append(10 * np.log10(np.sum(ref[:, 0] ** 2) / max(np.sum(err**2), 1e-20)))
-        rows.append({"codec": "opus", "bitrate": bitrate, "clips": len(refs), "visqol": round(float(np.mean(visqol)), 3), "snr_db": round(float(np.mean(snr)), 2)})
+        rows.append(
+            {
+                "codec": "opus",
+                "bitrate": bitrate,
+                "clips": len(refs),
+                "visqol": round(float(np.mean(visqol)), 3),
+                "snr_db": round(float(np.mean(snr)), 2),
+            }
+        )
     return rows
 
 
@@ -243,7 +257,9 @@ def _send_stream(port: int, n: int, start: float) -> dict[str, Any]:
                 time.sleep(delay)
             late_s = max(late_s, -delay)
             i = k % 256
-            sock.sendto(packetizer.packetize(audio[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES]).serialize(), ("127.0.0.1", port))
+            sock.sendto(
+                packetizer.packetize(audio[i * BLOCK_FRAMES : (i + 1) * BLOCK_FRAMES]).serialize(), ("127.0.0.1", port)
+            )
     return {"sent": n, "max_send_lateness_ms": round(late_s * 1e3, 2)}
 
 
@@ -323,8 +339,12 @@ async def _flood_step(pool: Any, flood_rate: float, seconds: float, seed: int) -
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     options = JamOptions(
-        listen=Endpoint("127.0.0.1", port), peer=Endpoint("127.0.0.1", 9), input=None, output=None,
-        concealer="zeros", playout=load_config(None).playout(),
+        listen=Endpoint("127.0.0.1", port),
+        peer=Endpoint("127.0.0.1", 9),
+        input=None,
+        output=None,
+        concealer="zeros",
+        playout=load_config(None).playout(),
     )
     peer = Peer(options)
     running = asyncio.get_running_loop().create_task(peer.run())
@@ -343,7 +363,9 @@ async def _flood_step(pool: Any, flood_rate: float, seconds: float, seed: int) -
     drops = (_udp_drops(port) or 0) - drops0
     peer.stop()
     summary = await running
-    rejected = sum(summary[k] for k in ("packets_oversized", "packets_malformed", "packets_rate_limited", "packets_foreign"))
+    rejected = sum(
+        summary[k] for k in ("packets_oversized", "packets_malformed", "packets_rate_limited", "packets_foreign")
+    )
     return {
         "flood_rate": round(flood_rate, 1),
         "flood_sent": flood_result["sent"],
@@ -355,8 +377,12 @@ async def _flood_step(pool: Any, flood_rate: float, seconds: float, seed: int) -
         **during,
         "kernel_drops": drops,
         "garbage_counted": rejected,
-        "garbage_uncounted": flood_result["sent"] - (drops - (stream_result["sent"] - summary["packets_received"])) - rejected,
-        "rejected": {k: summary[k] for k in ("packets_oversized", "packets_malformed", "packets_rate_limited", "packets_foreign")},
+        "garbage_uncounted": flood_result["sent"]
+        - (drops - (stream_result["sent"] - summary["packets_received"]))
+        - rejected,
+        "rejected": {
+            k: summary[k] for k in ("packets_oversized", "packets_malformed", "packets_rate_limited", "packets_foreign")
+        },
         "max_send_lateness_ms": stream_result["max_send_lateness_ms"],
         "receive_buffer_bytes": summary.get("receive_buffer_bytes"),
     }

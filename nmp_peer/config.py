@@ -142,7 +142,6 @@ class Config(_Section):
             codec_fec=self.opus.fec or self.conceal.method == "opus-fec",
         )
 
-
     def playout_fixed(self, depth_packets: int = 1) -> PlayoutConfig:
         """The playout settings with a fixed buffer: offline tools, where nothing arrives late."""
         base = self.playout()

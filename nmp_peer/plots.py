@@ -22,7 +22,11 @@ def plot_timeline(timeline: list[tuple[int, float, float, int]], path: str | Pat
     ax.plot(t, data[:, 1], lw=0.8, label="buffer depth (packets)")
     ax.plot(t, data[:, 2], lw=1.2, ls="--", label="target depth")
     top = max(1.0, float(data[:, 1:3].max(initial=1.0))) * 1.1
-    for code, color, label in ((1, "tab:red", "concealed"), (2, "tab:orange", "inserted"), (3, "tab:purple", "dropped")):
+    for code, color, label in (
+        (1, "tab:red", "concealed"),
+        (2, "tab:orange", "inserted"),
+        (3, "tab:purple", "dropped"),
+    ):
         marks = t[data[:, 3] == code]
         if len(marks):
             ax.vlines(marks, 0, top * 0.08, color=color, lw=0.8, label=f"{label} ({len(marks)})")

@@ -49,13 +49,20 @@ class JamProcess:
 
     def __init__(self, args: list[str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nmp_peer.cli", "jam", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [sys.executable, "-m", "nmp_peer.cli", "jam", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.lines: list[str] = []
         self._out: list[str] = []
         self._changed = threading.Condition()
-        self._readers = [threading.Thread(target=self._read, args=(self.process.stderr, self.lines), daemon=True),
-                         threading.Thread(target=self._read, args=(self.process.stdout, self._out), daemon=True)]
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stdout, self._out), daemon=True),
+        ]
         for t in self._readers:
             t.start()
 
@@ -84,8 +91,10 @@ class JamProcess:
             while not condition():
                 left = deadline - time.monotonic()
                 if self.process.poll() is not None or left <= 0:
-                    raise AssertionError(f"{what}: not within {timeout_s:g} s (exit code {self.process.poll()}); "
-                                         f"stderr: {''.join(self.lines)[-1500:]}")
+                    raise AssertionError(
+                        f"{what}: not within {timeout_s:g} s (exit code {self.process.poll()}); "
+                        f"stderr: {''.join(self.lines)[-1500:]}"
+                    )
                 self._changed.wait(min(left, 0.5))
 
     def stop(self, timeout_s: float = 30.0) -> tuple[int, dict[str, Any], str]:

@@ -66,7 +66,9 @@ def test_a_step_the_clip_itself_has_is_not_the_receivers_click() -> None:
     assert len(find_clicks(out, clip, track_alignment(out, clip)).positions) == 0
 
 
-@pytest.mark.parametrize("loss", [BernoulliLoss(0.1, seed=2), GilbertElliottLoss(0.05, 2.0, seed=2)], ids=["bernoulli", "gilbert"])
+@pytest.mark.parametrize(
+    "loss", [BernoulliLoss(0.1, seed=2), GilbertElliottLoss(0.05, 2.0, seed=2)], ids=["bernoulli", "gilbert"]
+)
 def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None:
     """The real playout engine (virtual clock): repetition with its seam correction and LPC
     join the music; the zeros concealer drops to silence mid-waveform."""
@@ -84,18 +86,24 @@ def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None
     assert ratios["zeros"][0] > CLICK_ABOVE and ratios["zeros"][1] >= 3, ratios
 
 
-@pytest.mark.xfail(strict=True, reason="playout engine (left for issue 15, which changes the fade policy and re-measures the lab): the burst fade is applied to a prediction that already "
-                   "continues the faded history, so each block seam inside the fade steps down (issue 12 report)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="playout engine (left for issue 15, which changes the fade policy and re-measures the lab): "
+    "the burst fade is applied to a prediction that already "
+    "continues the faded history, so each block seam inside the fade steps down (issue 12 report)",
+)
 @pytest.mark.parametrize("concealer", ["lpc", "repeat"])
 def test_the_burst_fade_to_silence_is_click_free(concealer: str) -> None:
     """A 220 Hz tone, then a long gap: the engine conceals, fades out after 50 ms, goes silent."""
-    from nmp_peer.proto.codec import Pcm16Codec
     from nmp_peer.conceal import make_concealer
+    from nmp_peer.proto.codec import Pcm16Codec
+    from nmp_peer.proto.packetizer import Packetizer
     from nmp_peer.receiver.latency import LatencyPolicy
     from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-    from nmp_peer.proto.packetizer import Packetizer
 
-    engine = PlayoutEngine(make_concealer(concealer), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)))
+    engine = PlayoutEngine(
+        make_concealer(concealer), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2))
+    )
     packetizer = Packetizer(Pcm16Codec(), 1)
     tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(100 * BLOCK_FRAMES) / SAMPLE_RATE)).astype(np.float32)[:, None]
     out = []

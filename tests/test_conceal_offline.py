@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.audio_io import read_audio, write_audio
-from nmp_peer.netsim.loss import write_trace
 from nmp_peer.lab.simulate import conceal_trace
-
-from conftest import music_like
+from nmp_peer.netsim.loss import write_trace
 
 METHODS = ["zeros", "repeat", "lpc"]
 
@@ -65,7 +64,19 @@ def test_conceal_command_keeps_length_and_rate_and_reports_bad_traces(tmp_path: 
     trace = tmp_path / "t.txt"
     write_trace(trace, trace_for(100)[:30])
     out = tmp_path / "out.wav"
-    cmd = [sys.executable, "-m", "nmp_peer.cli", "conceal", str(wav), "--trace", str(trace), "--method", "repeat", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nmp_peer.cli",
+        "conceal",
+        str(wav),
+        "--trace",
+        str(trace),
+        "--method",
+        "repeat",
+        "--out",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)  # 30 packets of 87: refused, not padded
     assert r.returncode == 2 and "has 30 packets" in r.stderr and "--trace-fit pad" in r.stderr and not out.exists()
     cmd += ["--trace-fit", "pad"]

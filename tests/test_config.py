@@ -8,10 +8,9 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from conftest import music_like
 
 from nmp_peer.config import CONF_DIR, Config, ConfigError, load_config, shipped_names
-
-from conftest import music_like
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF_DIR.glob("*.toml") if p.stem != "scenarios"))
@@ -85,9 +84,27 @@ def _senders_to(port: int, config: Path, wav: Path, tmp_path: Path, *args: str) 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
         sink.bind(("127.0.0.1", port))
         sink.settimeout(0.2)
-        r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "jam", "--config", str(config), "--input", str(wav),
-                            "--output", str(tmp_path / "heard.wav"), "--duration", "0.5", "--quiet", *args],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nmp_peer.cli",
+                "jam",
+                "--config",
+                str(config),
+                "--input",
+                str(wav),
+                "--output",
+                str(tmp_path / "heard.wav"),
+                "--duration",
+                "0.5",
+                "--quiet",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["packets_sent"] > 0
         senders = set()
@@ -112,8 +129,12 @@ def test_jam_takes_listen_and_peer_from_the_config_and_the_command_line_wins(tmp
 
 
 def test_jam_without_a_peer_anywhere_says_so_in_one_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "jam", "--config", "default", "--listen", "127.0.0.1:0"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "nmp_peer.cli", "jam", "--config", "default", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "--peer HOST:PORT" in r.stderr and "[network]" in r.stderr

@@ -43,13 +43,19 @@ def test_compose_file_is_valid_for_both_profiles() -> None:
     _compose_or_skip()
     env = {**os.environ, "NMP_NET": "198.18.77", "NMP_OUT": "/tmp/nmp-compose-check"}
     for profile in ([], ["--profile", "netem"]):
-        r = subprocess.run([*compose_command("nmpcheck"), *profile, "config"], capture_output=True, text=True, env=env,
-                           timeout=60)
+        r = subprocess.run(
+            [*compose_command("nmpcheck"), *profile, "config"], capture_output=True, text=True, env=env, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         assert "198.18.77.0/24" in r.stdout and "internal: true" in r.stdout
         assert "10.0." not in r.stdout and "172.1" not in r.stdout and "192.168." not in r.stdout
-    services = subprocess.run([*compose_command("nmpcheck"), "--profile", "netem", "config", "--services"],
-                              capture_output=True, text=True, env=env, timeout=60).stdout.split()
+    services = subprocess.run(
+        [*compose_command("nmpcheck"), "--profile", "netem", "config", "--services"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    ).stdout.split()
     assert set(services) == {"prepare", "impair", "peer-a", "peer-b", "peer-a-netem", "peer-b-netem"}
 
 
@@ -65,8 +71,13 @@ def image() -> str:
         log = REPO / "build" / "docker-test-build.log"
         log.parent.mkdir(exist_ok=True)
         with open(log, "w") as f:
-            r = subprocess.run(["make", "-f", "mk/docker.mk", "docker-image", "SUDO="], cwd=REPO, stdout=f,
-                               stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
+            r = subprocess.run(
+                ["make", "-f", "mk/docker.mk", "docker-image", "SUDO="],
+                cwd=REPO,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=BUILD_TIMEOUT_S,
+            )
         if r.returncode != 0:
             pytest.fail(f"`make -f mk/docker.mk docker-image` failed; the end of {log}:\n{log.read_text()[-3000:]}")
     reason = docker_unavailable(DEFAULT_IMAGE)
@@ -83,14 +94,32 @@ def _leftovers(project_prefix: str = "nmpscen") -> list[str]:
 
 @pytest.mark.docker
 def test_image_runs_unprivileged_and_has_the_commands(image: str) -> None:
-    r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
-                        "id -u && nmp-peer scenarios list && nmp-peer impair --help && tc -V && setpriv --help"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            image,
+            "-c",
+            "id -u && nmp-peer scenarios list && nmp-peer impair --help && tc -V && setpriv --help",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "10001" and any(line.startswith("outage-2s") for line in lines)
-    r = subprocess.run(["docker", "run", "--rm", "--network", "none", image, "jam", "--peer", "nowhere"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", image, "jam", "--peer", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().startswith("nmp-peer: error:"), r.stderr
 
 
@@ -98,8 +127,15 @@ def test_image_runs_unprivileged_and_has_the_commands(image: str) -> None:
 def test_compose_jams_count_what_the_relay_logged(image: str, tmp_path: Path) -> None:
     from nmp_peer.scenarios.runner import run_scenarios
 
-    entries = run_scenarios(select(load_scenarios(), ["clean", "bernoulli-5"]), tmp_path, backend="docker",
-                            concealers=["repeat"], seconds=3.0, clip="synthetic", image=image)
+    entries = run_scenarios(
+        select(load_scenarios(), ["clean", "bernoulli-5"]),
+        tmp_path,
+        backend="docker",
+        concealers=["repeat"],
+        seconds=3.0,
+        clip="synthetic",
+        image=image,
+    )
     errors = [e["error"] for e in entries if e.get("error")]
     assert not errors, errors
     by_name: dict[str, Any] = {e["scenario"]: e for e in entries}
@@ -124,8 +160,16 @@ def test_netem_profile_where_the_kernel_has_netem(image: str, tmp_path: Path) ->
         pytest.skip(f"netem profile not run: {reason}")
     from nmp_peer.scenarios.runner import run_scenarios
 
-    entries = run_scenarios(select(load_scenarios(), ["bernoulli-5"]), tmp_path, backend="docker", concealers=["repeat"],
-                            seconds=3.0, clip="synthetic", image=image, netem="on")
+    entries = run_scenarios(
+        select(load_scenarios(), ["bernoulli-5"]),
+        tmp_path,
+        backend="docker",
+        concealers=["repeat"],
+        seconds=3.0,
+        clip="synthetic",
+        image=image,
+        netem="on",
+    )
     entry = entries[0]
     assert not entry.get("error"), entry.get("error")
     assert entry["result"]["netem"]["args"] == "loss random 5%"

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.simple import RepeatConcealer
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.receiver.drift import read_block
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.proto.packetizer import Packetizer
 
 FREQ = 4 * SAMPLE_RATE / BLOCK_FRAMES  # four whole periods per packet: every packet is the same
 AMP = 0.5

@@ -12,20 +12,19 @@ import asyncio
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.proto.codec import Pcm16Codec
-from nmp_peer.config import load_config
 from nmp_peer.conceal.simple import RepeatConcealer
+from nmp_peer.config import load_config
 from nmp_peer.netsim.impair import Impairment
-from nmp_peer.netsim.loss import GilbertElliottLoss
-from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.netsim.loopback import run_loopback
-from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.netsim.loss import GilbertElliottLoss
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.wire import FLAG_END, Packet, WireError
-
-from conftest import music_like
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 CONFIGS = ("default", "lan", "wan")
 LENGTHS = (3.0, 10.0, 30.0, 120.0)
@@ -60,8 +59,16 @@ def _engine(depth: int = 2, mode: str = "fixed") -> PlayoutEngine:
     return PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode=mode, depth_packets=depth)))
 
 
-def _drive(engine: PlayoutEngine, audio: np.ndarray, *, lost=(), end: bool = True, silent_from: int | None = None,
-           resume_at: int | None = None, extra_ticks: int = 400) -> np.ndarray:
+def _drive(
+    engine: PlayoutEngine,
+    audio: np.ndarray,
+    *,
+    lost=(),
+    end: bool = True,
+    silent_from: int | None = None,
+    resume_at: int | None = None,
+    extra_ticks: int = 400,
+) -> np.ndarray:
     """Send ``audio`` a packet per tick (``lost`` never arrive); after the last, the end
     notices (``end``); ``silent_from``..``resume_at``: the sender sends nothing, then goes on."""
     packetizer = Packetizer(Pcm16Codec(), audio.shape[1])
@@ -113,8 +120,10 @@ def test_losses_before_the_end_are_counted_exactly_even_the_last_packets() -> No
 def test_without_an_end_the_missing_tail_is_concealed_and_faded_but_never_lost() -> None:
     """A sender that vanished (killed) sends no end: its silence is a pause, not a loss."""
     audio = music_like(3.0)
-    engine = PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2),
-                                                            fade_after_ms=50.0, fade_ms=25.0))
+    engine = PlayoutEngine(
+        RepeatConcealer(),
+        PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2), fade_after_ms=50.0, fade_ms=25.0),
+    )
     _drive(engine, audio, end=False)
     s = engine.stats
     assert s.packets_lost == 0
@@ -158,8 +167,18 @@ def _loopback(name: str, seconds: float, impairment: Impairment, realtime: bool 
 def _assert_clean(audio: np.ndarray, result, where: str) -> None:
     s = result.stats
     out = result.output[result.latency_samples : result.latency_samples + len(audio)]
-    counts = {k: s[k] for k in ("packets_lost", "packets_concealed", "underruns", "packets_late", "blocks_resampled",
-                                "blocks_inserted", "blocks_dropped")}
+    counts = {
+        k: s[k]
+        for k in (
+            "packets_lost",
+            "packets_concealed",
+            "underruns",
+            "packets_late",
+            "blocks_resampled",
+            "blocks_inserted",
+            "blocks_dropped",
+        )
+    }
     assert set(counts.values()) == {0}, (where, counts)
     assert np.array_equal(out, audio), where
     assert s["packets_received"] == s["packets_sent"] == -(-len(audio) // BLOCK_FRAMES) and s["stream_ends"] == 1
@@ -192,10 +211,14 @@ def test_a_clean_realtime_loopback_is_bit_exact_for_every_config_and_length() ->
     peer's (``nmp-peer bench --path jam`` measures that)."""
 
     async def all_of_them():
-        runs = [(name, seconds, *_loopback(name, seconds, Impairment(), realtime=True, concealer="repeat"))
-                for name in CONFIGS for seconds in LENGTHS]
+        runs = [
+            (name, seconds, *_loopback(name, seconds, Impairment(), realtime=True, concealer="repeat"))
+            for name in CONFIGS
+            for seconds in LENGTHS
+        ]
         results = await asyncio.gather(*(run for *_, run in runs))
-        return [(name, seconds, audio, result) for (name, seconds, audio, _), result in zip(runs, results)]
+        pairs = zip(runs, results, strict=True)
+        return [(name, seconds, audio, result) for (name, seconds, audio, _), result in pairs]
 
     for name, seconds, audio, result in asyncio.run(all_of_them()):
         _assert_clean(audio, result, f"{name} {seconds:g} s, real time")

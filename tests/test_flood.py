@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from nmp_peer.bench import bench_flood
-from nmp_peer.proto.security import MAX_DATAGRAM_BYTES
 from nmp_peer.live.transport import Endpoint, SocketClosed, UdpSocket
+from nmp_peer.proto.security import MAX_DATAGRAM_BYTES
 
 
 def test_a_readiness_event_hands_every_queued_datagram_to_one_wake_up() -> None:
@@ -52,8 +52,10 @@ def test_a_garbage_flood_at_fifty_times_the_packet_rate_costs_the_stream_no_pack
 
     rcvbuf = asyncio.run(granted())
     if rcvbuf < 4 << 20:
-        pytest.skip(f"the kernel grants a {rcvbuf}-byte receive buffer; a flood of 64 KB junk fills that in "
-                    "milliseconds (sysctl -w net.core.rmem_max=4194304, or run as root)")
+        pytest.skip(
+            f"the kernel grants a {rcvbuf}-byte receive buffer; a flood of 64 KB junk fills that in "
+            "milliseconds (sysctl -w net.core.rmem_max=4194304, or run as root)"
+        )
     result = bench_flood((50,), seconds=3.0)
     step = result["rates"][0]
     assert step["receive_buffer_bytes"] == rcvbuf
@@ -63,5 +65,11 @@ def test_a_garbage_flood_at_fifty_times_the_packet_rate_costs_the_stream_no_pack
     # Every garbage datagram is accounted for: rejected by the gate, or dropped by the kernel.
     rejected = step["rejected"]
     assert rejected["packets_foreign"] == 0
-    assert rejected["packets_oversized"] + rejected["packets_malformed"] + rejected["packets_rate_limited"] + step["kernel_drops"] == step["flood_sent"], step
+    assert (
+        rejected["packets_oversized"]
+        + rejected["packets_malformed"]
+        + rejected["packets_rate_limited"]
+        + step["kernel_drops"]
+        == step["flood_sent"]
+    ), step
     assert rejected["packets_oversized"] > 0.8 * step["flood_sent"]  # sizes up to 65,000 bytes: most are oversized

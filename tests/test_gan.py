@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.gan import (
     CHUNK_CONTEXT_SAMPLES,
     CHUNK_SAMPLES,
@@ -26,11 +26,10 @@ from nmp_peer.conceal.gan import (
 )
 from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.lab.simulate import conceal_trace
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.proto.packetizer import Packetizer
-
-from conftest import music_like
 
 CTX = 3584
 PRED = 1024
@@ -105,9 +104,7 @@ def test_causal_through_the_playout_engine(gan):
         assert np.array_equal(conceal_trace(changed, lost, gan)[:end], base[:end]), f"packet {n}"
 
 
-@pytest.mark.parametrize(
-    "kind", ["silence", "tiny", "white", "loud_noise", "clipped_square", "dc", "impulse", "nan"]
-)
+@pytest.mark.parametrize("kind", ["silence", "tiny", "white", "loud_noise", "clipped_square", "dc", "impulse", "nan"])
 def test_no_nan_and_in_range_on_hard_inputs(gan, kind):
     rng = np.random.default_rng(7)
     t = np.arange(CTX)

@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.simple import RepeatConcealer
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import GilbertElliottLoss
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
+from nmp_peer.proto.security import Authenticator, RateLimiter
+from nmp_peer.proto.wire import Packet
+from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.proto.security import Authenticator, RateLimiter
-from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.proto.packetizer import Packetizer
-from nmp_peer.proto.wire import Packet
-
 
 PEER = ("198.18.0.1", 5000)
 TONE_HZ = 4 * SAMPLE_RATE / BLOCK_FRAMES  # whole periods per packet: every packet identical, seams smooth
@@ -31,7 +30,9 @@ def tone_block(amp: float = 0.5) -> np.ndarray:
 
 
 def engine(depth: int = 3, mode: str = "fixed", stats: Stats | None = None) -> PlayoutEngine:
-    return PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode=mode, depth_packets=depth)), stats=stats)
+    return PlayoutEngine(
+        RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode=mode, depth_packets=depth)), stats=stats
+    )
 
 
 def fuzz_datagrams(rng: np.random.Generator, template: bytes, n: int) -> list[bytes]:
@@ -44,7 +45,9 @@ def fuzz_datagrams(rng: np.random.Generator, template: bytes, n: int) -> list[by
     lengths = rng.integers(0, len(t), n)
     flip = kinds == 3
     cols = rng.integers(0, len(t), (n, 4))
-    rows[np.repeat(np.flatnonzero(flip), 4), cols[flip].ravel()] = rng.integers(0, 256, 4 * int(flip.sum()), dtype=np.uint8)
+    rows[np.repeat(np.flatnonzero(flip), 4), cols[flip].ravel()] = rng.integers(
+        0, 256, 4 * int(flip.sum()), dtype=np.uint8
+    )
     for kind, (start, stop) in {4: (3, 4), 5: (6, 10), 6: (10, 14), 7: (14, 22)}.items():
         sel = np.flatnonzero(kinds == kind)
         rows[sel, start:stop] = rng.integers(0, 256, (len(sel), stop - start), dtype=np.uint8)
@@ -99,7 +102,9 @@ def test_a_million_hostile_datagrams_change_nothing_for_the_real_stream() -> Non
     grown = rss_bytes() - baseline
     assert grown < 16_000_000, f"memory grew by {grown} bytes"
     # Every hostile datagram was rejected; the few that equal the real template are replays.
-    rejected = stats.packets_malformed + stats.packets_unauthenticated + stats.packets_oversized + stats.packets_replayed
+    rejected = (
+        stats.packets_malformed + stats.packets_unauthenticated + stats.packets_oversized + stats.packets_replayed
+    )
     assert rejected == total
     assert stats.packets_concealed == 0 and stats.packets_received == total // per_tick + 1
     out = np.concatenate(outs)[eng.first_slot[1] :]
@@ -183,9 +188,7 @@ def test_one_simulated_hour_with_drift_jitter_bursts_and_duplicates() -> None:
     ticks = int(3600 * SAMPLE_RATE / BLOCK_FRAMES)
     period = BLOCK_FRAMES / (1 + skew)
     sent = int(ticks * (1 + skew)) - 50
-    arrivals = sorted(
-        (k * period + d * SAMPLE_RATE, k) for k in range(sent) for d in impair.decide()
-    )
+    arrivals = sorted((k * period + d * SAMPLE_RATE, k) for k in range(sent) for d in impair.decide())
     packets = [packet_bytes.packetize(block) for _ in range(sent)]
     chunk = np.empty((1000 * BLOCK_FRAMES, 1), np.float32)
     peak, depth_max, i = 0.0, 0.0, 0
@@ -211,7 +214,7 @@ def test_one_simulated_hour_with_drift_jitter_bursts_and_duplicates() -> None:
     assert peak <= 0.81
     assert depth_max < 12
     end = (len(eng.jitter), len(eng.jitter._seen), len(eng.controller._sorted))
-    assert all(e <= h * 1.5 + 16 for h, e in zip(half, end))
+    assert all(e <= h * 1.5 + 16 for h, e in zip(half, end, strict=False))
     # Every packet sent is accounted for: received (in time or late) or lost.
     assert stats.packets_received + stats.packets_lost == sent
     assert stats.resyncs == 0
@@ -222,14 +225,29 @@ def test_one_simulated_hour_with_drift_jitter_bursts_and_duplicates() -> None:
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["jam", "--peer", "127.0.0.1:9", "--listen", "127.0.0.1:0", "--output", "no-such-device-xyz", "--duration", "2"], "no-such-device-xyz"),
+        (
+            [
+                "jam",
+                "--peer",
+                "127.0.0.1:9",
+                "--listen",
+                "127.0.0.1:0",
+                "--output",
+                "no-such-device-xyz",
+                "--duration",
+                "2",
+            ],
+            "no-such-device-xyz",
+        ),
         (["jam", "--peer", "127.0.0.1:9", "--listen", "127.0.0.1:0", "--input", "/no/file.wav"], "/no/file.wav"),
         (["jam", "--peer", "127.0.0.1:9", "--listen", "127.0.0.1:0", "--config", "/no/cfg.toml"], "/no/cfg.toml"),
         (["jam", "--peer", "127.0.0.1:9", "--listen", "127.0.0.1:99999"], "HOST:PORT"),
     ],
 )
 def test_bad_setup_gets_one_line_and_a_non_zero_exit(args, fragment) -> None:
-    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", *args, "--quiet"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "nmp_peer.cli", *args, "--quiet"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in r.stderr

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 from nmp_peer.proto.wire import Packet, PayloadType
+from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 
 
 def pkt(seq: int, stream: int = 1) -> Packet:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer.audio_io import write_audio
 from nmp_peer.lab.report import mean_ci
 from nmp_peer.lab.run import Setting, category_of, loss_mask
-
-from conftest import music_like
 
 
 def test_mean_ci_matches_the_t_interval() -> None:
@@ -51,9 +50,28 @@ def test_lab_command_writes_report_tables_and_plots(tmp_path: Path) -> None:
     traces.mkdir()
     (traces / "burst.txt").write_text("0\n" * 20 + "1\n" * 6 + "0\n" * 30 + "1\n" * 3)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "nmp_peer.cli", "lab", "--clips", str(clips), "--out", str(out),
-           "--methods", "zeros,repeat", "--loss-model", "gilbert,trace", "--loss", "0.1,0.2",
-           "--traces", str(traces), "--metrics", "snr,lsd,mrstft", "--jobs", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nmp_peer.cli",
+        "lab",
+        "--clips",
+        str(clips),
+        "--out",
+        str(out),
+        "--methods",
+        "zeros,repeat",
+        "--loss-model",
+        "gilbert,trace",
+        "--loss",
+        "0.1,0.2",
+        "--traces",
+        str(traces),
+        "--metrics",
+        "snr,lsd,mrstft",
+        "--jobs",
+        "2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out / "metrics.csv")))
@@ -74,8 +92,23 @@ def test_lab_command_writes_report_tables_and_plots(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lab_rejects_unknown_methods_in_one_line(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "lab", "--clips", str(tmp_path), "--out", str(tmp_path / "o"),
-                        "--methods", "zeros,magic"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nmp_peer.cli",
+            "lab",
+            "--clips",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--methods",
+            "zeros,magic",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -111,11 +144,11 @@ def test_paired_table_by_category_counts_clips_not_clip_settings() -> None:
     rows = []
     # clip a: gan - lpc = -1 and -3 over two settings (mean -2); clip b: -4 and -4 (mean -4)
     for clip, diffs in (("a.wav", (-1.0, -3.0)), ("b.wav", (-4.0, -4.0))):
-        for setting, d in zip(("s1", "s2"), diffs):
+        for setting, d in zip(("s1", "s2"), diffs, strict=False):
             rows.append({"clip": clip, "category": "drums", "setting": setting, "method": "lpc", "lsd": 10.0})
             rows.append({"clip": clip, "category": "drums", "setting": setting, "method": "gan", "lsd": 10.0 + d})
     table = paired_table(rows, "lpc", ["lsd"], by="category")
-    line = next(l for l in table.splitlines() if l.startswith("| drums"))
+    line = next(row for row in table.splitlines() if row.startswith("| drums"))
     mean, half, n = mean_ci([-2.0, -4.0])
     assert f"| {n} | {mean:+.3f} ± {half:.3f} |" in line and n == 2
     by_setting = paired_table(rows, "lpc", ["lsd"])

@@ -7,14 +7,13 @@ import socket
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.loopback import LoopbackResult, run_loopback
 from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss
 from nmp_peer.receiver.latency import LatencyPolicy
-from nmp_peer.netsim.loopback import LoopbackResult, run_loopback
 from nmp_peer.receiver.playout import PlayoutConfig
-
-from conftest import music_like
 
 
 def loop(audio: np.ndarray, impairment: Impairment, depth: int = 3, **kw) -> LoopbackResult:
@@ -111,9 +110,9 @@ def test_garbage_flood_is_counted_and_the_stream_plays_on() -> None:
     # Garbage arrives through the receive path that the socket feeds: twenty junk datagrams
     # (random, or a real packet cut short and padded) before every real packet.
     from nmp_peer.conceal.simple import RepeatConcealer
-    from nmp_peer.receiver.playout import PlayoutEngine
-    from nmp_peer.proto.packetizer import Packetizer
     from nmp_peer.proto.codec import Pcm16Codec
+    from nmp_peer.proto.packetizer import Packetizer
+    from nmp_peer.receiver.playout import PlayoutEngine
 
     rng = np.random.default_rng(0)
     engine = PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)))

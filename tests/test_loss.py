@@ -100,7 +100,7 @@ def test_bernoulli_rejects_bad_probability() -> None:
 
 
 def test_same_seed_same_stream_other_seed_differs() -> None:
-    for a, b, c in zip(models(5), models(5), models(6)):
+    for a, b, c in zip(models(5), models(5), models(6), strict=False):
         first = a.sample(5000)
         assert np.array_equal(first, b.sample(5000))
         random = isinstance(a, BernoulliLoss) or (isinstance(a, GilbertElliottLoss) and a.p_bad_to_good < 1)
@@ -333,7 +333,7 @@ def test_reorder_arrives_after_successor() -> None:
 
     imp.reset()
     order = [i for i, _ in simulate_arrivals(5000, imp)]
-    inversions = sum(a > b for a, b in zip(order, order[1:]))
+    inversions = sum(a > b for a, b in zip(order, order[1:], strict=False))
     assert inversions >= len(reordered)
 
 
@@ -348,8 +348,15 @@ def test_no_reorder_no_jitter_keeps_order() -> None:
 
 
 def test_simulate_arrivals_sorted_and_complete() -> None:
-    imp = Impairment(GilbertElliottLoss(0.1, 2.0, seed=3), delay_ms=15, jitter_ms=10, jitter_dist="pareto",
-                     reorder=0.05, duplicate=0.05, seed=10)
+    imp = Impairment(
+        GilbertElliottLoss(0.1, 2.0, seed=3),
+        delay_ms=15,
+        jitter_ms=10,
+        jitter_dist="pareto",
+        reorder=0.05,
+        duplicate=0.05,
+        seed=10,
+    )
     arrivals = simulate_arrivals(4000, imp)
     times = [t for _, t in arrivals]
     assert times == sorted(times)
@@ -362,8 +369,9 @@ def test_simulate_arrivals_sorted_and_complete() -> None:
 def test_impairment_deterministic() -> None:
     def run(seed: int) -> list[Decision]:
         return decisions(
-            Impairment(GilbertElliottLoss(0.1, 2.0, seed=1), delay_ms=5, jitter_ms=4, reorder=0.05,
-                       duplicate=0.05, seed=seed),
+            Impairment(
+                GilbertElliottLoss(0.1, 2.0, seed=1), delay_ms=5, jitter_ms=4, reorder=0.05, duplicate=0.05, seed=seed
+            ),
             3000,
         )
 

@@ -39,9 +39,7 @@ def _time(n: int = CTX + PRED) -> np.ndarray:
     return np.arange(n) / SAMPLE_RATE
 
 
-def _harmonic(
-    f0: float, n_harmonics: int, t: np.ndarray, rng: np.random.Generator, vibrato: float = 0.0
-) -> np.ndarray:
+def _harmonic(f0: float, n_harmonics: int, t: np.ndarray, rng: np.random.Generator, vibrato: float = 0.0) -> np.ndarray:
     """A harmonic tone with 1/k partials; ``vibrato`` is the relative depth of a 5 Hz vibrato."""
     phase = 2 * np.pi * f0 * (t - vibrato / (2 * np.pi * 5.0) * np.cos(2 * np.pi * 5.0 * t))
     return sum(np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, n_harmonics + 1))

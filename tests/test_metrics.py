@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from nmp_peer.lab import metrics
-from nmp_peer.netsim.loss import GilbertElliottLoss, challenge_like_trace
 from nmp_peer.lab.metrics import (
     MetricUnavailable,
     lost_packet_lsd_db,
@@ -17,6 +16,7 @@ from nmp_peer.lab.metrics import (
     plcmos,
     visqol_audio,
 )
+from nmp_peer.netsim.loss import GilbertElliottLoss, challenge_like_trace
 
 SR = 44_100
 PACKET = 512

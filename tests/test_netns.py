@@ -1,4 +1,5 @@
-"""Two jam processes in two network namespaces, the relay in a third (the scenarios' netns backend); needs root and ``ip netns``."""
+"""Two jam processes in two network namespaces, the relay in a third (the scenarios' netns
+backend); needs root and ``ip netns``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import music_like
 
 from nmp_peer.audio_io import write_audio
 from nmp_peer.netsim.relay import read_log
@@ -21,8 +23,6 @@ from nmp_peer.scenarios.backends.netns import (
 )
 from nmp_peer.scenarios.jam import JamPlan, NetnsBackend, open_backend, run_jam
 from nmp_peer.scenarios.spec import Scenario
-
-from conftest import music_like
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def test_namespaces_and_processes_are_removed_when_the_body_fails(netns: None) -
     assert topo.veth_ra not in links and topo.veth_a not in links
 
 
-def _jam(clips: tuple[Path, Path], out: Path, scenario: Scenario, *, tbf_kbps: float | None = None,
-         seconds: float = 4.0) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], dict[str, int] | None]:
+def _jam(
+    clips: tuple[Path, Path], out: Path, scenario: Scenario, *, tbf_kbps: float | None = None, seconds: float = 4.0
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], dict[str, int] | None]:
     """One jam on the netns backend (a ``tc tbf`` on the relay's link toward B with ``tbf_kbps``).
 
     Returns the result, ``check_counters``' checks by name, ``receiver_truth`` of B and
@@ -83,10 +84,13 @@ def _jam(clips: tuple[Path, Path], out: Path, scenario: Scenario, *, tbf_kbps: f
 
 
 @pytest.mark.slow
-def test_jam_across_namespaces_counts_the_losses_the_relay_logged(netns: None, clips: tuple[Path, Path], tmp_path: Path) -> None:
+def test_jam_across_namespaces_counts_the_losses_the_relay_logged(
+    netns: None, clips: tuple[Path, Path], tmp_path: Path
+) -> None:
     """5 % loss A → B only: every check of ``analysis.check_counters`` holds, and the relay did drop."""
-    result, checks, truth, _ = _jam(clips, tmp_path / "out", Scenario(name="bernoulli-5-one-way", loss=0.05, seed=3,
-                                                                        both_ways=False))
+    result, checks, truth, _ = _jam(
+        clips, tmp_path / "out", Scenario(name="bernoulli-5-one-way", loss=0.05, seed=3, both_ways=False)
+    )
     failed = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]
     assert not failed, failed
     assert {"lost = relay drops", "relay saw all A sent", "A got all the relay sent"} <= set(checks), checks
@@ -108,8 +112,9 @@ def test_jam_across_namespaces_with_a_tbf_rate_limit(netns: None, clips: tuple[P
     reason = tbf_unavailable()
     if reason:
         pytest.skip(f"tc tbf unavailable: {reason}")
-    result, checks, truth, tbf = _jam(clips, tmp_path / "out", Scenario(name="tbf-600k", loss=0.02, seed=4,
-                                                                          both_ways=False), tbf_kbps=600)
+    result, checks, truth, tbf = _jam(
+        clips, tmp_path / "out", Scenario(name="tbf-600k", loss=0.02, seed=4, both_ways=False), tbf_kbps=600
+    )
     assert tbf is not None
     a, b = result["a"], result["b"]
     assert a["packets_received"] > 150 and b["packets_received"] > 100, (a, b)

@@ -10,19 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.lab import metrics
-from nmp_peer.netsim.impair import Impairment
-from nmp_peer.netsim.loss import BernoulliLoss
 from nmp_peer.lab.simulate import conceal_trace
-from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loopback import run_loopback
-from nmp_peer.proto.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples, pack_frames, unpack_frames
-from nmp_peer.receiver.playout import PlayoutConfig
+from nmp_peer.netsim.loss import BernoulliLoss
+from nmp_peer.proto.opus import (
+    OpusDecoderStream,
+    OpusEncoderStream,
+    OpusSettings,
+    codec_delay_samples,
+    pack_frames,
+    unpack_frames,
+)
 from nmp_peer.proto.wire import WireError
-
-from conftest import music_like
+from nmp_peer.receiver.latency import LatencyPolicy
+from nmp_peer.receiver.playout import PlayoutConfig
 
 
 def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -61,12 +67,16 @@ def test_lost_packets_are_concealed_by_opus_and_fec_recovers_with_the_next_packe
     target = conceal_trace(x, np.zeros_like(lost), "opus-plc")
     plc = conceal_trace(x, lost, "opus-plc")
     zeros = conceal_trace(x, lost, "zeros")
-    assert metrics.lost_packet_lsd_db(target[:, 0], plc[:, 0], lost) < metrics.lost_packet_lsd_db(x[:, 0], zeros[:, 0], lost)
+    assert metrics.lost_packet_lsd_db(target[:, 0], plc[:, 0], lost) < metrics.lost_packet_lsd_db(
+        x[:, 0], zeros[:, 0], lost
+    )
     fec_target = conceal_trace(x, np.zeros_like(lost), "opus-fec", opus=OpusSettings(bitrate=24_000, fec=True))
     fec = conceal_trace(x, lost, "opus-fec", opus=OpusSettings(bitrate=24_000, fec=True))
     plc24 = conceal_trace(x, lost, "opus-plc", opus=OpusSettings(bitrate=24_000, fec=True))
     # At 24 kbit/s Opus uses SILK/hybrid and sends LBRR: FEC beats PLC on isolated losses.
-    assert metrics.lost_packet_snr_db(fec_target[:, 0], fec[:, 0], lost) > metrics.lost_packet_snr_db(fec_target[:, 0], plc24[:, 0], lost)
+    assert metrics.lost_packet_snr_db(fec_target[:, 0], fec[:, 0], lost) > metrics.lost_packet_snr_db(
+        fec_target[:, 0], plc24[:, 0], lost
+    )
 
 
 @pytest.mark.parametrize("concealer", ["opus-plc", "lpc"])
@@ -74,8 +84,16 @@ def test_opus_loopback_over_udp_counts_losses_and_stays_aligned(concealer: str) 
     x = music_like(3.0)
     settings = OpusSettings()
     cfg = PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2))
-    result = asyncio.run(run_loopback(x, Impairment(BernoulliLoss(0.05, seed=2), seed=2), concealer=concealer,
-                                      playout=cfg, codec=OpusEncoderStream(1, settings), codec_delay=codec_delay_samples(settings)))
+    result = asyncio.run(
+        run_loopback(
+            x,
+            Impairment(BernoulliLoss(0.05, seed=2), seed=2),
+            concealer=concealer,
+            playout=cfg,
+            codec=OpusEncoderStream(1, settings),
+            codec_delay=codec_delay_samples(settings),
+        )
+    )
     s = result.stats
     assert s["packets_lost"] == s["packets_concealed"] == s["injected_drop"] > 0
     assert s["packets_malformed"] == 0
@@ -101,8 +119,42 @@ def test_a_pcm_peer_and_an_opus_peer_play_each_other(tmp_path: Path) -> None:
     write_audio(b, music_like(2.0, seed=2))
     pa, pb = port(), port()
     cli = [sys.executable, "-m", "nmp_peer.cli", "jam", "--quiet", "--duration", "3.5", "--config", "wan"]
-    pa_proc = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--input", str(a), "--output", str(tmp_path / "a_hears.wav"), "--codec", "pcm16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pb_proc = subprocess.Popen([*cli, "--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pa}", "--input", str(b), "--output", str(tmp_path / "b_hears.wav"), "--codec", "opus"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pa_proc = subprocess.Popen(
+        [
+            *cli,
+            "--listen",
+            f"127.0.0.1:{pa}",
+            "--peer",
+            f"127.0.0.1:{pb}",
+            "--input",
+            str(a),
+            "--output",
+            str(tmp_path / "a_hears.wav"),
+            "--codec",
+            "pcm16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pb_proc = subprocess.Popen(
+        [
+            *cli,
+            "--listen",
+            f"127.0.0.1:{pb}",
+            "--peer",
+            f"127.0.0.1:{pa}",
+            "--input",
+            str(b),
+            "--output",
+            str(tmp_path / "b_hears.wav"),
+            "--codec",
+            "opus",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     (oa, ea), (ob, eb) = pa_proc.communicate(timeout=60), pb_proc.communicate(timeout=60)
     assert pa_proc.returncode == 0 and pb_proc.returncode == 0, (ea, eb)
     for out in (oa, ob):
@@ -114,7 +166,12 @@ def test_a_pcm_peer_and_an_opus_peer_play_each_other(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_codec_reports_bitrate_and_latency() -> None:
-    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "bench", "--codec", "opus", "--bitrate", "64000"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "nmp_peer.cli", "bench", "--codec", "opus", "--bitrate", "64000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert 50 < d["payload_kbps"] < 90 and d["added_latency_ms"] > 2.5
@@ -128,8 +185,16 @@ def test_an_opus_stream_the_adaptive_buffer_shrinks_plays_on(concealer: str) -> 
     settings = OpusSettings(bitrate=96_000)
     audio = music_like(4.0)
     policy = LatencyPolicy(mode="adaptive", depth_packets=10, window_s=1.0)
-    result = asyncio.run(run_loopback(audio, Impairment(), concealer=concealer, playout=PlayoutConfig(latency=policy),
-                                      codec=OpusEncoderStream(1, settings), codec_delay=codec_delay_samples(settings)))
+    result = asyncio.run(
+        run_loopback(
+            audio,
+            Impairment(),
+            concealer=concealer,
+            playout=PlayoutConfig(latency=policy),
+            codec=OpusEncoderStream(1, settings),
+            codec_delay=codec_delay_samples(settings),
+        )
+    )
     s = result.stats
     assert s["blocks_dropped"] >= 3
     assert s["packets_lost"] == s["packets_concealed"] == 0
@@ -141,8 +206,8 @@ def test_an_opus_stream_through_a_buffer_that_grows_and_shrinks_plays_every_pack
     """Late packets grow the adaptive buffer (inserted blocks), a calm spell shrinks it
     again (dropped blocks), on one Opus stream through the engine's one decoder path."""
     from nmp_peer.conceal.lpc import LpcConcealer
-    from nmp_peer.receiver.playout import PlayoutEngine
     from nmp_peer.proto.packetizer import Packetizer
+    from nmp_peer.receiver.playout import PlayoutEngine
 
     settings = OpusSettings(bitrate=96_000)
     audio = music_like(8.0)

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
+from conftest import music_like
 
 from nmp_peer.audio_io import read_audio, write_audio
 from nmp_peer.train.pack import decode, encode
-
-from conftest import music_like
 
 
 def _set(root: Path) -> Path:

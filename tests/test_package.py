@@ -36,16 +36,36 @@ def test_the_wheel_carries_every_shipped_config_and_module(tmp_path: Path) -> No
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     shutil.copytree(PACKAGE, src / "nmp_peer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("nmp_peer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
 
     configs = {p.relative_to(PACKAGE.parent).as_posix() for p in (PACKAGE / "conf").rglob("*.toml")}
-    assert {"nmp_peer/conf/default.toml", "nmp_peer/conf/lan.toml", "nmp_peer/conf/wan.toml",
-            "nmp_peer/conf/scenarios.toml", "nmp_peer/conf/train/bin2bin_v2.toml",
-            "nmp_peer/conf/train/experiments/bin2bin_v2_cpu_noadv.toml"} <= configs
+    assert {
+        "nmp_peer/conf/default.toml",
+        "nmp_peer/conf/lan.toml",
+        "nmp_peer/conf/wan.toml",
+        "nmp_peer/conf/scenarios.toml",
+        "nmp_peer/conf/train/bin2bin_v2.toml",
+        "nmp_peer/conf/train/experiments/bin2bin_v2_cpu_noadv.toml",
+    } <= configs
     assert configs <= names, sorted(configs - names)
     assert "nmp_peer/conceal/models/bin2bin_v2.onnx" in names
     modules = {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}

@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from conftest import music_like
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.simple import RepeatConcealer
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-from nmp_peer.proto.packetizer import Packetizer
-
-from conftest import music_like
 
 
 class SleepyConcealer(Concealer):
@@ -83,7 +82,10 @@ def test_long_bursts_fade_to_silence_and_recover_with_a_crossfade() -> None:
     out, _ = play(engine, audio, lost)
     lat = engine.first_slot[1]
     seg = out[lat:]
-    rms = lambda k: float(np.sqrt(np.mean(seg[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES] ** 2)))
+
+    def rms(k: int) -> float:
+        return float(np.sqrt(np.mean(seg[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES] ** 2)))
+
     assert rms(41) > 0.05  # early in the burst: concealed, audible
     assert all(rms(k) == 0.0 for k in range(48, 60))  # after 50 + 25 ms: silence
     # Recovery: the first received packet fades in from silence, then plays unchanged.
@@ -99,7 +101,9 @@ def test_engine_concealment_is_causal() -> None:
     base, _ = play(PlayoutEngine(RepeatConcealer(), fixed()), audio, lost)
     for n in (21, 39, 54):
         changed = audio.copy()
-        changed[(n + 1) * BLOCK_FRAMES :] = np.random.default_rng(n).uniform(-1, 1, changed[(n + 1) * BLOCK_FRAMES :].shape)
+        changed[(n + 1) * BLOCK_FRAMES :] = np.random.default_rng(n).uniform(
+            -1, 1, changed[(n + 1) * BLOCK_FRAMES :].shape
+        )
         out, _ = play(PlayoutEngine(RepeatConcealer(), fixed()), changed, lost)
         engine_lat = 2 * BLOCK_FRAMES + 8
         end = engine_lat + (n + 1) * BLOCK_FRAMES

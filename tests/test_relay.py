@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import music_like
 
 from nmp_peer.audio_io import read_audio, write_audio
+from nmp_peer.live.transport import Endpoint
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss, burst_lengths, make_loss_model
-from nmp_peer.netsim.relay import Relay, TokenBucket, UDP_IP_OVERHEAD_BYTES, read_log
-from nmp_peer.live.transport import Endpoint
+from nmp_peer.netsim.relay import UDP_IP_OVERHEAD_BYTES, Relay, TokenBucket, read_log
 from nmp_peer.proto.wire import Packet, PayloadType
-
-from conftest import music_like
 
 COPIES = {"deliver": 1, "reorder": 1, "duplicate": 2, "drop": 0, "rate-drop": 0, "outage": 0}
 
@@ -116,11 +115,16 @@ def expected_copies(records: list[dict[str, Any]]) -> Counter[int]:
 def test_forwarded_datagrams_are_exactly_those_the_log_says(model: str, tmp_path: Path) -> None:
     def impairment() -> Impairment:
         loss = BernoulliLoss(0.1, seed=11) if model == "bernoulli" else GilbertElliottLoss(0.1, 3.0, seed=11)
-        return Impairment(loss, delay_ms=1.0, jitter_ms=1.0, reorder=0.05, duplicate=0.05, seed=11, packet_interval_s=0.003)
+        return Impairment(
+            loss, delay_ms=1.0, jitter_ms=1.0, reorder=0.05, duplicate=0.05, seed=11, packet_interval_s=0.003
+        )
 
     n = 300
-    ex = exchange(lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, impairment(), log=log), tmp_path / "r.jsonl",
-                  [nmp(i) for i in range(n)])
+    ex = exchange(
+        lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, impairment(), log=log),
+        tmp_path / "r.jsonl",
+        [nmp(i) for i in range(n)],
+    )
     a2b = ex.direction("a2b")
     assert [r["seq"] for r in a2b] == list(range(n))
     assert Counter(seq_of(d) for d in ex.at_b) == expected_copies(a2b)
@@ -140,10 +144,16 @@ def test_forwarded_datagrams_are_exactly_those_the_log_says(model: str, tmp_path
 
 def test_the_same_seed_gives_the_same_log_and_another_seed_another(tmp_path: Path) -> None:
     def run(seed: int) -> list[tuple[int, str, list[float]]]:
-        imp = Impairment(make_loss_model("gilbert", 0.2, 2.0, seed=seed), jitter_ms=2.0, reorder=0.1, duplicate=0.1,
-                         seed=seed)
-        ex = exchange(lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, imp, log=log), tmp_path / f"{seed}.jsonl",
-                      [nmp(i) for i in range(120)], pace_s=0.0005, settle_s=0.1)
+        imp = Impairment(
+            make_loss_model("gilbert", 0.2, 2.0, seed=seed), jitter_ms=2.0, reorder=0.1, duplicate=0.1, seed=seed
+        )
+        ex = exchange(
+            lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, imp, log=log),
+            tmp_path / f"{seed}.jsonl",
+            [nmp(i) for i in range(120)],
+            pace_s=0.0005,
+            settle_s=0.1,
+        )
         return [(r["seq"], r["action"], r["delays_ms"]) for r in ex.direction("a2b")]
 
     first = run(5)
@@ -154,8 +164,11 @@ def test_the_same_seed_gives_the_same_log_and_another_seed_another(tmp_path: Pat
 def test_duplicates_and_reorders_arrive_when_and_as_often_as_logged(tmp_path: Path) -> None:
     imp = Impairment(None, delay_ms=1.0, jitter_ms=0.5, reorder=0.15, duplicate=0.15, seed=3, packet_interval_s=0.004)
     n = 200
-    ex = exchange(lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, imp, log=log), tmp_path / "r.jsonl",
-                  [nmp(i) for i in range(n)])
+    ex = exchange(
+        lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, imp, log=log),
+        tmp_path / "r.jsonl",
+        [nmp(i) for i in range(n)],
+    )
     a2b = ex.direction("a2b")
     arrivals = [seq_of(d) for d in ex.at_b]
     assert Counter(arrivals) == expected_copies(a2b)
@@ -169,10 +182,11 @@ def test_duplicates_and_reorders_arrive_when_and_as_often_as_logged(tmp_path: Pa
     for seq in arrivals:
         times.append(due[seq][seen[seq]])
         seen[seq] += 1
-    assert all(t1 <= t2 + 0.01 for t1, t2 in zip(times, times[1:]))
+    assert all(t1 <= t2 + 0.01 for t1, t2 in zip(times, times[1:], strict=False))
     overtaken = sum(
-        1 for r in a2b if r["action"] == "reorder" and r["seq"] + 1 < n
-        and arrivals.index(r["seq"]) > arrivals.index(r["seq"] + 1)
+        1
+        for r in a2b
+        if r["action"] == "reorder" and r["seq"] + 1 < n and arrivals.index(r["seq"]) > arrivals.index(r["seq"] + 1)
     )
     assert overtaken >= 10
 
@@ -193,8 +207,13 @@ def test_token_bucket_passes_its_rate_and_drops_what_overflows_the_queue() -> No
 
 def test_rate_limit_drops_what_exceeds_it_and_spaces_the_rest(tmp_path: Path) -> None:
     rate_kbps = 300.0
-    ex = exchange(lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(), rate_kbps=rate_kbps, log=log),
-                  tmp_path / "r.jsonl", [nmp(i) for i in range(100)], pace_s=0.002, settle_s=0.1)
+    ex = exchange(
+        lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(), rate_kbps=rate_kbps, log=log),
+        tmp_path / "r.jsonl",
+        [nmp(i) for i in range(100)],
+        pace_s=0.002,
+        settle_s=0.1,
+    )
     a2b = ex.direction("a2b")
     kept = [r for r in a2b if r["action"] == "deliver"]
     dropped = [r for r in a2b if r["action"] == "rate-drop"]
@@ -203,13 +222,18 @@ def test_rate_limit_drops_what_exceeds_it_and_spaces_the_rest(tmp_path: Path) ->
     assert all(r["delays_ms"][0] <= 50.0 for r in kept)
     bits_ms = 8.0 * (len(nmp(0)) + UDP_IP_OVERHEAD_BYTES) / rate_kbps
     departures = [r["t_ms"] + r["delays_ms"][0] for r in kept]
-    assert all(b - a >= bits_ms - 0.01 for a, b in zip(departures[1:], departures[2:]))  # after the 1-packet burst
+    # after the 1-packet burst
+    assert all(b - a >= bits_ms - 0.01 for a, b in zip(departures[1:], departures[2:], strict=False))
 
 
 def test_an_outage_drops_everything_in_its_window_both_ways(tmp_path: Path) -> None:
-    ex = exchange(lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(), outage=(0.1, 0.1), log=log),
-                  tmp_path / "r.jsonl", [nmp(i) for i in range(150)], from_b=[nmp(i, stream_id=9) for i in range(150)],
-                  pace_s=0.002)
+    ex = exchange(
+        lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(), outage=(0.1, 0.1), log=log),
+        tmp_path / "r.jsonl",
+        [nmp(i) for i in range(150)],
+        from_b=[nmp(i, stream_id=9) for i in range(150)],
+        pace_s=0.002,
+    )
     first = ex.summary["first_packet_ms"]
     for direction in ("a2b", "b2a"):
         records = ex.direction(direction)
@@ -226,8 +250,12 @@ def test_garbage_is_relayed_as_it_is_with_seq_minus_one_and_strangers_get_nothin
     bad_magic = b"XX" + nmp(2)[2:]
     garbage = [b"", b"hello", os.urandom(100), nmp(1)[:-1], bad_magic, b"x" * 60000, b"\x00" * 24]
     datagrams = [*garbage, nmp(3)]
-    ex = exchange(lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(), log=log), tmp_path / "r.jsonl",
-                  datagrams, foreign={0: nmp(99), 4: b"intruder"})
+    ex = exchange(
+        lambda fwd, log: Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(), log=log),
+        tmp_path / "r.jsonl",
+        datagrams,
+        foreign={0: nmp(99), 4: b"intruder"},
+    )
     assert ex.at_b == datagrams
     a2b = ex.direction("a2b")
     assert [r["seq"] for r in a2b] == [-1] * len(garbage) + [3]
@@ -240,11 +268,21 @@ def test_garbage_is_relayed_as_it_is_with_seq_minus_one_and_strangers_get_nothin
 
 def test_replies_go_to_side_a_only_with_their_own_impairment(tmp_path: Path) -> None:
     def make(fwd: Endpoint, log: Path) -> Relay:
-        return Relay(Endpoint("127.0.0.1", 0), fwd, Impairment(BernoulliLoss(0.3, seed=1), seed=1),
-                     Impairment(BernoulliLoss(0.3, seed=2), seed=2), log=log)
+        return Relay(
+            Endpoint("127.0.0.1", 0),
+            fwd,
+            Impairment(BernoulliLoss(0.3, seed=1), seed=1),
+            Impairment(BernoulliLoss(0.3, seed=2), seed=2),
+            log=log,
+        )
 
-    ex = exchange(make, tmp_path / "r.jsonl", [nmp(i) for i in range(100)], from_b=[nmp(i, stream_id=9) for i in range(100)],
-                  b_first=[nmp(1000 + i, stream_id=9) for i in range(5)])
+    ex = exchange(
+        make,
+        tmp_path / "r.jsonl",
+        [nmp(i) for i in range(100)],
+        from_b=[nmp(i, stream_id=9) for i in range(100)],
+        b_first=[nmp(1000 + i, stream_id=9) for i in range(5)],
+    )
     assert ex.summary["no_peer"] == 5
     b2a = ex.direction("b2a")
     assert [r["seq"] for r in b2a] == list(range(100))  # the 5 sent before A was known went nowhere
@@ -274,13 +312,15 @@ def test_replies_go_to_side_a_only_with_their_own_impairment(tmp_path: Path) -> 
         (["--log", "/proc/no/such/dir/r.jsonl"], "cannot write relay log"),
     ],
 )
-def test_impair_command_refuses_bad_values_in_one_line(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_impair_command_refuses_bad_values_in_one_line(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from nmp_peer.cli import app, main
     from nmp_peer.cli_net import register
 
     register(app)
     options = {"--listen": "127.0.0.1:0", "--forward": "127.0.0.1:9", "--duration": "0.01"}
-    options.update(zip(args[::2], args[1::2]))
+    options.update(zip(args[::2], args[1::2], strict=False))
     argv = ["impair", *[x for pair in options.items() for x in pair]]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -293,9 +333,23 @@ def test_impair_command_relays_logs_and_stops_cleanly_on_a_signal(sig: str, tmp_
     b.bind(("127.0.0.1", 0))
     b.settimeout(5.0)
     log = tmp_path / "r.csv"
-    p = subprocess.Popen([sys.executable, "-m", "nmp_peer.cli_net", "impair", "--listen", "127.0.0.1:0",
-                          "--forward", "%s:%d" % b.getsockname(), "--log", str(log)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nmp_peer.cli_net",
+            "impair",
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            "{}:{}".format(*b.getsockname()),
+            "--log",
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = p.stderr.readline()
         port = int(line.split()[3].rpartition(":")[2])

@@ -18,16 +18,33 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.scenarios import Scenario, ScenarioError, load_scenarios, select
 from nmp_peer.receiver.playout import PlayoutConfig
+from nmp_peer.scenarios import Scenario, ScenarioError, load_scenarios, select
 from nmp_peer.scenarios.analysis import CLICK_RATIO, quality, receiver_truth, track_alignment
-from nmp_peer.scenarios.spec import STREAM_KBPS, synthetic_music
 from nmp_peer.scenarios.runner import RECOVERY_LIMIT_BLOCKS
+from nmp_peer.scenarios.spec import STREAM_KBPS, synthetic_music
 
 ALL = {
-    "clean", "bernoulli-2", "bernoulli-5", "bernoulli-10", "bernoulli-20", "gilbert-b2", "gilbert-b6", "challenge-5",
-    "challenge-10", "jitter-2-normal", "jitter-5-normal", "jitter-15-normal", "jitter-2-pareto", "jitter-5-pareto",
-    "jitter-15-pareto", "reorder-1", "duplicate-1", "rate-600k", "outage-2s", "restart",
+    "clean",
+    "bernoulli-2",
+    "bernoulli-5",
+    "bernoulli-10",
+    "bernoulli-20",
+    "gilbert-b2",
+    "gilbert-b6",
+    "challenge-5",
+    "challenge-10",
+    "jitter-2-normal",
+    "jitter-5-normal",
+    "jitter-15-normal",
+    "jitter-2-pareto",
+    "jitter-5-pareto",
+    "jitter-15-pareto",
+    "reorder-1",
+    "duplicate-1",
+    "rate-600k",
+    "outage-2s",
+    "restart",
 }
 
 
@@ -43,8 +60,18 @@ def test_the_shipped_file_has_the_named_set() -> None:
 
 
 def test_relay_and_netem_arguments() -> None:
-    sc = Scenario(name="x", loss=0.1, loss_model="gilbert", burst=4, delay_ms=30, jitter_ms=5, jitter_dist="pareto",
-                  rate_kbps=600, outage=(1, 2), seed=7)
+    sc = Scenario(
+        name="x",
+        loss=0.1,
+        loss_model="gilbert",
+        burst=4,
+        delay_ms=30,
+        jitter_ms=5,
+        jitter_dist="pareto",
+        rate_kbps=600,
+        outage=(1, 2),
+        seed=7,
+    )
     args = sc.relay_args()
     assert args[args.index("--loss-model") + 1] == "gilbert" and args[args.index("--outage") + 1] == "1:2"
     assert args[args.index("--rate-kbps") + 1] == "600" and args[args.index("--seed") + 1] == "7"
@@ -84,7 +111,9 @@ def test_a_bad_scenario_file_is_refused_in_one_line(tmp_path: Path, text: str, f
 
 def test_defaults_apply_and_selection_keeps_the_order(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
-    path.write_text('[defaults]\nseed = 9\nconfig = "wan"\n[[scenario]]\nname = "a"\n[[scenario]]\nname = "b"\nseed = 2\n')
+    path.write_text(
+        '[defaults]\nseed = 9\nconfig = "wan"\n[[scenario]]\nname = "a"\n[[scenario]]\nname = "b"\nseed = 2\n'
+    )
     a, b = load_scenarios(path)
     assert (a.seed, a.config, b.seed) == (9, "wan", 2)
     assert [s.name for s in select([a, b], "b,a")] == ["b", "a"]
@@ -105,20 +134,33 @@ def test_cli_lists_scenarios_and_refuses_unknown_names(capsys: pytest.CaptureFix
 
 
 # ---------------------------------------------------------------------- ground truth from a relay log
-def _records(direction: str, stream: int, seqs: range, t0: float, actions: dict[int, str] | None = None) -> list[dict[str, Any]]:
+def _records(
+    direction: str, stream: int, seqs: range, t0: float, actions: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
     actions = actions or {}
     out = []
     for i, seq in enumerate(seqs):
         action = actions.get(seq, "deliver")
         delays = [] if action in ("drop", "outage", "rate-drop") else ([0.0, 0.5] if action == "duplicate" else [0.0])
-        out.append({"t_ms": t0 + i * 11.61, "dir": direction, "index": i, "seq": seq % 2**32, "stream_id": stream,
-                    "bytes": 1048, "action": action, "delays_ms": delays})
+        out.append(
+            {
+                "t_ms": t0 + i * 11.61,
+                "dir": direction,
+                "index": i,
+                "seq": seq % 2**32,
+                "stream_id": stream,
+                "bytes": 1048,
+                "action": action,
+                "delays_ms": delays,
+            }
+        )
     return out
 
 
 def test_receiver_truth_counts_drops_duplicates_and_a_restarted_stream() -> None:
-    old = _records("a2b", 7, range(2**32 - 10, 2**32 + 90), 0.0, {2**32 - 5: "drop", 2**32 + 3: "outage",
-                                                                   2**32 + 4: "duplicate"})
+    old = _records(
+        "a2b", 7, range(2**32 - 10, 2**32 + 90), 0.0, {2**32 - 5: "drop", 2**32 + 3: "outage", 2**32 + 4: "duplicate"}
+    )
     new = _records("a2b", 9, range(500, 700), 100 * 11.61 + 1000.0, {510: "drop", 690: "drop"})
     for i, r in enumerate(new):
         r["index"] = 100 + i
@@ -140,7 +182,9 @@ def _played(clip: np.ndarray, schedule: list[int | None], lead_blocks: int = 5, 
     rng = np.random.default_rng(0)
     parts = [np.zeros(lead_blocks * BLOCK_FRAMES + offset)]
     for k in schedule:
-        parts.append(0.05 * rng.standard_normal(BLOCK_FRAMES) if k is None else clip[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+        parts.append(
+            0.05 * rng.standard_normal(BLOCK_FRAMES) if k is None else clip[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES]
+        )
     out = np.concatenate(parts)
     return out[: len(out) // BLOCK_FRAMES * BLOCK_FRAMES]
 
@@ -167,9 +211,15 @@ def test_alignment_follows_losses_and_inserts_and_catches_a_packet_played_twice(
 def test_a_restarted_sender_is_a_new_segment_and_its_recovery_is_measured() -> None:
     clip = synthetic_music(4.0, seed=2)[:, 0].astype(np.float64)
     first = list(range(120)) + [None] * 3  # the old stream, then concealment fading out
-    out = np.concatenate([_played(clip, first), np.zeros(80 * BLOCK_FRAMES), _played(clip, list(range(150)), lead_blocks=0)])
-    truth = {"streams": [{"first_t_ms": 0.0, "last_t_ms": 119 * 11.61, "lost_positions": [], "played_upto": 119},
-                         {"first_t_ms": (119 + 81) * 11.61, "last_t_ms": 0.0, "lost_positions": [], "played_upto": 149}]}
+    out = np.concatenate(
+        [_played(clip, first), np.zeros(80 * BLOCK_FRAMES), _played(clip, list(range(150)), lead_blocks=0)]
+    )
+    truth = {
+        "streams": [
+            {"first_t_ms": 0.0, "last_t_ms": 119 * 11.61, "lost_positions": [], "played_upto": 119},
+            {"first_t_ms": (119 + 81) * 11.61, "last_t_ms": 0.0, "lost_positions": [], "played_upto": 149},
+        ]
+    }
     q = quality(out, clip, truth, restarted=True)
     assert q["segments"] == 2 and q["order_violations"] == 0
     assert 0 <= q["restart_recovery_blocks"] <= 5
@@ -184,7 +234,11 @@ def test_lost_packets_are_matched_to_the_relay_log_and_scored() -> None:
     schedule = [None if k in lost else k for k in range(n)]
     out = _played(clip, schedule)
     # The stream began with 7 packets of silence before the clip: positions are clip blocks + 7.
-    truth = {"streams": [{"first_t_ms": 0.0, "last_t_ms": 0.0, "lost_positions": [k + 7 for k in lost], "played_upto": n + 7}]}
+    truth = {
+        "streams": [
+            {"first_t_ms": 0.0, "last_t_ms": 0.0, "lost_positions": [k + 7 for k in lost], "played_upto": n + 7}
+        ]
+    }
     q = quality(out, clip, truth)
     assert q["agreement"]["matched"] == q["agreement"]["relay_lost_in_view"] == len(lost)
     assert q["lost_packets"] == len(lost)
@@ -228,13 +282,16 @@ def _failed(entry: dict[str, Any]) -> list[str]:
 
 
 FADE_AFTER_BLOCKS = math.ceil(PlayoutConfig().fade_after_ms * SAMPLE_RATE / 1000.0 / BLOCK_FRAMES)
-KNOWN_FADE_CLICK = ("known playout bug (issue 12 report): the burst fade is applied to a prediction that already "
-                    "continues the faded history, so the block seams inside the fade step down; "
-                    "tests/test_clicks.py::test_the_burst_fade_to_silence_is_click_free reproduces it")
+KNOWN_FADE_CLICK = (
+    "known playout bug (issue 12 report): the burst fade is applied to a prediction that already "
+    "continues the faded history, so the block seams inside the fade step down; "
+    "tests/test_clicks.py::test_the_burst_fade_to_silence_is_click_free reproduces it"
+)
 
 
 def _longest_loss_run(entry: dict[str, Any]) -> int:
-    """B's longest run of consecutive slots without their packet, from the relay's log (a restart: the sender's silence)."""
+    """B's longest run of consecutive slots without their packet, from the relay's log (a
+    restart: the sender's silence)."""
     truth = entry["analysis"]["counters"]["truth"]
     if truth is None:
         return 0
@@ -253,8 +310,9 @@ def _known_fade_clicks(entry: dict[str, Any], failed: list[str]) -> bool:
     """Only clicks failed, and B may have concealed long enough to reach the engine's fade (the known bug):
     the relay dropped that many packets in a row, the sender restarted, or B counted that many late ones."""
     b = entry["result"]["b"]
-    long_burst = (_longest_loss_run(entry) >= FADE_AFTER_BLOCKS
-                  or b["packets_late"] + b["underruns"] >= FADE_AFTER_BLOCKS)
+    long_burst = (
+        _longest_loss_run(entry) >= FADE_AFTER_BLOCKS or b["packets_late"] + b["underruns"] >= FADE_AFTER_BLOCKS
+    )
     return bool(failed) and all(f.startswith("no click:") for f in failed) and long_burst
 
 
@@ -295,7 +353,9 @@ def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["clean", "bernoulli-5", "outage-2s", "restart", "rate-600k"])
-def test_loopback_jam_counters_match_the_relay_and_the_audio_is_in_order(loopback_jams: dict[str, Any], name: str) -> None:
+def test_loopback_jam_counters_match_the_relay_and_the_audio_is_in_order(
+    loopback_jams: dict[str, Any], name: str
+) -> None:
     _xfail_known(_check_jam(loopback_jams[name]))
 
 
@@ -321,7 +381,9 @@ def test_loopback_clean_is_bit_exact_and_lossy_packets_are_the_relays(loopback_j
 
 
 @pytest.mark.slow
-def test_loopback_audio_resumes_within_a_few_packets_after_an_outage_and_a_restart(loopback_jams: dict[str, Any]) -> None:
+def test_loopback_audio_resumes_within_a_few_packets_after_an_outage_and_a_restart(
+    loopback_jams: dict[str, Any],
+) -> None:
     outage = loopback_jams["outage-2s"]
     relay = outage["result"]["relay"]
     assert relay["a2b"]["outage_dropped"] > 150 and relay["b2a"]["outage_dropped"] > 150
@@ -353,12 +415,17 @@ def test_loopback_report_plots_and_json(loopback_jams: dict[str, Any]) -> None:
     for name in ("clean", "bernoulli-5", "outage-2s", "restart", "rate-600k"):
         assert f"| {name} | lpc |" in report
     # The report lists exactly the checks that failed; only the known fade clicks may have.
-    failed = [(name, f) for name in ("clean", "bernoulli-5", "outage-2s", "restart", "rate-600k")
-              for f in _failed(loopback_jams[name])]
+    failed = [
+        (name, f)
+        for name in ("clean", "bernoulli-5", "outage-2s", "restart", "rate-600k")
+        for f in _failed(loopback_jams[name])
+    ]
     listed = report.split("## Failed checks\n\n")[1].split("\n\n")[0].splitlines()
     if failed:
-        assert len(listed) == len(failed) and all(line.startswith(f"- {name} / lpc: **{f.split(':')[0]}**")
-                                                  for (name, f), line in zip(failed, listed)), (listed, failed)
+        assert len(listed) == len(failed) and all(
+            line.startswith(f"- {name} / lpc: **{f.split(':')[0]}**")
+            for (name, f), line in zip(failed, listed, strict=False)
+        ), (listed, failed)
     else:
         assert listed == ["None."], listed
     assert all(_known_fade_clicks(loopback_jams[name], [f]) for name, f in failed), failed

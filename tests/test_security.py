@@ -10,15 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import JamProcess, music_like
 
 from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.security import Authenticator, KeyFileError, RateLimiter, ReplayWindow, load_key
+from nmp_peer.proto.wire import Packet
 from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.proto.packetizer import Packetizer
-from nmp_peer.proto.wire import Packet
-
-from conftest import JamProcess, music_like
 
 KEY = bytes(range(32))
 A = ("198.18.0.1", 5000)
@@ -97,7 +96,9 @@ def test_foreign_flood_at_fifty_times_the_stream_rate_does_not_disturb_playout()
     from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
     stats = Stats()
-    engine = PlayoutEngine(RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)), stats=stats)
+    engine = PlayoutEngine(
+        RepeatConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)), stats=stats
+    )
     gate = ReceiveGate(stats, peer_host=A[0])
     real = packets(300)
     attacker = packets(300 * 50)  # a valid-looking stream from another host
@@ -170,6 +171,21 @@ def test_jam_with_a_key_hears_only_the_peer_with_the_same_key(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_missing_key_file_is_one_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "jam", "--peer", "127.0.0.1:9", "--listen", "127.0.0.1:0",
-                        "--key-file", "/no/such.key"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nmp_peer.cli",
+            "jam",
+            "--peer",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            "/no/such.key",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "/no/such.key" in r.stderr

@@ -49,9 +49,7 @@ SR = 44_100
 ALL_ROLES = ["melody", "chords", "arpeggio", "pad", "bass", "drums"]
 
 HAVE_SYNTH = shutil.which("fluidsynth") is not None and bool(list_soundfonts())
-needs_synth = pytest.mark.skipif(
-    not HAVE_SYNTH, reason="fluidsynth or a GM SoundFont is not installed"
-)
+needs_synth = pytest.mark.skipif(not HAVE_SYNTH, reason="fluidsynth or a GM SoundFont is not installed")
 
 
 def _smallest_font() -> Path:
@@ -82,9 +80,7 @@ def test_seeds_vary_the_music() -> None:
     assert len({round(s.tempo_bpm) for s in songs}) >= 20
     articulations = [p.articulation for s in songs for p in s.parts if p.role == "melody"]
     assert min(articulations) < 0.45 and max(articulations) > 0.9
-    velocities = {
-        m.velocity for s in songs for m in _note_messages(s.midi.tracks[1]) if m.type == "note_on"
-    }
+    velocities = {m.velocity for s in songs for m in _note_messages(s.midi.tracks[1]) if m.type == "note_on"}
     assert max(velocities) - min(velocities) >= 30
 
 
@@ -133,13 +129,9 @@ def test_groups_hold_programs_of_the_matching_gm_families() -> None:
 
 def test_programs_follow_the_requested_role_and_group() -> None:
     for seed, group in enumerate(["keyboards", "plucked", "bowed", "winds", "brass", "voices"]):
-        song = generate_song(
-            seed, 4.0, [PartRequest("melody", group), PartRequest("bass"), "drums"]
-        )
+        song = generate_song(seed, 4.0, [PartRequest("melody", group), PartRequest("bass"), "drums"])
         expected_groups = [group, "bass", "drums"]
-        for part, expected, track in zip(
-            song.parts, expected_groups, song.midi.tracks[1:], strict=True
-        ):
+        for part, expected, track in zip(song.parts, expected_groups, song.midi.tracks[1:], strict=True):
             assert part.group == expected
             assert part.program in GM_GROUPS[expected]
             changes = [m.program for m in track if m.type == "program_change"]
@@ -248,9 +240,7 @@ def _test_signal(seconds: float = 1.0) -> np.ndarray:
 def test_augmentations_keep_shape_are_finite_and_stay_in_range() -> None:
     x = _test_signal()
     rng = np.random.default_rng(1)
-    extreme = augment.Augmentation(
-        gain_db=12.0, tilt_db=12.0, pivot_hz=500.0, reverb_rt60_s=2.5, reverb_wet=0.6
-    )
+    extreme = augment.Augmentation(gain_db=12.0, tilt_db=12.0, pivot_hz=500.0, reverb_rt60_s=2.5, reverb_wet=0.6)
     for aug in [augment.random_augmentation(rng) for _ in range(6)] + [extreme]:
         y = augment.apply_augmentation(x, aug)
         assert y.shape == x.shape
@@ -331,9 +321,7 @@ def test_render_clip_is_deterministic_for_a_seed() -> None:
 @needs_synth
 def test_build_set_writes_clips_and_a_manifest_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    manifest_path = build_set(
-        out, "eval", n_clips=2, clip_seconds=2.0, soundfonts=[_smallest_font()]
-    )
+    manifest_path = build_set(out, "eval", n_clips=2, clip_seconds=2.0, soundfonts=[_smallest_font()])
     manifest = json.loads(manifest_path.read_text())
     clips = manifest["clips"]
     assert [c["category"] for c in clips] == list(EVAL_CATEGORIES[:2])
@@ -351,11 +339,7 @@ def test_build_set_writes_clips_and_a_manifest_and_resumes(tmp_path: Path) -> No
     assert [r["file"] for r in rows] == [c["file"] for c in clips]
 
     stamps = {c["file"]: (out / c["file"]).stat().st_mtime_ns for c in clips}
-    again = json.loads(
-        build_set(
-            out, "eval", n_clips=3, clip_seconds=2.0, soundfonts=[_smallest_font()]
-        ).read_text()
-    )
+    again = json.loads(build_set(out, "eval", n_clips=3, clip_seconds=2.0, soundfonts=[_smallest_font()]).read_text())
     assert [c["file"] for c in again["clips"][:2]] == [c["file"] for c in clips]
     assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
     assert again["clips"][2]["category"] == EVAL_CATEGORIES[2]
@@ -393,8 +377,24 @@ def test_clips_command_builds_a_focused_set_of_chosen_kinds_and_seed(tmp_path: P
     import sys
 
     out = tmp_path / "rhythm"
-    cmd = [sys.executable, "-m", "nmp_peer.cli", "clips", "--out", str(out), "--kinds", "drums,bass",
-           "--seed", "1", "--n", "3", "--seconds", "1.5", "--jobs", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nmp_peer.cli",
+        "clips",
+        "--out",
+        str(out),
+        "--kinds",
+        "drums,bass",
+        "--seed",
+        "1",
+        "--n",
+        "3",
+        "--seconds",
+        "1.5",
+        "--jobs",
+        "1",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     clips = json.loads((out / "manifest.json").read_text())["clips"]

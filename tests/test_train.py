@@ -14,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import music_like  # noqa: E402
+
 from nmp_peer.audio_io import write_audio  # noqa: E402
 from nmp_peer.conceal.gan import (  # noqa: E402
     CHUNK_CONTEXT_SAMPLES,
@@ -32,8 +34,6 @@ from nmp_peer.train.frontend import TorchFrontEnd  # noqa: E402
 from nmp_peer.train.model import Discriminator, Generator, count_parameters, model_info  # noqa: E402
 from nmp_peer.train.train import main, train  # noqa: E402
 from nmp_peer.train.trainer import lr_at  # noqa: E402
-
-from conftest import music_like  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -176,10 +176,20 @@ def test_played_features_are_what_the_runtime_plays():
 def test_front_end_matches_torch_stft():
     x = music_like(0.2, seed=5)[:CHUNK_SAMPLES, 0]
     feature, _, gain = SpectralFrontEnd().analyze(x)
-    spec = torch.stft(
-        torch.from_numpy(x).double(), 511, 16, 511, torch.hann_window(511, dtype=torch.float64),
-        center=True, pad_mode="reflect", return_complex=True,
-    ).abs().numpy()
+    spec = (
+        torch.stft(
+            torch.from_numpy(x).double(),
+            511,
+            16,
+            511,
+            torch.hann_window(511, dtype=torch.float64),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        .abs()
+        .numpy()
+    )
     np.testing.assert_allclose(feature[0], np.sqrt(spec / gain[0]) / FEATURE_CEILING, atol=1e-4)
 
 
@@ -210,8 +220,11 @@ def test_examples_are_lp_filled_from_the_past_only():
     inp, clean = chunks.batch(np.arange(len(chunks)))
     np.testing.assert_array_equal(inp[:, :CHUNK_CONTEXT_SAMPLES], clean[:, :CHUNK_CONTEXT_SAMPLES])
     # the LP part is what the runtime's LPC predicts from the 3584 samples before the gap
-    start = next(s for s in range(len(audio) - CHUNK_SAMPLES) if np.array_equal(
-        np.round(audio[s : s + CHUNK_SAMPLES] * 32768), clean[0] * 32768))
+    start = next(
+        s
+        for s in range(len(audio) - CHUNK_SAMPLES)
+        if np.array_equal(np.round(audio[s : s + CHUNK_SAMPLES] * 32768), clean[0] * 32768)
+    )
     history = audio[start + CHUNK_CONTEXT_SAMPLES - 3584 : start + CHUNK_CONTEXT_SAMPLES, None]
     lp = LpcConcealer().conceal(history, 0)[:, 0]
     np.testing.assert_allclose(inp[0, CHUNK_CONTEXT_SAMPLES:], lp, atol=1.0 / 32768)
@@ -247,7 +260,9 @@ def test_oracle_bound_beats_lpc(data_dir: Path, tmp_path: Path, capsys: pytest.C
     """The true magnitude with the LP phase must score better than LPC alone (the bound
     the model card quotes is this command's output on the real validation split)."""
     tiny = CONF_DIR / "tiny.toml"
-    assert main(["--config", str(tiny), "--data", str(data_dir), "--out", str(tmp_path), "--oracle", "--no-progress"]) == 0
+    assert (
+        main(["--config", str(tiny), "--data", str(data_dir), "--out", str(tmp_path), "--oracle", "--no-progress"]) == 0
+    )
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["oracle"]["lsd"] < scores["lpc"]["lsd"]
 
@@ -273,7 +288,7 @@ def test_a_bad_value_is_one_line_naming_file_and_key(tmp_path: Path, text: str, 
 
 
 def test_an_error_in_a_base_names_the_base_and_loops_are_refused(tmp_path: Path):
-    (tmp_path / "a.toml").write_text('[train]\nema_decay = 1.0\n')
+    (tmp_path / "a.toml").write_text("[train]\nema_decay = 1.0\n")
     (tmp_path / "b.toml").write_text('base = "a.toml"\n[optim]\nsteps = 10\n')
     with pytest.raises(ConfigError, match=r"a\.toml: train\.ema_decay: Input should be less than 1"):
         load_config(tmp_path / "b.toml")
@@ -320,7 +335,10 @@ def test_the_steps_flag_sets_the_schedule_and_is_recorded(data_dir: Path, tmp_pa
 def test_conf_train_holds_the_reference_the_shipped_recipe_and_tiny():
     """Finished experiments live in ``conf/train/experiments/`` and load by their plain name."""
     assert sorted(p.stem for p in CONF_DIR.glob("*.toml")) == [
-        "bin2bin_v2", "bin2bin_v2_cpu", "bin2bin_v2_cpu_packet", "tiny"
+        "bin2bin_v2",
+        "bin2bin_v2_cpu",
+        "bin2bin_v2_cpu_packet",
+        "tiny",
     ]
     shipped = load_config("bin2bin_v2_cpu_packet")  # the ONNX model's config_name
     assert (shipped.optim.steps, shipped.loss.loss_frames, shipped.data.max_valid_chunks) == (2600, "packet", 128)

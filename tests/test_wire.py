@@ -10,7 +10,14 @@ from nmp_peer.proto.wire import HEADER_BYTES, TAG_BYTES, Packet, PayloadType, Wi
 
 
 def sample_packet(**kw) -> Packet:
-    fields = dict(payload_type=PayloadType.PCM16, channels=1, stream_id=0xDEADBEEF, seq=7, timestamp=2**40 + 3, payload=bytes(range(256)) * 4)
+    fields = dict(
+        payload_type=PayloadType.PCM16,
+        channels=1,
+        stream_id=0xDEADBEEF,
+        seq=7,
+        timestamp=2**40 + 3,
+        payload=bytes(range(256)) * 4,
+    )
     fields.update(kw)
     return Packet(**fields)
 

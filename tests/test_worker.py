@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import music_like
+from test_playout import play
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.base import Concealer
@@ -14,9 +16,6 @@ from nmp_peer.conceal.lpc import LpcConcealer
 from nmp_peer.conceal.worker import ThreadedWorker
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
-
-from conftest import music_like
-from test_playout import play
 
 
 class RecordingConcealer(Concealer):

@@ -23,6 +23,16 @@ import numpy as np
 from nmp_peer import BLOCK_FRAMES
 
 
+def final_stage(stages: Iterator[np.ndarray]) -> np.ndarray:
+    """Run a concealer's stages to the end and return the last (best) prediction."""
+    result: np.ndarray | None = None
+    for result in stages:  # noqa: B007 (the loop keeps the last one)
+        pass
+    if result is None:
+        raise RuntimeError("a concealer yielded no prediction")
+    return result
+
+
 class Concealer(ABC):
     """Predicts missing audio from past audio only.
 

@@ -47,7 +47,7 @@ import numpy as np
 import scipy.fft
 
 from nmp_peer import SAMPLE_RATE
-from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.base import Concealer, final_stage
 from nmp_peer.conceal.lpc import LpcConcealer
 
 CHUNK_SAMPLES = 4096
@@ -231,9 +231,7 @@ class GanConcealer(Concealer):
     context_samples = 3584
     predict_samples = PREDICT_SAMPLES
 
-    def __init__(
-        self, model_path: str | Path | None = None, threads: int = 1, lpc: LpcConcealer | None = None
-    ) -> None:
+    def __init__(self, model_path: str | Path | None = None, threads: int = 1, lpc: LpcConcealer | None = None) -> None:
         import onnxruntime as ort
 
         path = Path(model_path) if model_path is not None else default_model_path()
@@ -273,11 +271,7 @@ class GanConcealer(Concealer):
         self._lock = threading.Lock()
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
-        result = None
-        for result in self.stages(history, burst_index):
-            pass
-        assert result is not None
-        return result
+        return final_stage(self.stages(history, burst_index))
 
     def stages(self, history: np.ndarray, burst_index: int) -> Iterator[np.ndarray]:
         hist = np.asarray(history, dtype=np.float32)

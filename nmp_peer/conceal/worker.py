@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.base import Concealer, final_stage
 
 
 @dataclass
@@ -84,10 +84,7 @@ class InlineWorker:
         job, self._job = self._job, None
         if job is None or job.slot != slot:
             return Taken(None, False)
-        result = None
-        for result in self.concealer.stages(job.history, job.burst_index):
-            pass
-        return Taken(result, result is not None)
+        return Taken(final_stage(self.concealer.stages(job.history, job.burst_index)), True)
 
     def cancel(self) -> None:
         self._job = None

@@ -93,7 +93,9 @@ def slice_tracks(
     return written
 
 
-def debian_music(out_dir: Path, packages: Sequence[str] = DEBIAN_MUSIC, clip_seconds: float = 8.0, clips_per_track: int = 2) -> list[Path]:
+def debian_music(
+    out_dir: Path, packages: Sequence[str] = DEBIAN_MUSIC, clip_seconds: float = 8.0, clips_per_track: int = 2
+) -> list[Path]:
     """Real recorded music clips from Debian game-data packages, one sub-folder per package."""
     written = []
     with tempfile.TemporaryDirectory(prefix="nmp-debs-") as tmp:

@@ -59,9 +59,7 @@ def _lost_packets(lost: np.ndarray, n_samples: int, packet_samples: int) -> np.n
     mask = np.asarray(lost, dtype=bool).ravel()
     n_packets = -(-n_samples // packet_samples)
     if mask.size < n_packets:
-        raise ValueError(
-            f"loss mask has {mask.size} packets, the signal {n_packets} of {packet_samples} samples"
-        )
+        raise ValueError(f"loss mask has {mask.size} packets, the signal {n_packets} of {packet_samples} samples")
     return np.flatnonzero(mask[:n_packets])
 
 
@@ -185,9 +183,7 @@ def mrstft_distance(
         diff = float(np.linalg.norm(s_ref - s_test))
         norm = float(np.linalg.norm(s_ref))
         sc = 0.0 if diff == 0.0 else (diff / norm if norm > 0.0 else float("inf"))
-        log_l1 = float(
-            np.mean(np.abs(np.log(np.maximum(s_ref, MRSTFT_EPS)) - np.log(np.maximum(s_test, MRSTFT_EPS))))
-        )
+        log_l1 = float(np.mean(np.abs(np.log(np.maximum(s_ref, MRSTFT_EPS)) - np.log(np.maximum(s_test, MRSTFT_EPS)))))
         total += sc + log_l1
     return total / len(fft_sizes)
 
@@ -197,9 +193,7 @@ def _visqol_api() -> Any:
     try:
         from visqol import VisqolApi
     except ImportError as e:
-        raise MetricUnavailable(
-            f"ViSQOL needs the visqol-python package (pip install 'nmp-peer[lab]'): {e}"
-        ) from e
+        raise MetricUnavailable(f"ViSQOL needs the visqol-python package (pip install 'nmp-peer[lab]'): {e}") from e
     api = VisqolApi()
     api.create(mode="audio")
     return api

@@ -42,7 +42,9 @@ def _fmt(mean: float, half: float) -> str:
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
-def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> dict[tuple, dict[str, tuple[float, float, int]]]:
+def aggregate(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> dict[tuple, dict[str, tuple[float, float, int]]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[tuple(row[k] for k in keys)].append(row)
@@ -51,7 +53,14 @@ def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequ
 
 def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> str:
     agg = aggregate(rows, keys, metrics)
-    header = [*keys, "n", *(f"{METRIC_INFO.get(m, (m,))[0]} {'↑' if METRIC_INFO.get(m, ('', 'higher'))[1] == 'higher' else '↓'}" for m in metrics)]
+    header = [
+        *keys,
+        "n",
+        *(
+            f"{METRIC_INFO.get(m, (m,))[0]} {'↑' if METRIC_INFO.get(m, ('', 'higher'))[1] == 'higher' else '↓'}"
+            for m in metrics
+        ),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in sorted(agg, key=lambda g: tuple(str(x) for x in g)):
         values = agg[group]
@@ -85,7 +94,9 @@ def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequenc
                         per_clip[clip].append(float(a.get(m, math.nan)) - float(b.get(m, math.nan)))
                 mean, half, k = mean_ci([float(np.mean(d)) for d in per_clip.values()])
                 n = max(n, k)
-                cells.append("–" if math.isnan(mean) else (f"{mean:+.3f}" if math.isnan(half) else f"{mean:+.3f} ± {half:.3f}"))
+                cells.append(
+                    "–" if math.isnan(mean) else (f"{mean:+.3f}" if math.isnan(half) else f"{mean:+.3f} ± {half:.3f}")
+                )
             lines.append("| " + " | ".join([str(group), f"{method} − {baseline}", str(n), *cells]) + " |")
     return "\n".join(lines)
 
@@ -168,7 +179,9 @@ def write_report(
                     "Each clip's difference averaged over the settings, then the mean over the "
                     "category's clips with its 95 % CI (n counts clips).",
                     "",
-                    paired_table([r for r in rows if r["method"] in (baseline, *others)], baseline, per_category, by="category"),
+                    paired_table(
+                        [r for r in rows if r["method"] in (baseline, *others)], baseline, per_category, by="category"
+                    ),
                     "",
                 ]
     if plots:
@@ -224,7 +237,14 @@ def plot_metric_vs_loss(rows: Sequence[dict[str, Any]], metric: str, path: Path)
             if len(pts) < 2:
                 continue
             xs = [100 * p[0] for p in pts]
-            ax.errorbar(xs, [p[1][0] for p in pts], yerr=np.nan_to_num([p[1][1] for p in pts]), marker="o", capsize=3, label=f"{method} ({mdl})")
+            ax.errorbar(
+                xs,
+                [p[1][0] for p in pts],
+                yerr=np.nan_to_num([p[1][1] for p in pts]),
+                marker="o",
+                capsize=3,
+                label=f"{method} ({mdl})",
+            )
     label, better = METRIC_INFO.get(metric, (metric, "higher"))
     ax.set_xlabel("packet loss (%)")
     ax.set_ylabel(f"{label} ({better} is better)")
@@ -256,9 +276,11 @@ def plot_burst_spectrograms(ref: np.ndarray, lost: np.ndarray, outputs: dict[str
     lossy[np.repeat(mask, BLOCK_FRAMES)[: len(ref)]] = 0
     panels = {"original": ref, "lossy (zeros)": lossy, **outputs}
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.9 * len(panels)), dpi=90, sharex=True)
-    for ax, (name, sig) in zip(np.atleast_1d(axes), panels.items()):
+    for ax, (name, sig) in zip(np.atleast_1d(axes), panels.items(), strict=False):
         f, t, z = stft(sig[lo:hi], SAMPLE_RATE, nperseg=512, noverlap=384)
-        ax.pcolormesh(t + lo / SAMPLE_RATE, f / 1000, 20 * np.log10(np.abs(z) + 1e-6), vmin=-100, vmax=-10, shading="auto")
+        ax.pcolormesh(
+            t + lo / SAMPLE_RATE, f / 1000, 20 * np.log10(np.abs(z) + 1e-6), vmin=-100, vmax=-10, shading="auto"
+        )
         for k in np.flatnonzero(mask):
             t0 = k * BLOCK_FRAMES / SAMPLE_RATE
             if lo / SAMPLE_RATE <= t0 <= hi / SAMPLE_RATE:

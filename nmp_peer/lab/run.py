@@ -20,13 +20,13 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.audio_io import read_audio
-from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
 from nmp_peer.conceal import make_concealer
-from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.base import Concealer, final_stage
 from nmp_peer.lab import metrics
+from nmp_peer.lab.simulate import conceal_trace, play_network
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
-from nmp_peer.lab.simulate import conceal_trace, play_network
+from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ALL_METRICS = ("snr", "lsd", "mrstft", "visqol", "plcmos")
@@ -107,22 +107,13 @@ class TimedConcealer(Concealer):
         self.seconds: list[float] = []
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
-        return _last(self.stages(history, burst_index))
+        return final_stage(self.stages(history, burst_index))
 
     def stages(self, history: np.ndarray, burst_index: int) -> Iterator[np.ndarray]:
         start = time.perf_counter()
-        result = _last(self.inner.stages(history, burst_index))
+        result = final_stage(self.inner.stages(history, burst_index))
         self.seconds.append(time.perf_counter() - start)
         yield result
-
-
-def _last(stages: Iterator[np.ndarray]) -> np.ndarray:
-    result: np.ndarray | None = None
-    for result in stages:
-        pass
-    if result is None:
-        raise RuntimeError("a concealer yielded no stage")
-    return result
 
 
 def _metric_values(name: str, ref: np.ndarray, test: np.ndarray, lost: np.ndarray) -> float:
@@ -229,4 +220,3 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Callable[[int], None] 
             if progress:
                 progress(1)
     return rows
-

@@ -12,15 +12,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.proto.codec import Codec, Pcm16Codec
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.netsim.impair import Impairment
+from nmp_peer.proto.codec import Codec, Pcm16Codec
 from nmp_peer.proto.opus import OpusSettings
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.proto.packetizer import Packetizer
 
 
 @dataclass

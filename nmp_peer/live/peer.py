@@ -19,14 +19,13 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
-from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
-from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.security import Authenticator
 from nmp_peer.receiver.gate import ReceiveGate
-from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
-from nmp_peer.proto.packetizer import Packetizer
-
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 
 class DeviceError(ValueError):
@@ -209,6 +208,7 @@ class Peer:
 
         def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
             block = indata.copy()
+
             def put() -> None:
                 if not queue.full():
                     queue.put_nowait(block)
@@ -217,8 +217,13 @@ class Peer:
 
         try:
             stream = sd.InputStream(
-                samplerate=SAMPLE_RATE, blocksize=BLOCK_FRAMES, channels=self.packetizer.channels,
-                dtype="float32", device=_device(self.options.input), callback=callback, latency="low",
+                samplerate=SAMPLE_RATE,
+                blocksize=BLOCK_FRAMES,
+                channels=self.packetizer.channels,
+                dtype="float32",
+                device=_device(self.options.input),
+                callback=callback,
+                latency="low",
             )
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
@@ -242,8 +247,13 @@ class Peer:
 
             try:
                 stream = sd.OutputStream(
-                    samplerate=SAMPLE_RATE, blocksize=BLOCK_FRAMES, channels=channels, dtype="float32",
-                    device=_device(out), callback=callback, latency="low",
+                    samplerate=SAMPLE_RATE,
+                    blocksize=BLOCK_FRAMES,
+                    channels=channels,
+                    dtype="float32",
+                    device=_device(out),
+                    callback=callback,
+                    latency="low",
                 )
                 stream.start()
             except (sd.PortAudioError, ValueError) as exc:

@@ -15,7 +15,6 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 
-
 from nmp_peer.proto.security import MAX_DATAGRAM_BYTES
 
 Address = tuple[str, int]
@@ -38,6 +37,7 @@ class Endpoint:
         or ``::1`` port 5000 (both are valid IPv6), so it is refused with the bracketed form
         as the hint, whatever the host part looks like.
         """
+
         def is_ipv6(address: str) -> bool:
             try:
                 ipaddress.IPv6Address(address)

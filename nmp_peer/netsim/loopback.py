@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.conceal import make_concealer
-from nmp_peer.netsim.impair import Decision, Impairment
-from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.netsim.impair import Decision, Impairment
+from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
+from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 RECEIVE_TIMEOUT_S = 5.0
 
@@ -83,7 +83,11 @@ async def run_loopback(
     try:
         run = _run_realtime if realtime else _run_fast
         # A codec that holds audio back (Opus) needs silence after the clip to flush it.
-        sent = np.concatenate([audio, np.zeros((codec_delay + BLOCK_FRAMES, channels), np.float32)]) if codec_delay else audio
+        sent = (
+            np.concatenate([audio, np.zeros((codec_delay + BLOCK_FRAMES, channels), np.float32)])
+            if codec_delay
+            else audio
+        )
         outputs = await run(sent, impairment, engine, packetizer, sender, receiver, decisions)
     finally:
         sender.close()

@@ -349,7 +349,7 @@ def challenge_like_trace(
         m = int((n_packets - pos) / (mean_gap + mean_burst)) + 16
         gaps = rng.geometric(1.0 / mean_gap, size=m)
         bursts = rng.choice(pmf.size, size=m, p=pmf)
-        for gap, burst in zip(gaps, bursts):
+        for gap, burst in zip(gaps, bursts, strict=False):
             pos += int(gap)
             if pos >= n_packets:
                 break

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nmp_peer.jsonio import OutputFileError
-from nmp_peer.netsim.impair import Impairment
 from nmp_peer.live.transport import Address, Endpoint, EndpointError, SocketClosed, UdpSocket
+from nmp_peer.netsim.impair import Impairment
 from nmp_peer.proto.wire import Packet, WireError
 
 RATE_QUEUE_MS = 50.0
@@ -231,8 +231,19 @@ class _LogWriter:
 
     def write(self, r: Record) -> None:
         if self._csv is not None:
-            self._csv.writerow((r.t_ms, r.dir, r.index, r.seq, r.stream_id, int(r.end), r.bytes, r.action,
-                                ";".join(f"{d:g}" for d in r.delays_ms)))
+            self._csv.writerow(
+                (
+                    r.t_ms,
+                    r.dir,
+                    r.index,
+                    r.seq,
+                    r.stream_id,
+                    int(r.end),
+                    r.bytes,
+                    r.action,
+                    ";".join(f"{d:g}" for d in r.delays_ms),
+                )
+            )
         else:
             self._file.write(json.dumps(r.to_dict(), separators=(",", ":")) + "\n")
 
@@ -248,13 +259,19 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             return [json.loads(line) for line in f if line.strip()]
         rows = []
         for row in csv.DictReader(f):
-            rows.append({
-                "t_ms": float(row["t_ms"]), "dir": row["dir"], "index": int(row["index"]),
-                "seq": int(row["seq"]), "stream_id": int(row["stream_id"]), "end": row.get("end") == "1",
-                "bytes": int(row["bytes"]),
-                "action": row["action"],
-                "delays_ms": [float(d) for d in row["delays_ms"].split(";") if d],
-            })
+            rows.append(
+                {
+                    "t_ms": float(row["t_ms"]),
+                    "dir": row["dir"],
+                    "index": int(row["index"]),
+                    "seq": int(row["seq"]),
+                    "stream_id": int(row["stream_id"]),
+                    "end": row.get("end") == "1",
+                    "bytes": int(row["bytes"]),
+                    "action": row["action"],
+                    "delays_ms": [float(d) for d in row["delays_ms"].split(";") if d],
+                }
+            )
         return rows
 
 
@@ -267,8 +284,10 @@ def _forward_address(endpoint: Endpoint, family: int) -> Address:
     try:
         info = socket.getaddrinfo(endpoint.host, endpoint.port, family=family, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise EndpointError(f"cannot resolve forward address {endpoint.host!r} for the listening socket's "
-                            f"address family: {exc.strerror}") from None
+        raise EndpointError(
+            f"cannot resolve forward address {endpoint.host!r} for the listening socket's "
+            f"address family: {exc.strerror}"
+        ) from None
     addr = (str(info[0][4][0]), int(info[0][4][1]))
     if addr[0] in ("0.0.0.0", "::"):
         raise EndpointError(f"forward address {endpoint} must name a host, not all interfaces")
@@ -392,7 +411,7 @@ class Relay:
                 pass
         try:
             await asyncio.wait_for(self._stop.wait(), duration_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             for sig in handled:

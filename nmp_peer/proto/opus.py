@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.receiver.drift import StreamResampler
 from nmp_peer.proto.wire import Packet, PayloadType, WireError
+from nmp_peer.receiver.drift import StreamResampler
 
 OPUS_RATE = 48_000
 FRAME_MS = (2.5, 5.0, 10.0, 20.0)
@@ -110,7 +110,9 @@ class OpusEncoderStream:
         if self.settings.fec:  # opuslib's property setters for these are broken: call the ctl
             ctl = opuslib.api.ctl
             opuslib.api.encoder.encoder_ctl(self._enc.encoder_state, ctl.set_inband_fec, 1)
-            opuslib.api.encoder.encoder_ctl(self._enc.encoder_state, ctl.set_packet_loss_perc, self.settings.expected_loss_percent)
+            opuslib.api.encoder.encoder_ctl(
+                self._enc.encoder_state, ctl.set_packet_loss_perc, self.settings.expected_loss_percent
+            )
         self.lookahead = int(self._enc.lookahead)
         self._resampler = StreamResampler(SAMPLE_RATE, OPUS_RATE, channels)
         self._pending = np.zeros((0, channels), np.float32)
@@ -171,7 +173,9 @@ class OpusDecoderStream:
         """Whether the next block will hold synthesized audio already decoded."""
         return bool(self._synthetic.any())
 
-    def decode_slot(self, payload: bytes | None, next_payload: bytes | None = None, use_fec: bool = False) -> tuple[np.ndarray, bool]:
+    def decode_slot(
+        self, payload: bytes | None, next_payload: bytes | None = None, use_fec: bool = False
+    ) -> tuple[np.ndarray, bool]:
         """The next 512-sample block, and whether any of it was synthesized (PLC or FEC).
 
         Opus frames do not line up with packets, and the decoder's output trails the
@@ -229,7 +233,9 @@ class OpusDecoder:
 
     def decode(self, packet: Packet | None, following: Packet | None = None) -> tuple[np.ndarray | None, bool]:
         return self.stream.decode_slot(
-            None if packet is None else packet.payload, None if following is None else following.payload, use_fec=self.fec
+            None if packet is None else packet.payload,
+            None if following is None else following.payload,
+            use_fec=self.fec,
         )
 
     def synthetic_pending(self) -> bool:
@@ -246,7 +252,9 @@ def codec_delay_samples(settings: OpusSettings, channels: int = 1) -> int:
     rng = np.random.default_rng(0)
     noise = (0.3 * rng.standard_normal((BLOCK_FRAMES * 24, channels))).astype(np.float32)
     enc, dec = OpusEncoderStream(channels, settings), OpusDecoderStream(channels, settings.frame_ms)
-    out = np.concatenate([dec.decode_slot(enc.encode(noise[i : i + BLOCK_FRAMES]))[0] for i in range(0, len(noise), BLOCK_FRAMES)])
+    out = np.concatenate(
+        [dec.decode_slot(enc.encode(noise[i : i + BLOCK_FRAMES]))[0] for i in range(0, len(noise), BLOCK_FRAMES)]
+    )
     start, span = BLOCK_FRAMES * 4, BLOCK_FRAMES * 12
     ref = noise[start : start + span, 0]
     lags = range(0, BLOCK_FRAMES * 4)

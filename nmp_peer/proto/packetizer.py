@@ -40,7 +40,9 @@ class Packetizer:
     def packetize(self, block: np.ndarray) -> Packet:
         if block.shape != (BLOCK_FRAMES, self.channels):
             raise ValueError(f"block shape {block.shape} != {(BLOCK_FRAMES, self.channels)}")
-        packet = Packet(self.codec.payload_type, self.channels, self.stream_id, self.seq, self.timestamp, self.codec.encode(block))
+        packet = Packet(
+            self.codec.payload_type, self.channels, self.stream_id, self.seq, self.timestamp, self.codec.encode(block)
+        )
         self.seq = (self.seq + 1) % SEQ_MODULUS
         self.timestamp += BLOCK_FRAMES
         return packet

@@ -43,7 +43,10 @@ def load_key(path: str | Path) -> bytes:
     except (UnicodeDecodeError, ValueError):
         key = raw
     if len(key) < MIN_KEY_BYTES:
-        raise KeyFileError(f"key file {p} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are needed (try: openssl rand -hex 32 > {p.name})")
+        raise KeyFileError(
+            f"key file {p} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are needed "
+            f"(try: openssl rand -hex 32 > {p.name})"
+        )
     return key
 
 

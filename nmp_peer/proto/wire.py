@@ -57,11 +57,13 @@ class Packet:
     """An end-of-stream notice (``FLAG_END``): no audio; see :attr:`end_seq`."""
 
     @classmethod
-    def end_of_stream(cls, payload_type: PayloadType, channels: int, stream_id: int, seq: int,
-                      timestamp: int, end_seq: int) -> Packet:
+    def end_of_stream(
+        cls, payload_type: PayloadType, channels: int, stream_id: int, seq: int, timestamp: int, end_seq: int
+    ) -> Packet:
         """The notice that packets from ``end_seq`` on will never be sent; ``seq`` is this copy's own."""
-        return cls(payload_type, channels, stream_id, seq % SEQ_MODULUS, timestamp,
-                   _END.pack(end_seq % SEQ_MODULUS), end=True)
+        return cls(
+            payload_type, channels, stream_id, seq % SEQ_MODULUS, timestamp, _END.pack(end_seq % SEQ_MODULUS), end=True
+        )
 
     @property
     def end_seq(self) -> int:
@@ -118,7 +120,9 @@ class Packet:
         if not end and payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
             raise WireError(f"PCM16 payload of {length} bytes is not whole frames of {channels} channel(s)")
         stop = HEADER_BYTES + length
-        return cls(payload_type, channels, stream_id, seq, timestamp, bytes(data[HEADER_BYTES:stop]), bytes(data[stop:]), end)
+        return cls(
+            payload_type, channels, stream_id, seq, timestamp, bytes(data[HEADER_BYTES:stop]), bytes(data[stop:]), end
+        )
 
 
 def seq_delta(a: int, b: int) -> int:

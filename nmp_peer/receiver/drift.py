@@ -34,9 +34,7 @@ _TABLE = _phase_table()
 _OFFSETS = np.arange(-LOOKAHEAD + 1, LOOKAHEAD + 1)
 
 
-def read_block(
-    source: np.ndarray, start: float, ratio: float, frames: int
-) -> np.ndarray:
+def read_block(source: np.ndarray, start: float, ratio: float, frames: int) -> np.ndarray:
     """Read ``frames`` output samples from ``source`` (samples × channels) at ``start``, stepping ``ratio``.
 
     ``start`` is relative to ``source[0]``; ``source`` must hold ``LOOKAHEAD - 1`` samples

@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.proto.codec import Decoder, DecoderUnavailable, Pcm16Decoder, make_decoder
-from nmp_peer.conceal.base import Concealer, check_prediction
+from nmp_peer.conceal.base import Concealer, check_prediction, final_stage
 from nmp_peer.conceal.simple import RepeatConcealer, ZerosConcealer
 from nmp_peer.conceal.worker import InlineWorker, ThreadedWorker
+from nmp_peer.proto.codec import Decoder, DecoderUnavailable, Pcm16Decoder, make_decoder
+from nmp_peer.proto.wire import Packet, PayloadType, WireError
 from nmp_peer.receiver.drift import LOOKAHEAD, read_block
 from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 from nmp_peer.receiver.latency import Action, LatencyController, LatencyPolicy
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.proto.wire import Packet, PayloadType, WireError
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,8 @@ class PlayoutEngine:
         if decoder is None:
             try:
                 decoder = self._decoders[packet.payload_type] = make_decoder(
-                    packet.payload_type, self.channels, fec=self.config.codec_fec)
+                    packet.payload_type, self.channels, fec=self.config.codec_fec
+                )
             except DecoderUnavailable as exc:
                 self.stats.extra[f"{packet.payload_type.name.lower()}_unavailable"] = str(exc)
                 return None
@@ -496,11 +497,7 @@ class PlayoutEngine:
         self._burst += 1
 
     def _conceal_inline(self, history: np.ndarray) -> np.ndarray:
-        result = None
-        for result in self.concealer.stages(history, self._burst):
-            pass
-        assert result is not None
-        return result
+        return final_stage(self.concealer.stages(history, self._burst))
 
     def _request_next(self) -> None:
         """Start concealing the next slot now, if its packet is not here yet: one block ahead

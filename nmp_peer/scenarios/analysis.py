@@ -71,8 +71,9 @@ one seam's click does not hide the next one's (a fade that steps at every seam).
 
 
 # ---------------------------------------------------------------------- counters vs relay log
-def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: int,
-                   resync_after: int = RESYNC_AFTER) -> dict[str, Any]:
+def receiver_truth(
+    records: list[dict[str, Any]], direction: str, lag_packets: int, resync_after: int = RESYNC_AFTER
+) -> dict[str, Any]:
     """What a receiver of ``direction`` must have counted, from the relay's log.
 
     For a receiver that listened before the first packet reached the relay and stopped
@@ -83,7 +84,8 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
     every slot of an earlier stream up to that stream's last packet, then let slots pass
     until the new stream took over: about the sender's silence, less what was buffered
     (``gap_slots``); a sender's silence is a pause, not a loss, so these slots are not
-    counted lost (the receiver concealed the first of them, until the fade). The last stream was played up to ``U``, the last packet
+    counted lost (the receiver concealed the first of them, until the fade). The last stream
+    was played up to ``U``, the last packet
     that reached the relay before the receiver's own last one, and at least to ``U -
     lag_packets``. Each ``*_low``/``*_high`` pair bounds a counter of the summary.
     """
@@ -92,9 +94,18 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
     heard = [r["t_ms"] for r in records if r["dir"] == other]
     end_ms = (max(heard) if heard else math.inf) + PACKET_MS
     out: dict[str, Any] = {
-        "lost_low": 0, "lost_high": 0, "received_low": 0, "received_high": 0, "duplicate_low": 0,
-        "duplicate_high": 0, "delayed_high": 0, "foreign": 0, "gap_slots_low": 0, "gap_slots_high": 0,
-        "relay_lost": sum(r["action"] in LOST_ACTIONS for r in mine), "streams": [],
+        "lost_low": 0,
+        "lost_high": 0,
+        "received_low": 0,
+        "received_high": 0,
+        "duplicate_low": 0,
+        "duplicate_high": 0,
+        "delayed_high": 0,
+        "foreign": 0,
+        "gap_slots_low": 0,
+        "gap_slots_high": 0,
+        "relay_lost": sum(r["action"] in LOST_ACTIONS for r in mine),
+        "streams": [],
         "lag_packets": lag_packets,
     }
     first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
@@ -104,7 +115,7 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
     for r in mine:
         if r["stream_id"] not in order:
             order.append(r["stream_id"])
-    order = order[order.index(first["stream_id"]):]
+    order = order[order.index(first["stream_id"]) :]
     prev_last: dict[str, Any] | None = None
     for k, sid in enumerate(order):
         same = [r for r in mine if r["stream_id"] == sid]
@@ -129,9 +140,14 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
         dups = [pos[id(r)] for r in same if r["action"] == "duplicate" and pos[id(r)] >= 0]
         delayed = [pos[id(r)] for r in delivered if pos[id(r)] >= 0 and max(r["delays_ms"], default=0.0) > 0.0]
         stream = {
-            "stream_id": sid, "first_seq": same[0]["seq"], "start_seq": start["seq"], "packets": len(same),
-            "relay_lost": sum(r["action"] in LOST_ACTIONS for r in same), "played_upto": upper,
-            "first_t_ms": same[0]["t_ms"], "last_t_ms": same[-1]["t_ms"],
+            "stream_id": sid,
+            "first_seq": same[0]["seq"],
+            "start_seq": start["seq"],
+            "packets": len(same),
+            "relay_lost": sum(r["action"] in LOST_ACTIONS for r in same),
+            "played_upto": upper,
+            "first_t_ms": same[0]["t_ms"],
+            "last_t_ms": same[-1]["t_ms"],
             "lost_positions": sorted(p for p in lost if p <= upper),
         }
         out["streams"].append(stream)
@@ -148,8 +164,15 @@ def receiver_truth(records: list[dict[str, Any]], direction: str, lag_packets: i
 
 
 ARRIVAL_COUNTERS = (
-    "packets_received", "packets_duplicate", "packets_foreign", "packets_malformed", "packets_replayed",
-    "packets_rate_limited", "packets_oversized", "packets_unauthenticated", "end_notices",
+    "packets_received",
+    "packets_duplicate",
+    "packets_foreign",
+    "packets_malformed",
+    "packets_replayed",
+    "packets_rate_limited",
+    "packets_oversized",
+    "packets_unauthenticated",
+    "end_notices",
 )
 """A jam's counters that together count every datagram that reached it (those it lacks count 0)."""
 
@@ -167,47 +190,96 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
     """Peer B's counters against the relay's ground truth (A → B), and the parties' own books."""
     b, a = result["b"], result["a"]
     checks = []
-    checks.append(_check("clean exit", all(c == 0 for c in result.get("exit_codes", {}).values()),
-                         f"exit codes {result.get('exit_codes')} after SIGTERM, JSON summaries printed"))
+    checks.append(
+        _check(
+            "clean exit",
+            all(c == 0 for c in result.get("exit_codes", {}).values()),
+            f"exit codes {result.get('exit_codes')} after SIGTERM, JSON summaries printed",
+        )
+    )
     if records is None:  # netem: counters only
         dropped = ((result.get("netem") or {}).get("qdisc") or {}).get("a") or {}
         limit = dropped.get("dropped")
-        checks.append(_check("lost ≤ netem drops", limit is None or b["packets_lost"] <= limit + b["packets_late"],
-                             f"B lost {b['packets_lost']}, netem dropped {limit} on A's egress"))
+        checks.append(
+            _check(
+                "lost ≤ netem drops",
+                limit is None or b["packets_lost"] <= limit + b["packets_late"],
+                f"B lost {b['packets_lost']}, netem dropped {limit} on A's egress",
+            )
+        )
         return {"truth": None, "checks": checks, "ok": all(c["ok"] for c in checks)}
     truth = receiver_truth(records, "a2b", lag_packets(b))
     lost = b["packets_lost"]
-    checks.append(_check("lost = relay drops", truth["lost_low"] <= lost <= truth["lost_high"],
-                         f"B lost {lost}, relay implies {truth['lost_low']}..{truth['lost_high']}"
-                         + (f" (and {truth['gap_slots_low']}..{truth['gap_slots_high']} slots of sender silence, not lost)"
-                            if truth["gap_slots_high"] else "")))
-    checks.append(_check("received = relay deliveries",
-                         truth["received_low"] <= b["packets_received"] <= truth["received_high"],
-                         f"B received {b['packets_received']}, "
-                         f"relay delivered {truth['received_low']}..{truth['received_high']}"))
-    checks.append(_check("duplicates = relay duplicates",
-                         truth["duplicate_low"] <= b["packets_duplicate"] <= truth["duplicate_high"],
-                         f"B duplicates {b['packets_duplicate']}, relay {truth['duplicate_low']}..{truth['duplicate_high']}"))
+    checks.append(
+        _check(
+            "lost = relay drops",
+            truth["lost_low"] <= lost <= truth["lost_high"],
+            f"B lost {lost}, relay implies {truth['lost_low']}..{truth['lost_high']}"
+            + (
+                f" (and {truth['gap_slots_low']}..{truth['gap_slots_high']} slots of sender silence, not lost)"
+                if truth["gap_slots_high"]
+                else ""
+            ),
+        )
+    )
+    checks.append(
+        _check(
+            "received = relay deliveries",
+            truth["received_low"] <= b["packets_received"] <= truth["received_high"],
+            f"B received {b['packets_received']}, relay delivered {truth['received_low']}..{truth['received_high']}",
+        )
+    )
+    checks.append(
+        _check(
+            "duplicates = relay duplicates",
+            truth["duplicate_low"] <= b["packets_duplicate"] <= truth["duplicate_high"],
+            f"B duplicates {b['packets_duplicate']}, relay {truth['duplicate_low']}..{truth['duplicate_high']}",
+        )
+    )
     # A loaded machine can make a packet late that the relay did not delay: the relay, the
     # sender and the receiver share its cores; allow a couple, and 2 % of what arrived.
     late_slack = 2 + int(0.02 * b["packets_received"])
-    checks.append(_check("late ≤ relay-delayed", b["packets_late"] <= truth["delayed_high"] + late_slack,
-                         f"B late {b['packets_late']}, relay delayed {truth['delayed_high']} (+{late_slack} for scheduling)"))
-    checks.append(_check("foreign = new-stream lead-in", b["packets_foreign"] == truth["foreign"],
-                         f"B foreign {b['packets_foreign']}, expected {truth['foreign']} "
-                         f"({len(truth['streams'])} stream(s))"))
+    checks.append(
+        _check(
+            "late ≤ relay-delayed",
+            b["packets_late"] <= truth["delayed_high"] + late_slack,
+            f"B late {b['packets_late']}, relay delayed {truth['delayed_high']} (+{late_slack} for scheduling)",
+        )
+    )
+    checks.append(
+        _check(
+            "foreign = new-stream lead-in",
+            b["packets_foreign"] == truth["foreign"],
+            f"B foreign {b['packets_foreign']}, expected {truth['foreign']} ({len(truth['streams'])} stream(s))",
+        )
+    )
     in_pause = b.get("lost_while_paused", 0)
-    checks.append(_check("concealed = lost + late-covered", b["packets_concealed"] >= lost - in_pause,
-                         f"B concealed {b['packets_concealed']} ≥ lost {lost} - {in_pause} lost while paused"))
+    checks.append(
+        _check(
+            "concealed = lost + late-covered",
+            b["packets_concealed"] >= lost - in_pause,
+            f"B concealed {b['packets_concealed']} ≥ lost {lost} - {in_pause} lost while paused",
+        )
+    )
     relay = result["relay"]
     if not result.get("a_restarted"):
         audio_in = relay["a2b"]["received"] - relay["a2b"].get("end_notices", 0)
-        checks.append(_check("relay saw all A sent", audio_in == a["packets_sent"],
-                             f"A sent {a['packets_sent']}, relay took in {audio_in} (and "
-                             f"{relay['a2b'].get('end_notices', 0)} end-of-stream notices)"))
+        checks.append(
+            _check(
+                "relay saw all A sent",
+                audio_in == a["packets_sent"],
+                f"A sent {a['packets_sent']}, relay took in {audio_in} (and "
+                f"{relay['a2b'].get('end_notices', 0)} end-of-stream notices)",
+            )
+        )
         arrived = sum(a.get(k, 0) for k in ARRIVAL_COUNTERS)
-        checks.append(_check("A got all the relay sent", arrived == relay["b2a"]["copies_sent"],
-                             f"A counted {arrived} arrivals, relay sent {relay['b2a']['copies_sent']}"))
+        checks.append(
+            _check(
+                "A got all the relay sent",
+                arrived == relay["b2a"]["copies_sent"],
+                f"A counted {arrived} arrivals, relay sent {relay['b2a']['copies_sent']}",
+            )
+        )
     return {"truth": truth, "checks": checks, "ok": all(c["ok"] for c in checks)}
 
 
@@ -276,7 +348,7 @@ def _runs(lag: np.ndarray, ncc: np.ndarray, min_blocks: int = 3) -> list[tuple[i
     runs: list[tuple[int, int]] = []
     start = None
     for j in range(len(lag) + 1):
-        same = (j < len(lag) and clean[j] and start is not None and abs(lag[j] - lag[j - 1]) <= 2.0)
+        same = j < len(lag) and clean[j] and start is not None and abs(lag[j] - lag[j - 1]) <= 2.0
         if same:
             continue
         if start is not None and j - start >= min_blocks:
@@ -384,9 +456,16 @@ def _neighbourhood_max(steps: np.ndarray, window: int, guard: int) -> np.ndarray
     return out
 
 
-def find_clicks(out: np.ndarray, ref: np.ndarray | None = None, track: Track | None = None, *,
-                ratio: float = CLICK_RATIO, floor: float = CLICK_FLOOR, window: int = CLICK_WINDOW,
-                guard: int = CLICK_GUARD) -> Clicks:
+def find_clicks(
+    out: np.ndarray,
+    ref: np.ndarray | None = None,
+    track: Track | None = None,
+    *,
+    ratio: float = CLICK_RATIO,
+    floor: float = CLICK_FLOOR,
+    window: int = CLICK_WINDOW,
+    guard: int = CLICK_GUARD,
+) -> Clicks:
     """Steps of ``out`` more than ``ratio`` times steeper than the audio around them.
 
     Each sample step ``|out[n] - out[n-1]|`` is held against the largest step within
@@ -413,8 +492,11 @@ def find_clicks(out: np.ndarray, ref: np.ndarray | None = None, track: Track | N
         if len(clip) > 1:
             clip_steps[1:] = np.abs(np.diff(clip))
         for n in np.flatnonzero(r > ratio):
-            lags = [track.lag[j] for j in (n // BLOCK_FRAMES, (n - 1) // BLOCK_FRAMES)
-                    if 0 <= j < len(track.lag) and np.isfinite(track.lag[j])]
+            lags = [
+                track.lag[j]
+                for j in (n // BLOCK_FRAMES, (n - 1) // BLOCK_FRAMES)
+                if 0 <= j < len(track.lag) and np.isfinite(track.lag[j])
+            ]
             own = 0.0
             for lag in lags:
                 c = int(round(n - lag))
@@ -478,8 +560,16 @@ def _block_snr(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
         return 10 * np.log10(np.where(err > 0, sig / np.maximum(err, 1e-30), np.inf))
 
 
-def quality(out: np.ndarray, ref: np.ndarray, truth: dict[str, Any] | None, *, restarted: bool = False,
-            outage_packets: int = 0, inserted_blocks: int = 0, visqol: bool = False) -> dict[str, Any]:
+def quality(
+    out: np.ndarray,
+    ref: np.ndarray,
+    truth: dict[str, Any] | None,
+    *,
+    restarted: bool = False,
+    outage_packets: int = 0,
+    inserted_blocks: int = 0,
+    visqol: bool = False,
+) -> dict[str, Any]:
     """Metrics of the audio one peer played against the clip the other sent.
 
     ``truth`` is ``receiver_truth`` for that direction (its streams' lost positions mark
@@ -497,8 +587,11 @@ def quality(out: np.ndarray, ref: np.ndarray, truth: dict[str, Any] | None, *, r
     clean = track.clean
     sounding = track.rms >= SILENCE_RMS
     res: dict[str, Any] = {
-        "blocks": len(track.lag), "clean_blocks": int(clean.sum()), "sounding_blocks": int(sounding.sum()),
-        "segments": track.segments, "order_violation_steps": track.order_violations[:10],
+        "blocks": len(track.lag),
+        "clean_blocks": int(clean.sum()),
+        "sounding_blocks": int(sounding.sum()),
+        "segments": track.segments,
+        "order_violation_steps": track.order_violations[:10],
     }
     steps = [step for _, step in track.order_violations]
     one_back = sum(step >= -(BLOCK_FRAMES + ORDER_TOLERANCE) for step in steps)
@@ -507,7 +600,8 @@ def quality(out: np.ndarray, ref: np.ndarray, truth: dict[str, Any] | None, *, r
     clicks = find_clicks(out, ref, track)
     res["click_ratio"] = clicks.max_ratio
     res["clicks"] = len(clicks.positions)
-    res["click_positions"] = [[int(n), round(float(r), 2)] for n, r in zip(clicks.positions[:10], clicks.ratios[:10])]
+    first = zip(clicks.positions[:10], clicks.ratios[:10], strict=True)
+    res["click_positions"] = [[int(n), round(float(r), 2)] for n, r in first]
     refs, tests, masks, bads = [], [], [], []
     agreement = {"relay_lost_in_view": 0, "matched": 0, "audio_concealed": 0}
     streams = (truth or {}).get("streams", [])
@@ -559,8 +653,11 @@ def quality(out: np.ndarray, ref: np.ndarray, truth: dict[str, Any] | None, *, r
             except metrics.MetricUnavailable as exc:
                 res["visqol"] = math.nan
                 res["visqol_error"] = str(exc)
-    res.update(recovery(track, restarted=restarted, outage_packets=outage_packets,
-                        sender_silence_packets=_sender_silence(truth)))
+    res.update(
+        recovery(
+            track, restarted=restarted, outage_packets=outage_packets, sender_silence_packets=_sender_silence(truth)
+        )
+    )
     return res
 
 

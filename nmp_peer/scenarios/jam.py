@@ -113,8 +113,14 @@ class LocalParty(Party):
         self._out_path = out / f"{name}.stdout"
         self._err_path = out / f"{name}.stderr"
         self._files: list[TextIO] = [open(self._out_path, "w"), open(self._err_path, "w")]
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._files[0], stderr=self._files[1],
-                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._files[0],
+            stderr=self._files[1],
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
 
     def poll(self) -> int | None:
         return self.process.poll()
@@ -178,8 +184,9 @@ class Backend(ABC):
     def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
         """Start peer ``a`` or ``b``; ``run`` counts restarts of the same peer (1, 2, ...)."""
 
-    def restart_peer(self, party: Party, role: str, run: int, concealer: str, config: str | None,
-                     files: PeerFiles) -> Party:
+    def restart_peer(
+        self, party: Party, role: str, run: int, concealer: str, config: str | None, files: PeerFiles
+    ) -> Party:
         return self.start_peer(role, run, concealer, config, files)
 
     def describe(self) -> dict[str, Any]:
@@ -190,10 +197,24 @@ def _python_cli(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def _jam_args(listen: str, peer: str, concealer: str, config: str | None, files: PeerFiles, quiet: bool,
-              safety_s: float) -> list[str]:
-    args = ["jam", "--listen", listen, "--peer", peer, "--input", files.clip, "--output", files.hears,
-            "--concealer", concealer, "--duration", f"{safety_s:g}"]
+def _jam_args(
+    listen: str, peer: str, concealer: str, config: str | None, files: PeerFiles, quiet: bool, safety_s: float
+) -> list[str]:
+    args = [
+        "jam",
+        "--listen",
+        listen,
+        "--peer",
+        peer,
+        "--input",
+        files.clip,
+        "--output",
+        files.hears,
+        "--concealer",
+        concealer,
+        "--duration",
+        f"{safety_s:g}",
+    ]
     if config:
         args += ["--config", config]
     if quiet:
@@ -227,12 +248,29 @@ class LoopbackBackend(Backend):
 
     def start_relay(self, relay_args: list[str]) -> Party:
         forward = f"127.0.0.1:{self.ports['b']}"
-        return self._spawn("relay", [*_python_cli("nmp_peer.cli_net"), "impair", "--listen",
-                                     f"127.0.0.1:{self.relay_port}", "--forward", forward, *relay_args])
+        return self._spawn(
+            "relay",
+            [
+                *_python_cli("nmp_peer.cli_net"),
+                "impair",
+                "--listen",
+                f"127.0.0.1:{self.relay_port}",
+                "--forward",
+                forward,
+                *relay_args,
+            ],
+        )
 
     def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
-        args = _jam_args(f"127.0.0.1:{self.ports[role]}", f"127.0.0.1:{self.relay_port}", concealer, config, files,
-                         role == "a", self.safety_s)
+        args = _jam_args(
+            f"127.0.0.1:{self.ports[role]}",
+            f"127.0.0.1:{self.relay_port}",
+            concealer,
+            config,
+            files,
+            role == "a",
+            self.safety_s,
+        )
         return self._spawn(f"{role}{run if run > 1 else ''}", [*_python_cli("nmp_peer.cli"), *args])
 
     def close(self) -> None:
@@ -261,14 +299,33 @@ class NetnsBackend(Backend):
         return party
 
     def start_relay(self, relay_args: list[str]) -> Party:
-        return self._spawn("relay", self.topo.ns_relay, [*_python_cli("nmp_peer.cli_net"), "impair", "--listen",
-                                                          f"0.0.0.0:{RELAY_PORT}", "--forward",
-                                                          f"{check_address(B_ADDR)}:{PEER_PORT}", *relay_args])
+        return self._spawn(
+            "relay",
+            self.topo.ns_relay,
+            [
+                *_python_cli("nmp_peer.cli_net"),
+                "impair",
+                "--listen",
+                f"0.0.0.0:{RELAY_PORT}",
+                "--forward",
+                f"{check_address(B_ADDR)}:{PEER_PORT}",
+                *relay_args,
+            ],
+        )
 
     def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
-        ns, listen, relay = ((self.topo.ns_a, A_ADDR, RELAY_A_ADDR) if role == "a" else (self.topo.ns_b, B_ADDR, RELAY_B_ADDR))
-        args = _jam_args(f"{listen}:{PEER_PORT}", f"{check_address(relay)}:{RELAY_PORT}", concealer, config, files,
-                         role == "a", self.safety_s)
+        ns, listen, relay = (
+            (self.topo.ns_a, A_ADDR, RELAY_A_ADDR) if role == "a" else (self.topo.ns_b, B_ADDR, RELAY_B_ADDR)
+        )
+        args = _jam_args(
+            f"{listen}:{PEER_PORT}",
+            f"{check_address(relay)}:{RELAY_PORT}",
+            concealer,
+            config,
+            files,
+            role == "a",
+            self.safety_s,
+        )
         return self._spawn(f"{role}{run if run > 1 else ''}", ns, [*_python_cli("nmp_peer.cli"), *args])
 
     def describe(self) -> dict[str, Any]:
@@ -280,7 +337,9 @@ class NetnsBackend(Backend):
         self._stack.close()
 
 
-def _run_to_string(args: list[str], timeout: float = 60.0, check: bool = True, env: dict[str, str] | None = None) -> str:
+def _run_to_string(
+    args: list[str], timeout: float = 60.0, check: bool = True, env: dict[str, str] | None = None
+) -> str:
     r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
         raise JamError(f"{' '.join(args[:6])} ... failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-1500:]}")
@@ -340,9 +399,15 @@ class DockerBackend(Backend):
             uid = gid = 10001
             os.chmod(out, 0o777)
         self.env = {
-            **os.environ, "NMP_IMAGE": image, "NMP_OUT": str(out), "NMP_NET": self.net,
-            "NMP_UID": str(uid), "NMP_GID": str(gid), "NMP_RELAY_SECONDS": f"{safety_s:g}",
-            "NMP_SECONDS": f"{safety_s:g}", "NMP_SECONDS_A": f"{safety_s:g}",
+            **os.environ,
+            "NMP_IMAGE": image,
+            "NMP_OUT": str(out),
+            "NMP_NET": self.net,
+            "NMP_UID": str(uid),
+            "NMP_GID": str(gid),
+            "NMP_RELAY_SECONDS": f"{safety_s:g}",
+            "NMP_SECONDS": f"{safety_s:g}",
+            "NMP_SECONDS_A": f"{safety_s:g}",
         }
         self.compose = compose_command(self.project)
         self.started = False
@@ -352,8 +417,19 @@ class DockerBackend(Backend):
 
     def _up(self, service: str, env: dict[str, str]) -> ContainerParty:
         self.started = True
-        _run_to_string([*self.compose, *(["--profile", "netem"] if self.netem else []), "up", "-d", "--no-deps",
-                        "--no-build", service], env={**self.env, **env}, timeout=120)
+        _run_to_string(
+            [
+                *self.compose,
+                *(["--profile", "netem"] if self.netem else []),
+                "up",
+                "-d",
+                "--no-deps",
+                "--no-build",
+                service,
+            ],
+            env={**self.env, **env},
+            timeout=120,
+        )
         cid = _run_to_string([*self.compose, "ps", "-q", service], env=self.env).strip()
         if not cid:
             raise JamError(f"compose service {service} did not start")
@@ -368,8 +444,9 @@ class DockerBackend(Backend):
             env["NMP_NETEM"] = self.netem
         return self._up(f"peer-{role}" + ("-netem" if self.netem else ""), env)
 
-    def restart_peer(self, party: Party, role: str, run: int, concealer: str, config: str | None,
-                     files: PeerFiles) -> Party:
+    def restart_peer(
+        self, party: Party, role: str, run: int, concealer: str, config: str | None, files: PeerFiles
+    ) -> Party:
         assert isinstance(party, ContainerParty)
         _run_to_string(["docker", "start", party.container])
         return party
@@ -377,19 +454,29 @@ class DockerBackend(Backend):
     def netem_counters(self, party: Party) -> dict[str, int] | None:
         """What netem did on a peer's egress (``tc -s qdisc``), read before it stops."""
         assert isinstance(party, ContainerParty)
-        out = _run_to_string(["docker", "exec", "-u", "0", party.container, "tc", "-s", "qdisc", "show", "dev", "eth0"],
-                             check=False)
+        out = _run_to_string(
+            ["docker", "exec", "-u", "0", party.container, "tc", "-s", "qdisc", "show", "dev", "eth0"], check=False
+        )
         m = re.search(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+)", out)
         return None if m is None else {"bytes": int(m.group(1)), "packets": int(m.group(2)), "dropped": int(m.group(3))}
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "project": self.project, "subnet": f"{self.net}.0/24", "image": self.image,
-                "netem": self.netem}
+        return {
+            "backend": self.name,
+            "project": self.project,
+            "subnet": f"{self.net}.0/24",
+            "image": self.image,
+            "netem": self.netem,
+        }
 
     def close(self) -> None:
         if self.started:
-            _run_to_string([*self.compose, "--profile", "netem", "down", "--volumes", "--remove-orphans", "--timeout", "5"],
-                           env=self.env, check=False, timeout=120)
+            _run_to_string(
+                [*self.compose, "--profile", "netem", "down", "--volumes", "--remove-orphans", "--timeout", "5"],
+                env=self.env,
+                check=False,
+                timeout=120,
+            )
 
 
 # ---------------------------------------------------------------------- the timeline
@@ -415,7 +502,9 @@ def _wait_for(what: str, party: Party, check: Any, timeout_s: float, poll_s: flo
         if value:
             return value
         if party.poll() is not None:
-            raise JamError(f"{party.name} exited with {party.poll()} while waiting for {what}: {party.stderr()[-1500:]}")
+            raise JamError(
+                f"{party.name} exited with {party.poll()} while waiting for {what}: {party.stderr()[-1500:]}"
+            )
         if time.monotonic() > deadline:
             raise JamError(f"{what}: nothing within {timeout_s:g} s; {party.name} said: {party.stderr()[-800:]}")
         time.sleep(poll_s)
@@ -437,15 +526,22 @@ def run_jam(backend: Backend, plan: JamPlan) -> dict[str, Any]:
 
         trace_path = out / "trace.txt"
         write_trace(trace_path, sc.trace_packets(4 * plan.seconds + 120.0))
-    files = {"a": PeerFiles(backend.path(plan.clip_a), backend.path(out / "a_hears.wav")),
-             "b": PeerFiles(backend.path(plan.clip_b), backend.path(out / "b_hears.wav"))}
+    files = {
+        "a": PeerFiles(backend.path(plan.clip_a), backend.path(out / "a_hears.wav")),
+        "b": PeerFiles(backend.path(plan.clip_b), backend.path(out / "b_hears.wav")),
+    }
     events: dict[str, Any] = {}
     t0 = time.monotonic()
     netem = getattr(backend, "netem", None)
     relay = None
     if not netem:
-        relay_args = [*sc.relay_args(backend.path(trace_path) if trace_path else None),
-                      "--log", backend.path(relay_log), "--summary", backend.path(relay_summary)]
+        relay_args = [
+            *sc.relay_args(backend.path(trace_path) if trace_path else None),
+            "--log",
+            backend.path(relay_log),
+            "--summary",
+            backend.path(relay_summary),
+        ]
         relay = backend.start_relay(relay_args)
     # B starts at once (its first packets may meet a relay that is not up yet: harmless);
     # A only once both are up, so that B hears A's first packet the relay delivers.
@@ -471,8 +567,11 @@ def run_jam(backend: Backend, plan: JamPlan) -> dict[str, Any]:
             a_runs.append(a)
         _wait_for("restarted peer A heard by B", a, lambda: _b_received(b) > rx_before + 5, plan.start_timeout_s)
         t_again = time.monotonic()
-        events.update(killed_s=round(t_kill - t0, 3), restarted_s=round(t_kill - t0 + sc.restart_down_s, 3),
-                      a_heard_again_s=round(t_again - t0, 3))
+        events.update(
+            killed_s=round(t_kill - t0, 3),
+            restarted_s=round(t_kill - t0 + sc.restart_down_s, 3),
+            a_heard_again_s=round(t_again - t0, 3),
+        )
         stop_b_at = max(stop_b_at, t_again + plan.after_restart_s)
     time.sleep(max(0.0, stop_b_at - time.monotonic()))
     for party in (b, a, *([relay] if relay else [])):
@@ -519,8 +618,9 @@ def run_jam(backend: Backend, plan: JamPlan) -> dict[str, Any]:
 
 
 @contextmanager
-def open_backend(name: str, out: Path, safety_s: float, *, image: str = "nmp-peer:latest",
-                 netem: str | None = None) -> Iterator[Backend]:
+def open_backend(
+    name: str, out: Path, safety_s: float, *, image: str = "nmp-peer:latest", netem: str | None = None
+) -> Iterator[Backend]:
     """The backend ``name`` for one run folder; everything it made is removed on exit."""
     if name == "loopback":
         backend: Backend = LoopbackBackend(out, safety_s)

@@ -108,7 +108,10 @@ def plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
     x = np.arange(len(names))
     width = 0.8 / max(1, len(concealers))
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 0.55 * len(names) + 2), 7), sharex=True)
-    for key, ax, label in (("lost_snr_db", axes[0], "SNR on lost packets (dB) ↑"), ("mrstft", axes[1], "MR-STFT distance ↓")):
+    for key, ax, label in (
+        ("lost_snr_db", axes[0], "SNR on lost packets (dB) ↑"),
+        ("mrstft", axes[1], "MR-STFT distance ↓"),
+    ):
         for i, c in enumerate(concealers):
             vals = [table.get((s, c), {}).get(key) for s in names]
             vals = [v if v is not None and math.isfinite(v) else np.nan for v in vals]
@@ -147,8 +150,12 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
     rows = [e["row"] for e in entries if e.get("row") and not e.get("error")]
     plots = []
     if rows:
-        for name, fn in (("loss.png", plot_loss), ("agreement.png", plot_agreement), ("quality.png", plot_quality),
-                         ("latency.png", plot_latency)):
+        for name, fn in (
+            ("loss.png", plot_loss),
+            ("agreement.png", plot_agreement),
+            ("quality.png", plot_quality),
+            ("latency.png", plot_latency),
+        ):
             fn(rows, out / name)
             plots.append(name)
     lines = [
@@ -168,8 +175,8 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "",
         "## Counters against the relay's ground truth",
         "",
-        "| scenario | concealer | relay dropped (whole run) | B lost | allowed | late | dup | concealed | latency ms | depth "
-        "| counters |",
+        "| scenario | concealer | relay dropped (whole run) | B lost | allowed | late | dup | concealed "
+        "| latency ms | depth | counters |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
@@ -181,13 +188,14 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
             f"| {r['scenario']} | {r['concealer']} | {_fmt(r['relay_lost'])} ({_fmt(r['relay_lost_pct'])} %) | "
             f"{r['b_lost']} | {_fmt(r['expected_lost_low'])}–{_fmt(r['expected_lost_high'])} | {r['b_late']} | "
             f"{r['b_duplicate']} | {r['b_concealed']} | {_fmt(r['latency_ms'])} | {_fmt(r['depth_packets'])} | "
-            f"{_fmt(r['counters_ok'])} |")
+            f"{_fmt(r['counters_ok'])} |"
+        )
     lines += [
         "",
         "## Quality of what B played",
         "",
-        "| scenario | concealer | SNR lost dB ↑ | LSD lost dB ↓ | SNR all dB ↑ | MR-STFT ↓ | ViSQOL ↑ | click | recovery "
-        "| audio |",
+        "| scenario | concealer | SNR lost dB ↑ | LSD lost dB ↓ | SNR all dB ↑ | MR-STFT ↓ | ViSQOL ↑ "
+        "| click | recovery | audio |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
@@ -197,9 +205,15 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         lines.append(
             f"| {r['scenario']} | {r['concealer']} | {_fmt(r['lost_snr_db'])} | {_fmt(r['lost_lsd_db'])} | "
             f"{_fmt(r['snr_db'])} | {_fmt(r['mrstft'], 3)} | {_fmt(r['visqol'], 2)} | {_fmt(r['click_ratio'], 2)} | "
-            f"{_fmt(r['recovery_blocks'])} | {_fmt(r['audio_ok'])} |")
-    failed = [(e, c) for e in entries if not e.get("error")
-              for c in [*e["analysis"]["counters"]["checks"], *e["analysis"]["audio_checks"]] if not c["ok"]]
+            f"{_fmt(r['recovery_blocks'])} | {_fmt(r['audio_ok'])} |"
+        )
+    failed = [
+        (e, c)
+        for e in entries
+        if not e.get("error")
+        for c in [*e["analysis"]["counters"]["checks"], *e["analysis"]["audio_checks"]]
+        if not c["ok"]
+    ]
     lines += ["", "## Failed checks", ""]
     lines += [f"- {e['scenario']} / {e['concealer']}: **{c['check']}**: {c['detail']}" for e, c in failed] or ["None."]
     lines += ["", "## Scenarios", ""]
@@ -207,8 +221,12 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{PLOTS[p]}]({p})\n\n{PLOTS[p]}.\n" for p in plots]
-    lines += ["", "Per jam: `<scenario>/<concealer>/` (recordings, relay log, stdout/stderr, result.json); "
-              "everything: `results.json`.", ""]
+    lines += [
+        "",
+        "Per jam: `<scenario>/<concealer>/` (recordings, relay log, stdout/stderr, result.json); "
+        "everything: `results.json`.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -67,30 +67,59 @@ def analyse(result: dict[str, Any], scenario: Scenario, *, visqol: bool = False)
     heard, _ = read_audio(result["b_hears"], channels=1)
     clip, _ = read_audio(result["clip_a"], channels=1)
     outage_packets = result["relay"]["a2b"]["outage_dropped"] if "relay" in result else 0
-    q = quality(heard[:, 0], clip[:, 0], counters["truth"], restarted=result.get("a_restarted", False),
-                outage_packets=outage_packets, inserted_blocks=result["b"]["blocks_inserted"], visqol=visqol)
+    q = quality(
+        heard[:, 0],
+        clip[:, 0],
+        counters["truth"],
+        restarted=result.get("a_restarted", False),
+        outage_packets=outage_packets,
+        inserted_blocks=result["b"]["blocks_inserted"],
+        visqol=visqol,
+    )
     b = result["b"]
     audio_checks = [
-        {"check": "output length", "ok": len(heard) % BLOCK_FRAMES == 0 and len(heard) >= b["blocks_played"] * BLOCK_FRAMES,
-         "detail": f"{len(heard)} samples = {len(heard) / BLOCK_FRAMES:g} blocks; {b['blocks_played']} played after the start"},
-        {"check": "nothing played twice or out of order", "ok": q["order_violations"] == 0,
-         "detail": f"{q['order_violations']} runs of clean audio starting before the previous one ended in the clip "
-                   f"(steps {q['order_violation_steps']}, {q['overlaps_at_inserts']} explained by inserted blocks)"},
-        {"check": "streams heard", "ok": q["segments"] == (2 if result.get("a_restarted") else 1),
-         "detail": f"{q['segments']} clip segment(s) in the output"},
-        {"check": "no click", "ok": q["clicks"] == 0,
-         "detail": f"{q['clicks']} step(s) over {CLICK_RATIO:g}x the steepest within a block of them "
-                   f"(the steepest step is {q['click_ratio']:.2f}x; clicks at [sample, ratio]: {q['click_positions']})"},
+        {
+            "check": "output length",
+            "ok": len(heard) % BLOCK_FRAMES == 0 and len(heard) >= b["blocks_played"] * BLOCK_FRAMES,
+            "detail": f"{len(heard)} samples = {len(heard) / BLOCK_FRAMES:g} blocks; "
+            f"{b['blocks_played']} played after the start",
+        },
+        {
+            "check": "nothing played twice or out of order",
+            "ok": q["order_violations"] == 0,
+            "detail": f"{q['order_violations']} runs of clean audio starting before the previous one ended in the clip "
+            f"(steps {q['order_violation_steps']}, {q['overlaps_at_inserts']} explained by inserted blocks)",
+        },
+        {
+            "check": "streams heard",
+            "ok": q["segments"] == (2 if result.get("a_restarted") else 1),
+            "detail": f"{q['segments']} clip segment(s) in the output",
+        },
+        {
+            "check": "no click",
+            "ok": q["clicks"] == 0,
+            "detail": f"{q['clicks']} step(s) over {CLICK_RATIO:g}x the steepest within a block of them "
+            f"(the steepest step is {q['click_ratio']:.2f}x; clicks at [sample, ratio]: {q['click_positions']})",
+        },
     ]
     for key in ("outage_recovery_blocks", "restart_recovery_blocks"):
         if key in q:
             # 16 blocks (186 ms): on this project's 2-core machine a restart measured 3 to 12
             # blocks on loopback and netns alike (2026-11-27, 13 runs), the spread coming from
             # the restarted process's first packets; a stuck resync would be hundreds.
-            audio_checks.append({"check": "clean audio resumes", "ok": q[key] <= RECOVERY_LIMIT_BLOCKS,
-                                 "detail": f"{q[key]} blocks beyond the packets that never came"})
-    return {"counters": counters, "quality": q, "audio_checks": audio_checks,
-            "ok": counters["ok"] and all(c["ok"] for c in audio_checks)}
+            audio_checks.append(
+                {
+                    "check": "clean audio resumes",
+                    "ok": q[key] <= RECOVERY_LIMIT_BLOCKS,
+                    "detail": f"{q[key]} blocks beyond the packets that never came",
+                }
+            )
+    return {
+        "counters": counters,
+        "quality": q,
+        "audio_checks": audio_checks,
+        "ok": counters["ok"] and all(c["ok"] for c in audio_checks),
+    }
 
 
 def row(result: dict[str, Any], analysis: dict[str, Any] | None, error: str | None = None) -> dict[str, Any]:
@@ -102,23 +131,40 @@ def row(result: dict[str, Any], analysis: dict[str, Any] | None, error: str | No
     truth = analysis["counters"]["truth"] or {}
     q = analysis["quality"]
     sent = relay["a2b"]["received"] if relay else result["a"]["packets_sent"]
-    out.update({
-        "relay_in": sent,
-        "relay_lost": relay["a2b"]["lost"] if relay else None,
-        "relay_lost_pct": 100.0 * relay["a2b"]["lost"] / sent if relay and sent else None,
-        "expected_lost_low": truth.get("lost_low"), "expected_lost_high": truth.get("lost_high"),
-        "b_played": b["blocks_played"], "b_received": b["packets_received"], "b_lost": b["packets_lost"],
-        "b_lost_pct": 100.0 * b["packets_lost"] / b["blocks_played"] if b["blocks_played"] else None,
-        "b_late": b["packets_late"], "b_duplicate": b["packets_duplicate"], "b_reordered": b["packets_reordered"],
-        "b_concealed": b["packets_concealed"], "b_misses": b["concealer_misses"], "b_inserted": b["blocks_inserted"],
-        "b_dropped": b["blocks_dropped"], "latency_ms": b["latency_ms"], "depth_packets": b["buffer_depth_packets"],
-        "target_packets": b["target_depth_packets"], "jitter_ms": b["jitter_ms"],
-        "lost_snr_db": q.get("lost_snr_db"), "lost_lsd_db": q.get("lost_lsd_db"), "snr_db": q.get("snr_db"),
-        "mrstft": q.get("mrstft"), "visqol": q.get("visqol"), "click_ratio": q.get("click_ratio"),
-        "recovery_blocks": q.get("outage_recovery_blocks", q.get("restart_recovery_blocks")),
-        "counters_ok": analysis["counters"]["ok"], "audio_ok": all(c["ok"] for c in analysis["audio_checks"]),
-        "wall_s": result.get("wall_s"),
-    })
+    out.update(
+        {
+            "relay_in": sent,
+            "relay_lost": relay["a2b"]["lost"] if relay else None,
+            "relay_lost_pct": 100.0 * relay["a2b"]["lost"] / sent if relay and sent else None,
+            "expected_lost_low": truth.get("lost_low"),
+            "expected_lost_high": truth.get("lost_high"),
+            "b_played": b["blocks_played"],
+            "b_received": b["packets_received"],
+            "b_lost": b["packets_lost"],
+            "b_lost_pct": 100.0 * b["packets_lost"] / b["blocks_played"] if b["blocks_played"] else None,
+            "b_late": b["packets_late"],
+            "b_duplicate": b["packets_duplicate"],
+            "b_reordered": b["packets_reordered"],
+            "b_concealed": b["packets_concealed"],
+            "b_misses": b["concealer_misses"],
+            "b_inserted": b["blocks_inserted"],
+            "b_dropped": b["blocks_dropped"],
+            "latency_ms": b["latency_ms"],
+            "depth_packets": b["buffer_depth_packets"],
+            "target_packets": b["target_depth_packets"],
+            "jitter_ms": b["jitter_ms"],
+            "lost_snr_db": q.get("lost_snr_db"),
+            "lost_lsd_db": q.get("lost_lsd_db"),
+            "snr_db": q.get("snr_db"),
+            "mrstft": q.get("mrstft"),
+            "visqol": q.get("visqol"),
+            "click_ratio": q.get("click_ratio"),
+            "recovery_blocks": q.get("outage_recovery_blocks", q.get("restart_recovery_blocks")),
+            "counters_ok": analysis["counters"]["ok"],
+            "audio_ok": all(c["ok"] for c in analysis["audio_checks"]),
+            "wall_s": result.get("wall_s"),
+        }
+    )
     return out
 
 
@@ -195,19 +241,35 @@ def run_scenarios(
                     result = run_jam(be, plan)
                 analysis = analyse(result, sc, visqol=visqol)
                 entry.update(result=result, analysis=analysis, row=row(result, analysis))
-                (run_dir / "result.json").write_text(json.dumps(_finite({"result": result, "analysis": analysis}),
-                                                                indent=2) + "\n")
-                verdict = "ok" if analysis["ok"] else "CHECK FAILED: " + "; ".join(
-                    c["check"] for c in [*analysis["counters"]["checks"], *analysis["audio_checks"]] if not c["ok"])
+                (run_dir / "result.json").write_text(
+                    json.dumps(_finite({"result": result, "analysis": analysis}), indent=2) + "\n"
+                )
+                verdict = (
+                    "ok"
+                    if analysis["ok"]
+                    else "CHECK FAILED: "
+                    + "; ".join(
+                        c["check"] for c in [*analysis["counters"]["checks"], *analysis["audio_checks"]] if not c["ok"]
+                    )
+                )
                 say(f"  {verdict} (B lost {result['b']['packets_lost']}, {result['wall_s']:.1f} s)")
             except (JamError, OSError, ValueError) as exc:
-                entry.update(error=f"{type(exc).__name__}: {exc}", row=row({"scenario": sc.name, "concealer": concealer},
-                                                                          None, str(exc)))
+                entry.update(
+                    error=f"{type(exc).__name__}: {exc}",
+                    row=row({"scenario": sc.name, "concealer": concealer}, None, str(exc)),
+                )
                 say(f"  ERROR: {exc}")
             entries.append(entry)
-    meta = {"backend": backend, "concealers": concealers, "seconds": seconds, "clip": kind,
-            "clip_seconds": round(length, 2), "netem": use_netem, "wall_s": round(time.monotonic() - t0, 1),
-            "scenarios": [s.model_dump() for s in scenarios]}
+    meta = {
+        "backend": backend,
+        "concealers": concealers,
+        "seconds": seconds,
+        "clip": kind,
+        "clip_seconds": round(length, 2),
+        "netem": use_netem,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "scenarios": [s.model_dump() for s in scenarios],
+    }
     (out / "results.json").write_text(json.dumps(_finite({"meta": meta, "runs": entries}), indent=2) + "\n")
     if report:
         from nmp_peer.scenarios.report import write_report

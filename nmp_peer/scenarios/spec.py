@@ -82,8 +82,16 @@ class Scenario(BaseModel):
     # ------------------------------------------------------------------ what it asks of the network
     @property
     def impaired(self) -> bool:
-        return bool(self.loss or self.loss_model == "trace" or self.delay_ms or self.jitter_ms or self.reorder
-                    or self.duplicate or self.rate_kbps or self.outage)
+        return bool(
+            self.loss
+            or self.loss_model == "trace"
+            or self.delay_ms
+            or self.jitter_ms
+            or self.reorder
+            or self.duplicate
+            or self.rate_kbps
+            or self.outage
+        )
 
     def trace_packets(self, seconds: float) -> np.ndarray:
         """The challenge-like loss trace for a run of ``seconds`` (it outlasts the run; after it, no loss)."""
@@ -95,11 +103,27 @@ class Scenario(BaseModel):
 
     def relay_args(self, trace_path: str | None = None) -> list[str]:
         """Options of ``nmp-peer impair`` (without --listen, --forward, --log, --summary)."""
-        args = ["--loss", f"{self.loss:g}", "--loss-model", self.loss_model, "--burst", f"{self.burst:g}",
-                "--delay-ms", f"{self.delay_ms:g}", "--jitter-ms", f"{self.jitter_ms:g}",
-                "--jitter-dist", self.jitter_dist, "--reorder", f"{self.reorder:g}",
-                "--duplicate", f"{self.duplicate:g}", "--seed", str(self.seed),
-                "--both-ways" if self.both_ways else "--one-way"]
+        args = [
+            "--loss",
+            f"{self.loss:g}",
+            "--loss-model",
+            self.loss_model,
+            "--burst",
+            f"{self.burst:g}",
+            "--delay-ms",
+            f"{self.delay_ms:g}",
+            "--jitter-ms",
+            f"{self.jitter_ms:g}",
+            "--jitter-dist",
+            self.jitter_dist,
+            "--reorder",
+            f"{self.reorder:g}",
+            "--duplicate",
+            f"{self.duplicate:g}",
+            "--seed",
+            str(self.seed),
+            "--both-ways" if self.both_ways else "--one-way",
+        ]
         if self.loss_model == "trace":
             if trace_path is None:
                 raise ScenarioError(f"scenario {self.name}: the relay needs the trace file's path")
@@ -125,7 +149,11 @@ class Scenario(BaseModel):
         if self.delay_ms or self.jitter_ms or self.reorder:
             parts += ["delay", f"{self.delay_ms:g}ms"]
             if self.jitter_ms:
-                parts += [f"{self.jitter_ms:g}ms", "distribution", "normal" if self.jitter_dist == "normal" else "pareto"]
+                parts += [
+                    f"{self.jitter_ms:g}ms",
+                    "distribution",
+                    "normal" if self.jitter_dist == "normal" else "pareto",
+                ]
         if self.loss > 0:
             if self.loss_model == "bernoulli":
                 parts += ["loss", "random", f"{100 * self.loss:g}%"]

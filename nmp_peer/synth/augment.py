@@ -51,9 +51,7 @@ def random_augmentation(rng: np.random.Generator, strength: float = 1.0) -> Augm
     )
 
 
-def apply_augmentation(
-    audio: np.ndarray, aug: Augmentation, sample_rate: int = SAMPLE_RATE
-) -> np.ndarray:
+def apply_augmentation(audio: np.ndarray, aug: Augmentation, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Apply EQ, reverb and gain in that order; the result stays within [-1, 1].
 
     Gain is applied last and the peak is then limited by scaling (not clipping), so a
@@ -63,18 +61,14 @@ def apply_augmentation(
     if aug.tilt_db != 0.0:
         out = eq_tilt(out, aug.tilt_db, aug.pivot_hz, sample_rate)
     if aug.reverb_rt60_s > 0.0 and aug.reverb_wet > 0.0:
-        ir = decaying_noise_ir(
-            aug.reverb_rt60_s, np.random.default_rng(aug.reverb_seed), sample_rate
-        )
+        ir = decaying_noise_ir(aug.reverb_rt60_s, np.random.default_rng(aug.reverb_seed), sample_rate)
         out = add_reverb(out, ir, aug.reverb_wet)
     return limit_peak(apply_gain(out, aug.gain_db))
 
 
 def apply_gain(audio: np.ndarray, gain_db: float) -> np.ndarray:
     """Scale by ``gain_db``; linear, so it may leave [-1, 1] (see ``limit_peak``)."""
-    return (np.asarray(audio, dtype=np.float32) * np.float32(10 ** (gain_db / 20))).astype(
-        np.float32
-    )
+    return (np.asarray(audio, dtype=np.float32) * np.float32(10 ** (gain_db / 20))).astype(np.float32)
 
 
 def limit_peak(audio: np.ndarray, peak: float = 0.99) -> np.ndarray:
@@ -102,9 +96,7 @@ def decaying_noise_ir(
     t = np.arange(length) / sample_rate
     envelope = 10.0 ** (-3.0 * t / rt60_s)
     bright = rng.standard_normal(length)
-    dark = signal.sosfilt(
-        signal.butter(2, 3000.0, fs=sample_rate, output="sos"), rng.standard_normal(length)
-    )
+    dark = signal.sosfilt(signal.butter(2, 3000.0, fs=sample_rate, output="sos"), rng.standard_normal(length))
     dark *= np.std(bright) / max(float(np.std(dark)), 1e-12)
     mix = np.minimum(1.0, t / max(rt60_s / 3, 1e-3))
     tail = envelope * ((1 - mix) * bright + mix * dark)
@@ -161,9 +153,7 @@ def _shelf_sos(kind: str, gain_db: float, freq_hz: float, sample_rate: int) -> n
     return np.array([[*(x / den[0] for x in b), 1.0, den[1] / den[0], den[2] / den[0]]])
 
 
-def eq_tilt(
-    audio: np.ndarray, tilt_db: float, pivot_hz: float = 1000.0, sample_rate: int = SAMPLE_RATE
-) -> np.ndarray:
+def eq_tilt(audio: np.ndarray, tilt_db: float, pivot_hz: float = 1000.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Tilt the spectrum about ``pivot_hz``: bass by -tilt/2 dB, treble by +tilt/2 dB."""
     sos = np.vstack(
         [

@@ -93,9 +93,7 @@ def plan_parts(kind: str, rng: random.Random) -> tuple[list[PartRequest], list[l
         parts = [PartRequest("pad", group) if kind == "voices" else PartRequest("melody", group)]
         second = {"winds": 0.4, "brass": 0.6, "voices": 0.5}[kind]
         if rng.random() < second:
-            parts.append(
-                PartRequest("melody" if kind == "voices" else rng.choice(("pad", "chords")), group)
-            )
+            parts.append(PartRequest("melody" if kind == "voices" else rng.choice(("pad", "chords")), group))
         return parts, [list(range(len(parts)))]
     if kind == "bass":
         return [PartRequest("bass", "bass")], [[0]]
@@ -106,11 +104,7 @@ def plan_parts(kind: str, rng: random.Random) -> tuple[list[PartRequest], list[l
         parts = []
         for role in sorted(roles, key=("melody", "accompaniment", "bass", "drums").index):
             if role == "accompaniment":
-                parts.append(
-                    PartRequest(
-                        rng.choice(("chords", "arpeggio", "pad")), rng.choice(MELODIC_GROUPS)
-                    )
-                )
+                parts.append(PartRequest(rng.choice(("chords", "arpeggio", "pad")), rng.choice(MELODIC_GROUPS)))
             elif role == "melody":
                 parts.append(PartRequest("melody", rng.choice(MELODIC_GROUPS)))
             else:
@@ -135,9 +129,7 @@ def render_clip(
     settings: RenderSettings = DEFAULT_SETTINGS,
 ) -> Clip:
     """Render one clip: mono float32 at 44.1 kHz, at most ``spec.seconds`` long."""
-    fonts = sorted(
-        soundfonts if soundfonts is not None else list_soundfonts(), key=lambda p: p.name
-    )
+    fonts = sorted(soundfonts if soundfonts is not None else list_soundfonts(), key=lambda p: p.name)
     default_soundfont(fonts)
     rng = random.Random(f"clip:{spec.seed}")
     parts, stems = plan_parts(spec.kind, rng)

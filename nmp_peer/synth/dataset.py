@@ -120,9 +120,7 @@ def clip_seed(split: str, seed: int, index: int) -> int:
         raise ValueError(f"clip index {index} outside 0..{SEEDS_PER_SET - 1}")
     value = seeds.start + seed * SEEDS_PER_SET + index
     if seed < 0 or value not in seeds:
-        raise ValueError(
-            f"set seed {seed} outside the {split} range ({len(seeds) // SEEDS_PER_SET} sets)"
-        )
+        raise ValueError(f"set seed {seed} outside the {split} range ({len(seeds) // SEEDS_PER_SET} sets)")
     return value
 
 
@@ -179,9 +177,7 @@ def build_set(
     if audio_format not in ("wav", "flac"):
         raise ValueError("audio_format must be 'wav' or 'flac'")
     find_fluidsynth(settings.fluidsynth)
-    fonts = tuple(
-        sorted(soundfonts if soundfonts is not None else list_soundfonts(), key=lambda p: p.name)
-    )
+    fonts = tuple(sorted(soundfonts if soundfonts is not None else list_soundfonts(), key=lambda p: p.name))
     default_soundfont(fonts)
 
     out = Path(out_dir)

@@ -294,9 +294,7 @@ def generate_song(
         beat_bpm = rng.uniform(48, 100) if meter_obj.compound else rng.uniform(66, 160)
         tempo_bpm = beat_bpm * meter_obj.beat_quarters
     if swing is None:
-        swing = (
-            rng.choice((0.0, 0.0, 0.0, rng.uniform(0.3, 1.0))) if not meter_obj.compound else 0.0
-        )
+        swing = rng.choice((0.0, 0.0, 0.0, rng.uniform(0.3, 1.0))) if not meter_obj.compound else 0.0
     if drum_style is None:
         drum_style = "jazz" if swing > 0.5 and rng.random() < 0.6 else rng.choice(DRUM_STYLES[:5])
     if meter_obj.name != "4/4":
@@ -399,9 +397,7 @@ def _make_harmony(rng: random.Random, tonic: int, scale_name: str, bars: int) ->
             degree = 0
         chords.append(_triad(scale_pcs, degree, add_sevenths and rng.random() < 0.6))
         section_of_bar.append(section)
-    return _Harmony(
-        tonic, scale_pcs, melody_pcs, tuple(chords), frozenset(starts), tuple(section_of_bar)
-    )
+    return _Harmony(tonic, scale_pcs, melody_pcs, tuple(chords), frozenset(starts), tuple(section_of_bar))
 
 
 def _triad(scale_pcs: tuple[int, ...], degree: int, seventh: bool) -> tuple[int, ...]:
@@ -485,9 +481,7 @@ def _nearest_index(notes: list[int], pitch: int) -> int:
     return min(range(len(notes)), key=lambda i: abs(notes[i] - pitch))
 
 
-def _melody(
-    rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int
-) -> list[_Note]:
+def _melody(rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int) -> list[_Note]:
     low, high = _range_of(part)
     pool = [n for n in range(low, high + 1) if n % 12 in harmony.melody_pcs]
     sustained = part.group in _SUSTAINED_GROUPS
@@ -520,9 +514,7 @@ def _melody(
             length = (end - step) * step_ticks
             accent = 10 if step == 0 else (4 if step % meter.steps_per_beat == 0 else 0)
             velocity = dynamic + accent + rng.randint(-8, 8)
-            notes.append(
-                _Note((bar * bar_steps + step) * step_ticks, length, pool[position], velocity)
-            )
+            notes.append(_Note((bar * bar_steps + step) * step_ticks, length, pool[position], velocity))
     return notes
 
 
@@ -554,9 +546,7 @@ def _comp_patterns(meter: Meter) -> list[list[int]]:
     return patterns
 
 
-def _comp(
-    rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int
-) -> list[_Note]:
+def _comp(rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int) -> list[_Note]:
     low, high = _range_of(part)
     center = min(max(60, low + 12), high - 6)
     patterns = _comp_patterns(meter)
@@ -582,9 +572,7 @@ def _comp(
     return notes
 
 
-def _arpeggio(
-    rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int
-) -> list[_Note]:
+def _arpeggio(rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int) -> list[_Note]:
     low, high = _range_of(part)
     center = min(max(57, low + 12), high - 12)
     every = rng.choice((meter.eighth_steps, meter.eighth_steps, 1)) if not meter.compound else 1
@@ -603,9 +591,7 @@ def _arpeggio(
             pitch = rng.choice(tones) if shape == "random" else tones[k % len(tones)]
             accent = 8 if step % meter.steps_per_beat == 0 else 0
             velocity = dynamic - 10 + accent + rng.randint(-6, 6)
-            notes.append(
-                _Note((bar * bar_steps + step) * step_ticks, every * step_ticks, pitch, velocity)
-            )
+            notes.append(_Note((bar * bar_steps + step) * step_ticks, every * step_ticks, pitch, velocity))
     return notes
 
 
@@ -625,18 +611,14 @@ def _pad(part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int) -
     return notes
 
 
-def _bass(
-    rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int
-) -> list[_Note]:
+def _bass(rng: random.Random, part: Part, meter: Meter, harmony: _Harmony, bars: int, dynamic: int) -> list[_Note]:
     low, high = _range_of(part)
     style = rng.choice(("roots", "root_fifth", "eighths", "walking", "syncopated"))
     step_ticks = meter.step_ticks
     bar_steps = meter.steps_per_bar
     beat = meter.steps_per_beat
     scale_notes = [n for n in range(low, high + 1) if n % 12 in harmony.scale_pcs]
-    syncopation = sorted(
-        {0} | {s for s in range(0, bar_steps, meter.eighth_steps) if rng.random() < 0.35}
-    )
+    syncopation = sorted({0} | {s for s in range(0, bar_steps, meter.eighth_steps) if rng.random() < 0.35})
     notes = []
     for bar in range(bars):
         chord = harmony.chords[bar]
@@ -645,15 +627,10 @@ def _bass(
         if style == "roots":
             events = [(0, bar_steps, root)]
         elif style == "root_fifth":
-            events = [
-                (s, beat, root if k % 2 == 0 else fifth)
-                for k, s in enumerate(range(0, bar_steps, beat))
-            ]
+            events = [(s, beat, root if k % 2 == 0 else fifth) for k, s in enumerate(range(0, bar_steps, beat))]
         elif style == "eighths":
             e = meter.eighth_steps
-            events = [
-                (s, e, root + (12 if rng.random() < 0.12 else 0)) for s in range(0, bar_steps, e)
-            ]
+            events = [(s, e, root + (12 if rng.random() < 0.12 else 0)) for s in range(0, bar_steps, e)]
         elif style == "walking":
             next_chord = harmony.chords[min(bar + 1, bars - 1)]
             target = next(n for n in range(low, low + 12) if n % 12 == next_chord[0])
@@ -665,9 +642,7 @@ def _bass(
                 elif k == meter.beats - 1:
                     pitch = target + rng.choice((-1, 1))
                 else:
-                    position = min(
-                        max(position + rng.choice((-1, 1, 1, 2)), 0), len(scale_notes) - 1
-                    )
+                    position = min(max(position + rng.choice((-1, 1, 1, 2)), 0), len(scale_notes) - 1)
                     pitch = scale_notes[position]
                 events.append((s, beat, pitch))
         else:
@@ -678,9 +653,7 @@ def _bass(
         for step, length, pitch in events:
             accent = 8 if step == 0 else 0
             velocity = dynamic + accent + rng.randint(-7, 7)
-            notes.append(
-                _Note((bar * bar_steps + step) * step_ticks, length * step_ticks, pitch, velocity)
-            )
+            notes.append(_Note((bar * bar_steps + step) * step_ticks, length * step_ticks, pitch, velocity))
     return notes
 
 
@@ -754,9 +727,7 @@ def _drum_bar(rng: random.Random, meter: Meter, style: str) -> dict[int, list[tu
     return hits
 
 
-def _drums(
-    rng: random.Random, meter: Meter, harmony: _Harmony, bars: int, dynamic: int, style: str
-) -> list[_Note]:
+def _drums(rng: random.Random, meter: Meter, harmony: _Harmony, bars: int, dynamic: int, style: str) -> list[_Note]:
     step_ticks = meter.step_ticks
     bar_steps = meter.steps_per_bar
     groove = _drum_bar(rng, meter, style)
@@ -774,16 +745,12 @@ def _drums(
             for s in range(fill_start, bar_steps):
                 hits[s] = [(n, a) for n, a in hits.get(s, []) if n == KICK]
                 if (s - fill_start) % fill_every == 0:
-                    tom = TOMS[
-                        min(len(TOMS) - 1, (s - fill_start) * len(TOMS) // (bar_steps - fill_start))
-                    ]
+                    tom = TOMS[min(len(TOMS) - 1, (s - fill_start) * len(TOMS) // (bar_steps - fill_start))]
                     hits[s].append((rng.choice((tom, tom, SNARE)), 2))
         for step, events in hits.items():
             for note, accent in events:
                 velocity = dynamic + accent + rng.randint(-6, 6)
-                notes.append(
-                    _Note((bar * bar_steps + step) * step_ticks, step_ticks, note, velocity)
-                )
+                notes.append(_Note((bar * bar_steps + step) * step_ticks, step_ticks, note, velocity))
     return notes
 
 
@@ -796,9 +763,7 @@ def _swing_warp(tick: int, beat_ticks: int, swing: float) -> int:
     return beat_start + round(warped * beat_ticks)
 
 
-def _humanize(
-    rng: random.Random, notes: list[_Note], meter: Meter, swing: float, part: Part
-) -> list[_Note]:
+def _humanize(rng: random.Random, notes: list[_Note], meter: Meter, swing: float, part: Part) -> list[_Note]:
     """Apply swing, articulation and small timing and velocity deviations; no overlaps."""
     beat_ticks = meter.steps_per_beat * meter.step_ticks
     jitter = rng.randint(0, 12)
@@ -833,9 +798,7 @@ def _assemble(
     conductor = mido.MidiTrack()
     conductor.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo_bpm), time=0))
     conductor.append(
-        mido.MetaMessage(
-            "time_signature", numerator=meter.numerator, denominator=meter.denominator, time=0
-        )
+        mido.MetaMessage("time_signature", numerator=meter.numerator, denominator=meter.denominator, time=0)
     )
     conductor.append(mido.MetaMessage("end_of_track", time=0))
     midi.tracks.append(conductor)
@@ -848,9 +811,7 @@ def _assemble(
                 (
                     tick,
                     1,
-                    mido.Message(
-                        "control_change", channel=part.channel, control=controller, value=value
-                    ),
+                    mido.Message("control_change", channel=part.channel, control=controller, value=value),
                 )
             )
         for note in notes:
@@ -865,16 +826,12 @@ def _assemble(
                 (
                     note.tick,
                     3,
-                    mido.Message(
-                        "note_on", channel=part.channel, note=note.pitch, velocity=note.velocity
-                    ),
+                    mido.Message("note_on", channel=part.channel, note=note.pitch, velocity=note.velocity),
                 )
             )
         events.sort(key=lambda e: (e[0], e[1]))
         track = mido.MidiTrack()
-        track.append(
-            mido.MetaMessage("track_name", name=f"{part.role}:{part.group}:{part.program}", time=0)
-        )
+        track.append(mido.MetaMessage("track_name", name=f"{part.role}:{part.group}:{part.program}", time=0))
         now = 0
         for tick, _, message in events:
             track.append(message.copy(time=tick - now))

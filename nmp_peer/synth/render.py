@@ -115,8 +115,7 @@ def find_fluidsynth(binary: str = "fluidsynth") -> Path:
     path = shutil.which(binary)
     if path is None:
         raise SynthUnavailableError(
-            f"fluidsynth executable {binary!r} not found: "
-            "install it with `apt-get install fluidsynth`"
+            f"fluidsynth executable {binary!r} not found: install it with `apt-get install fluidsynth`"
         )
     return Path(path)
 
@@ -171,13 +170,9 @@ def render_midi(
             str(midi_path),
         ]
         try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=settings.timeout_s, check=False
-            )
+            result = subprocess.run(command, capture_output=True, text=True, timeout=settings.timeout_s, check=False)
         except FileNotFoundError as error:
-            raise SynthUnavailableError(
-                f"fluidsynth executable {binary} could not be run: {error}"
-            ) from error
+            raise SynthUnavailableError(f"fluidsynth executable {binary} could not be run: {error}") from error
         if result.returncode != 0 or "not a SoundFont" in result.stderr or not raw_path.exists():
             message = (result.stderr.strip() or result.stdout.strip()).splitlines()
             raise RenderError(
@@ -250,9 +245,7 @@ def normalize(audio: np.ndarray, target_rms_dbfs: float, peak_limit: float = 0.9
     return scaled.astype(np.float32)
 
 
-def fade(
-    audio: np.ndarray, fade_in_ms: float, fade_out_ms: float, sample_rate: int = SAMPLE_RATE
-) -> np.ndarray:
+def fade(audio: np.ndarray, fade_in_ms: float, fade_out_ms: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Apply raised-cosine fades so that cut edges do not click."""
     out = audio.astype(np.float32, copy=True)
     for length_ms, at_start in ((fade_in_ms, True), (fade_out_ms, False)):

@@ -33,7 +33,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 class DeviceChunks:
     """A ``ChunkSet`` held as tensors on the training device (int16 clean, float32 fill)."""
 
@@ -80,4 +79,3 @@ def load_data(config: TrainConfig, data_dir: Path, cache_dir: Path, show: bool) 
         keep = config.data.max_valid_chunks
         valid_set = ChunkSet(valid_set.clean[:keep], valid_set.fill[:keep])
     return train_set, valid_set
-

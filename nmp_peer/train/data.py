@@ -163,7 +163,7 @@ def build_cache(
     shards = [str(folder / f"{i:05d}_{Path(f).stem}.npz") for i, f in enumerate(files)]
     todo = [
         (str(f), s, settings.model_dump(), max_chunks_per_clip, i)
-        for i, (f, s) in enumerate(zip(files, shards))
+        for i, (f, s) in enumerate(zip(files, shards, strict=False))
         if not Path(s).is_file()
     ]
     done = len(files) - len(todo)

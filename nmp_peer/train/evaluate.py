@@ -78,10 +78,7 @@ def evaluate(
     summary["gan_better_lsd_than_lpc_clips"] = f"{sum(wins)}/{len(rows)}"
     categories = sorted({r["category"] for r in rows})
     summary["by_category_lsd_db"] = {
-        c: {
-            n: round(float(np.mean([r[f"{n}_lsd_db"] for r in rows if r["category"] == c])), 2)
-            for n in concealers
-        }
+        c: {n: round(float(np.mean([r[f"{n}_lsd_db"] for r in rows if r["category"] == c])), 2) for n in concealers}
         for c in categories
     }
     return {"summary": summary, "rows": rows}

@@ -60,9 +60,9 @@ class TorchFrontEnd:
         ``(B, 256, 256)`` for LP-filled ``chunks``: ``SpectralFrontEnd.synthesize`` (the
         refined magnitude of the gap frames with the LP phase, weighted overlap-add),
         ``crossfade`` from the LP prediction, analysed again. Differentiable."""
-        spec = torch.stft(
-            chunks, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True
-        )[..., GAP_FRAME:]  # (B, bins, 79)
+        spec = torch.stft(chunks, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True)[
+            ..., GAP_FRAME:
+        ]  # (B, bins, 79)
         unit = spec / spec.abs().clamp_min(1e-20)
         mag = gain[:, None, None] * (FEATURE_CEILING * feature[..., GAP_FRAME:]) ** 2
         frames = torch.fft.irfft(mag * unit, n=N_FFT, dim=1) * self.window[None, :, None]  # (B, 511, 79)
@@ -75,11 +75,8 @@ class TorchFrontEnd:
         n = len(self.fade_in)
         pred = torch.cat([lp[:, :n] + (pred[:, :n] - lp[:, :n]) * self.fade_in, pred[:, n:]], dim=1)
         played = torch.cat([chunks[:, :CHUNK_CONTEXT_SAMPLES], pred], dim=1)
-        spec = torch.stft(
-            played, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True
-        )
+        spec = torch.stft(played, N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect", return_complex=True)
         # |S| and the square root with a floor far below any level that counts (1e-12 of the
         # peak): their gradients at an exact zero (a silent bin) would be NaN and infinite.
         power = spec.real**2 + spec.imag**2 + TINY_POWER * gain[:, None, None] ** 2
         return (power**0.25 / gain[:, None, None].sqrt()) * (1.0 / FEATURE_CEILING)
-

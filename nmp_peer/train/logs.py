@@ -36,8 +36,7 @@ class CsvLog:
     def read(self) -> list[dict[str, float]]:
         with open(self.path, newline="") as f:
             return [
-                {k: float(v) if v not in ("", "nan") else float("nan") for k, v in r.items()}
-                for r in csv.DictReader(f)
+                {k: float(v) if v not in ("", "nan") else float("nan") for k, v in r.items()} for r in csv.DictReader(f)
             ]
 
 
@@ -114,4 +113,3 @@ def progress_bar(enabled: bool) -> Any:
         TextColumn("{task.fields[info]}"),
         disable=not enabled,
     )
-

@@ -150,7 +150,7 @@ class Generator(nn.Module):
         chans = [features * m for m in multipliers]
         self.down = nn.ModuleList()
         c_prev = 1
-        for k, c in enumerate(chans):
+        for c in chans:
             self.down.append(DownBlock(c_prev, c, norm))
             c_prev = c
         self.bottleneck = nn.Sequential(
@@ -259,13 +259,13 @@ class Generator(nn.Module):
                 x = block(x)
                 skips.append(x)
             x = self.bottleneck(x)
-            for block, skip in zip(self.up, reversed(skips)):
+            for block, skip in zip(self.up, reversed(skips), strict=False):
                 x = block(torch.cat([x, skip], dim=1))
         else:
             encoder, bottleneck, decoder = self.crop_plan(start)
             x, offset = inp, 0  # offset: absolute frame index of x[..., 0] at x's resolution
             skips = []
-            for block, first in zip(self.down, encoder):
+            for block, first in zip(self.down, encoder, strict=False):
                 crop = max(2 * first - 2, 0)
                 x = block(x[..., crop - offset :])
                 offset = crop // 2
@@ -273,7 +273,7 @@ class Generator(nn.Module):
             crop = max(bottleneck - 1, 0)
             x = self.bottleneck(x[..., crop - offset :])
             offset = crop
-            for k, (block, (skip, skip_offset)) in enumerate(zip(self.up, reversed(skips))):
+            for k, (block, (skip, skip_offset)) in enumerate(zip(self.up, reversed(skips), strict=False)):
                 first_in = decoder[len(self.up) - k]  # crop inputs to start here
                 x = block(torch.cat([x[..., first_in - offset :], skip[..., first_in - skip_offset :]], dim=1))
                 offset = 2 * first_in

@@ -39,9 +39,7 @@ SPLITS = ("train", "valid")
 CODECS = ("opus", "flac")
 
 
-def encode(
-    data: Path, out: Path, seconds: float, level: float, seed: int = 0, codec: str = "opus"
-) -> dict[str, Any]:
+def encode(data: Path, out: Path, seconds: float, level: float, seed: int = 0, codec: str = "opus") -> dict[str, Any]:
     """Excerpts of every clip of ``data/{train,valid}`` as Ogg/Opus or FLAC in ``out``; returns sizes."""
     import soundfile as sf
 

@@ -145,23 +145,36 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the bin2bin-v2 generator (resumes from --out/last.pt).")
-    parser.add_argument("--config", required=True,
-                        help="TOML file or a shipped name, from nmp_peer/conf/train or its experiments/ "
-                        "(bin2bin_v2, tiny, ...)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="TOML file or a shipped name, from nmp_peer/conf/train or its experiments/ (bin2bin_v2, tiny, ...)",
+    )
     parser.add_argument("--data", required=True, type=Path, help="folder of WAV clips (train/ and valid/)")
     parser.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, logs, plots")
     parser.add_argument("--cache", type=Path, default=None, help="LP-filled example cache (default OUT/cache)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="set optim.steps: the cosine horizon and the last step (recorded in the checkpoints)")
-    parser.add_argument("--stop-at", type=int, default=None,
-                        help="stop at this step, the schedule as configured (past optim.steps the rate stays final)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="set optim.steps: the cosine horizon and the last step (recorded in the checkpoints)",
+    )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop at this step, the schedule as configured (past optim.steps the rate stays final)",
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this long")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     parser.add_argument("--init", type=Path, default=None, help="a new run starts from this checkpoint's generator")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--oracle", action="store_true",
-                        help="no training: print LSD/SNR on the validation split of LPC alone and of the true "
-                        "magnitude with the LP phase (the bound of a magnitude-only refinement)")
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="no training: print LSD/SNR on the validation split of LPC alone and of the true "
+        "magnitude with the LP phase (the bound of a magnitude-only refinement)",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, steps=args.steps)

@@ -194,7 +194,7 @@ class Trainer:
         decay = min(self.config.train.ema_decay, (1.0 + self.step) / (10.0 + self.step))
         with torch.no_grad():
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.G.parameters()), 1.0 - decay)
-            for e, b in zip(self.ema.buffers(), self.G.buffers()):
+            for e, b in zip(self.ema.buffers(), self.G.buffers(), strict=False):
                 e.copy_(b)
 
     # ------------------------------------------------------------------ validation
@@ -300,4 +300,3 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-

@@ -111,7 +111,9 @@ def used_subnets() -> list[ipaddress.IPv4Network]:
 def pick_subnet() -> str:
     """A free /24 inside 198.18.0.0/15 as its first three octets ("198.18.57"), at random."""
     used = used_subnets()
-    candidates = [f"198.{hi}.{lo}" for hi in (18, 19) for lo in range(256) if not (hi == 18 and lo in RESERVED_THIRD_OCTETS)]
+    candidates = [
+        f"198.{hi}.{lo}" for hi in (18, 19) for lo in range(256) if not (hi == 18 and lo in RESERVED_THIRD_OCTETS)
+    ]
     random.shuffle(candidates)
     for prefix in candidates:
         net = ipaddress.IPv4Network(f"{prefix}.0/24")

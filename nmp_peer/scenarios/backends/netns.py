@@ -78,8 +78,10 @@ def netns_unavailable() -> str | None:
         r = _run(["ip", "netns", "add", probe], check=False)
         if r.returncode != 0:
             return f"`ip netns add` fails here: {r.stderr.strip()}"
-        r = _run(["ip", "link", "add", veth, "netns", probe, "type", "veth", "peer", "name", veth + "q", "netns", probe],
-                 check=False)
+        r = _run(
+            ["ip", "link", "add", veth, "netns", probe, "type", "veth", "peer", "name", veth + "q", "netns", probe],
+            check=False,
+        )
         if r.returncode != 0:
             return f"cannot create a veth pair: {r.stderr.strip()}"
         r = _run(["ip", "netns", "exec", probe, "ip", "link", "set", veth, "up"], check=False)
@@ -104,8 +106,28 @@ def tbf_unavailable() -> str | None:
     try:
         _run(["ip", "netns", "add", probe])
         _run(["ip", "link", "add", veth, "netns", probe, "type", "veth", "peer", "name", veth + "q", "netns", probe])
-        r = _run(["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", veth, "root", "tbf",
-                  "rate", "1mbit", "burst", "4kb", "latency", "50ms"], check=False)
+        r = _run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                probe,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                veth,
+                "root",
+                "tbf",
+                "rate",
+                "1mbit",
+                "burst",
+                "4kb",
+                "latency",
+                "50ms",
+            ],
+            check=False,
+        )
         return None if r.returncode == 0 else f"`tc qdisc add ... tbf` fails here: {r.stderr.strip()}"
     except NetnsError as exc:
         return str(exc)
@@ -149,8 +171,22 @@ class Topology:
 
     def add_tbf(self, rate_kbps: float, burst_bytes: int = 4096, latency_ms: float = 50.0) -> None:
         """Rate-limit the relay's link toward B with a token bucket filter."""
-        self.exec(self.ns_relay, "tc", "qdisc", "add", "dev", self.veth_rb, "root", "tbf",
-                  "rate", f"{rate_kbps:g}kbit", "burst", str(burst_bytes), "latency", f"{latency_ms:g}ms")
+        self.exec(
+            self.ns_relay,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            self.veth_rb,
+            "root",
+            "tbf",
+            "rate",
+            f"{rate_kbps:g}kbit",
+            "burst",
+            str(burst_bytes),
+            "latency",
+            f"{latency_ms:g}ms",
+        )
 
     def qdisc_stats(self) -> dict[str, int]:
         """Packets sent and dropped by the root qdisc of the relay's link toward B."""
@@ -158,8 +194,12 @@ class Topology:
         m = re.search(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+), overlimits (\d+)", out)
         if m is None:
             raise NetnsError(f"cannot read qdisc counters of {self.veth_rb}: {out.strip()!r}")
-        return {"bytes": int(m.group(1)), "packets": int(m.group(2)), "dropped": int(m.group(3)),
-                "overlimits": int(m.group(4))}
+        return {
+            "bytes": int(m.group(1)),
+            "packets": int(m.group(2)),
+            "dropped": int(m.group(3)),
+            "overlimits": int(m.group(4)),
+        }
 
 
 def _stop(p: subprocess.Popen[str]) -> None:
@@ -192,8 +232,14 @@ def netns_topology(tag: str | None = None) -> Iterator[Topology]:
             _run(["ip", "netns", "add", ns])
             created.append(ns)
             # No IPv6 (no router solicitations through the rate limit), no forwarding in R.
-            topo.exec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-                      check=False)
+            topo.exec(
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                check=False,
+            )
             topo.exec(ns, "ip", "link", "set", "lo", "up")
         topo.exec(topo.ns_relay, "sysctl", "-qw", "net.ipv4.ip_forward=0", check=False)
         links = (
