@@ -276,7 +276,7 @@ def test_replies_go_to_side_a_only_with_their_own_impairment(tmp_path: Path) -> 
 )
 def test_impair_command_refuses_bad_values_in_one_line(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
     from nmp_peer.cli import app, main
-    from nmp_peer.cli_net import register
+    from nmp_peer.cli.net import register
 
     register(app)
     options = {"--listen": "127.0.0.1:0", "--forward": "127.0.0.1:9", "--duration": "0.01"}
@@ -293,7 +293,7 @@ def test_impair_command_relays_logs_and_stops_cleanly_on_a_signal(sig: str, tmp_
     b.bind(("127.0.0.1", 0))
     b.settimeout(5.0)
     log = tmp_path / "r.csv"
-    p = subprocess.Popen([sys.executable, "-m", "nmp_peer.cli_net", "impair", "--listen", "127.0.0.1:0",
+    p = subprocess.Popen([sys.executable, "-m", "nmp_peer.cli", "impair", "--listen", "127.0.0.1:0",
                           "--forward", "%s:%d" % b.getsockname(), "--log", str(log)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -220,7 +220,7 @@ class LoopbackBackend(Backend):
 
     def start_relay(self, relay_args: list[str]) -> Party:
         forward = f"127.0.0.1:{self.ports['b']}"
-        return self._spawn("relay", [*_python_cli("nmp_peer.cli_net"), "impair", "--listen",
+        return self._spawn("relay", [*_python_cli("nmp_peer.cli"), "impair", "--listen",
                                      f"127.0.0.1:{self.relay_port}", "--forward", forward, *relay_args])
 
     def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
@@ -254,7 +254,7 @@ class NetnsBackend(Backend):
         return party
 
     def start_relay(self, relay_args: list[str]) -> Party:
-        return self._spawn("relay", self.topo.ns_relay, [*_python_cli("nmp_peer.cli_net"), "impair", "--listen",
+        return self._spawn("relay", self.topo.ns_relay, [*_python_cli("nmp_peer.cli"), "impair", "--listen",
                                                           f"0.0.0.0:{RELAY_PORT}", "--forward",
                                                           f"{check_address(B_ADDR)}:{PEER_PORT}", *relay_args])
 

@@ -158,7 +158,7 @@ def loopback(
 ) -> None:
     """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
     from nmp_peer.audio_io import read_audio, write_audio
-    from nmp_peer.cli_net import make_impairment
+    from nmp_peer.cli.net import make_impairment
     from nmp_peer.netsim.loopback import run_loopback
 
     audio, file_rate = read_audio(input)
@@ -506,7 +506,7 @@ def bench(
     print(json.dumps(result))
 
 
-from nmp_peer.cli_net import register as _register_net  # noqa: E402
+from nmp_peer.cli.net import register as _register_net  # noqa: E402
 
 _register_net(app)
 
