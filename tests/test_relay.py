@@ -275,10 +275,8 @@ def test_replies_go_to_side_a_only_with_their_own_impairment(tmp_path: Path) -> 
     ],
 )
 def test_impair_command_refuses_bad_values_in_one_line(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from nmp_peer.cli import app, main
-    from nmp_peer.cli.net import register
+    from nmp_peer.cli import main
 
-    register(app)
     options = {"--listen": "127.0.0.1:0", "--forward": "127.0.0.1:9", "--duration": "0.01"}
     options.update(zip(args[::2], args[1::2]))
     argv = ["impair", *[x for pair in options.items() for x in pair]]

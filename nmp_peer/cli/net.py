@@ -1,11 +1,10 @@
 """``nmp-peer impair`` (the UDP impairment relay, see ``nmp_peer.netsim.relay``) and ``nmp-peer scenarios``
 (named hostile networks between two peers, see ``nmp_peer.scenarios``).
 
-``register(app)`` adds both to the main ``nmp-peer`` app. A bad value raises
-``UserError`` (or a module's own user-error class, such as ``TraceError``) with a
-one-line message, which the main CLI prints as ``nmp-peer: error: <msg>`` with exit
-code 2; a value the parser can check (a NaN, a negative duration) is refused as a
-usage error before the command starts.
+A bad value raises ``UserError`` (or a module's own user-error class, such as
+``TraceError``) with a one-line message, which the main CLI prints as
+``nmp-peer: error: <msg>`` with exit code 2; a value the parser can check (a NaN, a
+negative duration) is refused while the command line is parsed, before the command starts.
 """
 
 from __future__ import annotations
@@ -17,11 +16,22 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from nmp_peer.errors import UserError, at_least, between, positive
+from nmp_peer.cli.options import (
+    BurstOpt,
+    DelayOpt,
+    DuplicateOpt,
+    JitterDistOpt,
+    JitterOpt,
+    LossModelOpt,
+    LossOpt,
+    ReorderOpt,
+    TraceOpt,
+    between,
+    make_impairment,
+    positive,
+)
+from nmp_peer.errors import UserError
 from nmp_peer.jsonio import write_json
-
-from nmp_peer.netsim.impair import Impairment
-from nmp_peer.netsim.loss import LOSS_KINDS, make_loss_model
 
 B2A_SEED_SALT = 0x6261
 """The B→A direction's seed is derived from ``--seed`` and this, so its draws differ from A→B's."""
@@ -50,102 +60,46 @@ def b2a_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, B2A_SEED_SALT]).generate_state(1)[0])
 
 
-def make_impairment(
-    *,
-    loss: float,
-    loss_model: str,
-    burst: float,
-    trace: Path | None,
-    delay_ms: float,
-    jitter_ms: float,
-    jitter_dist: str,
-    reorder: float,
-    duplicate: float,
-    seed: int,
-) -> Impairment:
-    """One direction's impairment, built like ``nmp-peer loopback`` builds it (same seed, same decisions).
+def impair(
+    listen: Annotated[str, typer.Option(help="HOST:PORT side A sends to (port 0: any free port).")],
+    forward: Annotated[str, typer.Option(help="HOST:PORT of side B; its replies go back to side A.")],
+    loss: LossOpt = 0.0,
+    loss_model: LossModelOpt = "bernoulli",
+    burst: BurstOpt = 2.0,
+    trace: TraceOpt = None,
+    delay_ms: DelayOpt = 0.0,
+    jitter_ms: JitterOpt = 0.0,
+    jitter_dist: JitterDistOpt = "normal",
+    reorder: ReorderOpt = 0.0,
+    duplicate: DuplicateOpt = 0.0,
+    rate_kbps: Annotated[Optional[float], typer.Option(help="Rate limit per direction (token bucket, 50 ms queue).", callback=positive)] = None,
+    outage: Annotated[Optional[str], typer.Option(help="START:SECONDS after the first packet: drop everything then.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the A→B impairment (B→A gets a derived one).")] = 0,
+    both_ways: Annotated[bool, typer.Option("--both-ways/--one-way", help="Impair B→A too (default), or only A→B.")] = True,
+    log: Annotated[Optional[Path], typer.Option(help="Per-packet ground truth: JSON lines, or CSV for a .csv name.")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).", callback=positive)] = None,
+    summary: Annotated[Optional[Path], typer.Option(help="Write the JSON counters here (default: print them).")] = None,
+) -> None:
+    """A UDP relay that drops, delays, reorders, duplicates and rate-limits packets between two peers.
 
-    Every value comes from the command line, so a bad one is a ``UserError`` naming the
-    option (a bad trace file: ``TraceError``); NaN and ±inf are refused like any other
-    value out of range.
+    Side A sends to --listen; the relay forwards to --forward (side B) and relays B's replies back.
     """
-    if loss_model not in LOSS_KINDS or loss_model == "none":
-        raise UserError(f"unknown --loss-model {loss_model!r}; choose bernoulli, gilbert or trace")
-    if not 0.0 <= loss <= 1.0:
-        raise UserError(f"--loss must be in [0, 1], got {loss:g}")
-    if not 1.0 <= burst < float("inf"):
-        raise UserError(f"--burst must be a finite number of packets >= 1, got {burst:g}")
-    for name, value in (("--delay-ms", delay_ms), ("--jitter-ms", jitter_ms)):
-        if not 0.0 <= value < float("inf"):
-            raise UserError(f"{name} must be a finite number >= 0, got {value:g}")
-    if jitter_dist not in ("normal", "pareto"):
-        raise UserError(f"unknown --jitter-dist {jitter_dist!r}; choose normal or pareto")
-    for name, value in (("--reorder", reorder), ("--duplicate", duplicate)):
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"{name} must be in [0, 1], got {value:g}")
-    if reorder + duplicate > 1.0:
-        raise UserError(f"--reorder + --duplicate must not exceed 1, got {reorder:g} + {duplicate:g}")
-    if loss_model == "trace" and trace is None:
-        raise UserError("--loss-model trace needs --trace FILE")
-    if trace is not None and loss_model != "trace":
-        raise UserError("--trace FILE needs --loss-model trace")
-    kind = loss_model if loss > 0 or loss_model == "trace" else "none"
-    if kind == "gilbert" and not loss <= burst / (1.0 + burst):
-        limit = burst / (1.0 + burst)
-        raise UserError(f"--loss {loss:g} is impossible with --burst {burst:g}: every burst needs a received packet "
-                        f"after it, so the loss is at most burst / (1 + burst) = {limit:.4g}")
-    model = make_loss_model(kind, loss, burst, trace, seed)  # a missing or malformed trace: TraceError
-    return Impairment(model, delay_ms, jitter_ms, jitter_dist, reorder, duplicate, seed=seed)  # type: ignore[arg-type]
+    from nmp_peer.live.transport import Endpoint
+    from nmp_peer.netsim.relay import Relay
 
+    spec = dict(loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
+                jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate)
+    a2b = make_impairment(**spec, seed=seed)  # type: ignore[arg-type]
+    b2a = make_impairment(**spec, seed=b2a_seed(seed)) if both_ways else None  # type: ignore[arg-type]
+    relay = Relay(Endpoint.parse(listen), Endpoint.parse(forward), a2b, b2a, rate_kbps, parse_outage(outage), log)
 
-def register(app: typer.Typer) -> None:
-    """Add ``impair`` and the ``scenarios`` group to ``app`` (once: a second call changes nothing)."""
-    if not any(info.name == "scenarios" for info in app.registered_groups):
-        app.add_typer(scenarios_app, name="scenarios")
-    if any(info.name == "impair" or getattr(info.callback, "__name__", "") == "impair" for info in app.registered_commands):
-        return
+    async def main() -> dict[str, Any]:
+        await relay.start()
+        host, port = relay.address
+        print(f"nmp-peer impair: relaying {host}:{port} <-> {relay.forward}", file=sys.stderr, flush=True)
+        return await relay.run(duration)
 
-    @app.command()
-    def impair(
-        listen: Annotated[str, typer.Option(help="HOST:PORT side A sends to (port 0: any free port).")],
-        forward: Annotated[str, typer.Option(help="HOST:PORT of side B; its replies go back to side A.")],
-        loss: Annotated[float, typer.Option(help="Packet loss rate, 0..1.", callback=between(0.0, 1.0))] = 0.0,
-        loss_model: Annotated[str, typer.Option(help="bernoulli | gilbert | trace")] = "bernoulli",
-        burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).", callback=at_least(1.0))] = 2.0,
-        trace: Annotated[Optional[Path], typer.Option(help="Loss trace file (one 0/1 per packet).")] = None,
-        delay_ms: Annotated[float, typer.Option(help="Fixed one-way delay.", callback=at_least(0.0))] = 0.0,
-        jitter_ms: Annotated[float, typer.Option(help="Jitter scale (added delay, never negative).", callback=at_least(0.0))] = 0.0,
-        jitter_dist: Annotated[str, typer.Option(help="normal | pareto")] = "normal",
-        reorder: Annotated[float, typer.Option(help="Probability that a packet is held back behind its successor.", callback=between(0.0, 1.0))] = 0.0,
-        duplicate: Annotated[float, typer.Option(help="Probability that a packet arrives twice.", callback=between(0.0, 1.0))] = 0.0,
-        rate_kbps: Annotated[Optional[float], typer.Option(help="Rate limit per direction (token bucket, 50 ms queue).", callback=positive)] = None,
-        outage: Annotated[Optional[str], typer.Option(help="START:SECONDS after the first packet: drop everything then.")] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the A→B impairment (B→A gets a derived one).")] = 0,
-        both_ways: Annotated[bool, typer.Option("--both-ways/--one-way", help="Impair B→A too (default), or only A→B.")] = True,
-        log: Annotated[Optional[Path], typer.Option(help="Per-packet ground truth: JSON lines, or CSV for a .csv name.")] = None,
-        duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).", callback=positive)] = None,
-        summary: Annotated[Optional[Path], typer.Option(help="Write the JSON counters here (default: print them).")] = None,
-    ) -> None:
-        """A UDP relay that drops, delays, reorders, duplicates and rate-limits packets between two peers.
-
-        Side A sends to --listen; the relay forwards to --forward (side B) and relays B's replies back.
-        """
-        from nmp_peer.netsim.relay import Relay
-        from nmp_peer.live.transport import Endpoint
-
-        spec = dict(loss=loss, loss_model=loss_model, burst=burst, trace=trace, delay_ms=delay_ms,
-                    jitter_ms=jitter_ms, jitter_dist=jitter_dist, reorder=reorder, duplicate=duplicate)
-        a2b = make_impairment(**spec, seed=seed)  # type: ignore[arg-type]
-        b2a = make_impairment(**spec, seed=b2a_seed(seed)) if both_ways else None  # type: ignore[arg-type]
-        relay = Relay(Endpoint.parse(listen), Endpoint.parse(forward), a2b, b2a, rate_kbps, parse_outage(outage), log)
-
-        async def main() -> dict[str, Any]:
-            await relay.start()
-            host, port = relay.address
-            print(f"nmp-peer impair: relaying {host}:{port} <-> {relay.forward}", file=sys.stderr, flush=True)
-            return await relay.run(duration)
-
-        write_json(summary, asyncio.run(main()))
+    write_json(summary, asyncio.run(main()))
 
 
 scenarios_app = typer.Typer(
@@ -210,10 +164,3 @@ def scenarios_clip(
 
     what = write_clip(path, seconds, seed, kind)
     print(f"wrote {path} ({what}, {seconds:g} s)", file=sys.stderr)
-
-
-if __name__ == "__main__":  # ``python -m nmp_peer.cli_net impair ...``, whether or not cli.py registers it
-    from nmp_peer.cli import app, main
-
-    register(app)
-    sys.exit(main())
