@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 
 from nmp_peer.cli.options import at_least, positive
@@ -37,7 +36,7 @@ def lab(
     from nmp_peer.conceal import concealer_names
     from nmp_peer.lab import report
     from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
-    from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, load_clip, loss_mask, plan, run_jobs
+    from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, plan, run_jobs
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     for m in method_list:
@@ -104,36 +103,14 @@ def lab(
 
         rows = run_jobs(job_list, jobs, log)
     wall = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    report.write_rows(rows, out)
-    plots = []
-    for m in metric_list:
-        name = f"{m}_per_method.png"
-        report.plot_metric_per_method(rows, m, out / name)
-        plots.append(name)
-        if report.plot_metric_vs_loss(rows, m, out / f"{m}_vs_loss.png"):
-            plots.append(f"{m}_vs_loss.png")
-    first = job_list[0]
-    ref = load_clip(first.clip, max_seconds)
-    ref = ref[: len(ref) // 512 * 512]
-    lost = loss_mask(settings[0], len(ref) // 512, 0) if settings[0].jitter_ms == 0 else np.zeros(len(ref) // 512, bool)
-    if lost.any():
-        from nmp_peer.lab.simulate import conceal_trace
-
-        outputs = {m: conceal_trace(ref, lost, m)[:, 0] for m in method_list}
-        report.plot_burst_spectrograms(ref[:, 0], lost, outputs, out / "burst_spectrograms.png")
-        plots.append("burst_spectrograms.png")
-    audio_s = sum(r["seconds"] for r in rows if r["method"] == method_list[0])
-    meta = {
-        "command": "nmp-peer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["lab"] else "nmp-peer lab",
-        "clips": len(clip_files), "clips_dir": str(clips), "audio_s": audio_s, "methods": method_list,
-        "seed": seed, "wall_s": wall, "jobs": jobs,
-        "sim_realtime": float(np.mean([r["realtime_factor"] for r in rows])),
-    }
-    path = report.write_report(rows, out, metric_list, meta, plots)
+    command = "nmp-peer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["lab"] else "nmp-peer lab"
+    path, plots, meta = report.write_lab_report(
+        rows, out, metrics=metric_list, methods=method_list, settings=settings, example_clip=job_list[0].clip,
+        max_seconds=max_seconds, command=command, clips=len(clip_files), clips_dir=str(clips), seed=seed,
+        wall_s=wall, jobs=jobs,
+    )
     print(f"wrote {path}, metrics.csv, metrics.json and {len(plots)} plots; "
-          f"{audio_s * len(settings):.0f} s of audio per method in {wall:.1f} s", file=sys.stderr)
-
+          f"{meta['audio_s'] * len(settings):.0f} s of audio per method in {wall:.1f} s", file=sys.stderr)
 
 
 def clips(
