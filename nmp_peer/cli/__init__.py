@@ -47,12 +47,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmp_peer.conceal.gan import ModelNotFoundError
     from nmp_peer.config import ConfigError
     from nmp_peer.jsonio import OutputFileError
-    from nmp_peer.netsim.loss import TraceError
     from nmp_peer.live.peer import DeviceError
-    from nmp_peer.scenarios.spec import ScenarioError
-    from nmp_peer.proto.security import KeyFileError
-    from nmp_peer.synth.render import SynthUnavailableError
     from nmp_peer.live.transport import EndpointError
+    from nmp_peer.netsim.loss import TraceError
+    from nmp_peer.proto.security import KeyFileError
+    from nmp_peer.scenarios.spec import ScenarioError
+    from nmp_peer.synth.render import SynthUnavailableError
 
     return (
         UserError, ConfigError, AudioFileError, EndpointError, DeviceError, TraceError, SynthUnavailableError,

@@ -35,8 +35,8 @@ def lab(
 
     from nmp_peer.conceal import concealer_names
     from nmp_peer.lab import report
-    from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
     from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, plan, run_jobs
+    from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     for m in method_list:
