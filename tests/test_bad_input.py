@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import music_like
 
 from nmp_peer.audio_io import AudioFileError, read_audio, write_audio
 from nmp_peer.cli import _user_errors, main
@@ -25,10 +26,8 @@ from nmp_peer.conceal import UnknownConcealerError, make_concealer
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.gan import ModelNotFoundError
 from nmp_peer.conceal.worker import ThreadedWorker
-from nmp_peer.netsim.loss import TraceError, read_trace, write_trace
 from nmp_peer.live.transport import Endpoint, EndpointError
-
-from conftest import music_like
+from nmp_peer.netsim.loss import TraceError, read_trace, write_trace
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -74,9 +73,22 @@ def test_a_bug_in_a_concealer_ends_in_a_traceback_not_in_a_user_error(wav: Path,
     write_trace(trace, [i % 10 == 5 for i in range(87)])
     out = tmp_path / "out.wav"
     r = subprocess.run(
-        [sys.executable, "-c", BROKEN_CONCEALER_RUN, "conceal", str(wav), "--trace", str(trace), "--out", str(out),
-         "--method", "broken"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            BROKEN_CONCEALER_RUN,
+            "conceal",
+            str(wav),
+            "--trace",
+            str(trace),
+            "--out",
+            str(out),
+            "--method",
+            "broken",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode not in (0, 2), (r.returncode, r.stderr)
     assert "Traceback (most recent call last)" in r.stderr
@@ -150,14 +162,15 @@ def test_the_worker_counts_a_concealer_exception_and_keeps_serving() -> None:
 
 
 def test_an_engine_whose_concealer_raises_plays_fallback_blocks_and_counts_them() -> None:
+    from test_playout import play
+
     from nmp_peer.receiver.latency import LatencyPolicy
     from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
-    from test_playout import play
-
     audio = music_like(1.0)
-    engine = PlayoutEngine(FlakyConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)),
-                           threaded=True)
+    engine = PlayoutEngine(
+        FlakyConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2)), threaded=True
+    )
     lost = {20, 40, 60}
     out, _ = play(engine, audio, lost, realtime_pause=0.02)  # the concealer fails in microseconds
     engine.close()
@@ -201,7 +214,9 @@ def test_a_trace_of_another_length_is_refused_naming_both_lengths(n: int, wav: P
 def test_a_trace_with_or_without_the_partial_last_packet_fits(n: int, wav: Path, tmp_path: Path, capsys) -> None:
     trace = tmp_path / "t.txt"
     write_trace(trace, [i % 7 == 3 for i in range(n)])
-    assert main(["conceal", str(wav), "--trace", str(trace), "--out", str(tmp_path / "o.wav"), "--method", "repeat"]) == 0
+    assert (
+        main(["conceal", str(wav), "--trace", str(trace), "--out", str(tmp_path / "o.wav"), "--method", "repeat"]) == 0
+    )
     assert capsys.readouterr().err == ""
 
 
@@ -214,8 +229,20 @@ def test_trace_fit_pad_and_cut_say_what_they_did_and_match_the_exact_trace(wav: 
     outs = {}
     for name, trace, fit in (("exact", exact, "exact"), ("pad", short, "pad"), ("cut", long, "cut")):
         outs[name] = tmp_path / f"{name}.wav"
-        code = main(["conceal", str(wav), "--trace", str(trace), "--out", str(outs[name]), "--method", "repeat",
-                     "--trace-fit", fit])
+        code = main(
+            [
+                "conceal",
+                str(wav),
+                "--trace",
+                str(trace),
+                "--out",
+                str(outs[name]),
+                "--method",
+                "repeat",
+                "--trace-fit",
+                fit,
+            ]
+        )
         assert code == 0
         err = capsys.readouterr().err
         if name == "exact":
@@ -233,8 +260,26 @@ def test_lab_reads_its_traces_before_the_run_and_says_how_long_they_are(tmp_path
     traces.mkdir()
     write_audio(clips / "a.wav", music_like(1.0))
     (traces / "bad.txt").write_text("0\n1\n2\n")
-    assert main(["lab", "--clips", str(clips), "--out", str(tmp_path / "o"), "--loss-model", "trace",
-                 "--traces", str(traces), "--jobs", "1", "--metrics", "snr"]) == 2
+    assert (
+        main(
+            [
+                "lab",
+                "--clips",
+                str(clips),
+                "--out",
+                str(tmp_path / "o"),
+                "--loss-model",
+                "trace",
+                "--traces",
+                str(traces),
+                "--jobs",
+                "1",
+                "--metrics",
+                "snr",
+            ]
+        )
+        == 2
+    )
     assert "bad.txt:3" in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
 
@@ -269,8 +314,9 @@ def test_jam_refuses_a_duration_that_is_not_a_positive_number(value: str, capsys
         (["lab", "--clips", "{tmp}", "--out", "{tmp}/lab", "--jitter-ms", "nan"], "--jitter-ms"),
     ],
 )
-def test_bad_seconds_and_rates_are_refused_before_anything_starts(args: list[str], option: str, tmp_path: Path,
-                                                                   capsys) -> None:
+def test_bad_seconds_and_rates_are_refused_before_anything_starts(
+    args: list[str], option: str, tmp_path: Path, capsys
+) -> None:
     assert main([a.format(tmp=tmp_path) for a in args]) == 2
     assert one_error_line(capsys).startswith(f"nmp-peer: error: {option} must be ")
     assert not any(p.name in ("demo", "clips", "s", "lab", "c.wav") for p in tmp_path.iterdir())
@@ -289,8 +335,9 @@ def test_bad_seconds_and_rates_are_refused_before_anything_starts(args: list[str
         (["--loss-model", "trace", "--trace", "{tmp}/missing.txt"], "cannot read trace"),
     ],
 )
-def test_loopback_impairments_out_of_range_are_one_line(extra: list[str], fragment: str, wav: Path, tmp_path: Path,
-                                                        capsys) -> None:
+def test_loopback_impairments_out_of_range_are_one_line(
+    extra: list[str], fragment: str, wav: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "o.wav"
     args = ["loopback", "--input", str(wav), "--output", str(out), "--fast", *extra]
     assert main([a.format(tmp=tmp_path) for a in args]) == 2
@@ -307,8 +354,17 @@ def test_lab_loss_rates_are_checked_before_the_run(loss: str, fragment: str, wav
 def test_outputs_that_cannot_be_written_are_one_line(wav: Path, tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    args = ["impair", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--log", str(blocker / "log.jsonl"),
-            "--duration", "0.1"]
+    args = [
+        "impair",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        "127.0.0.1:9",
+        "--log",
+        str(blocker / "log.jsonl"),
+        "--duration",
+        "0.1",
+    ]
     assert main(args) == 2
     assert "cannot write relay log" in one_error_line(capsys)
     args = ["impair", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--outage", "5:x"]
@@ -332,12 +388,28 @@ def test_a_float_wav_with_nan_or_inf_is_refused_naming_the_count(tmp_path: Path)
     audio[2000] = np.inf
     audio[3000] = -np.inf
     path = float_wav(tmp_path / "bad.wav", audio)
-    with pytest.raises(AudioFileError, match=r"bad\.wav has 12 samples that are NaN or infinite \(the first at frame 1000\)"):
+    with pytest.raises(
+        AudioFileError, match=r"bad\.wav has 12 samples that are NaN or infinite \(the first at frame 1000\)"
+    ):
         read_audio(path)
     trace = tmp_path / "t.txt"
     write_trace(trace, [False] * 87)
-    r = subprocess.run([sys.executable, "-m", "nmp_peer.cli", "conceal", str(path), "--trace", str(trace),
-                        "--out", str(tmp_path / "o.wav")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nmp_peer.cli",
+            "conceal",
+            str(path),
+            "--trace",
+            str(trace),
+            "--out",
+            str(tmp_path / "o.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("nmp-peer: error: ") and "12 samples" in lines[0], r.stderr
@@ -360,7 +432,9 @@ def test_float_samples_beyond_full_scale_are_clipped_and_noted(tmp_path: Path, c
 # --- addresses ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, hint", [("::1:5000", "[::1]:5000"), ("::5000", "[::1]:50000"), ("fe80::1:80", "[fe80::1]:80")])
+@pytest.mark.parametrize(
+    "text, hint", [("::1:5000", "[::1]:5000"), ("::5000", "[::1]:50000"), ("fe80::1:80", "[fe80::1]:80")]
+)
 def test_ipv6_without_brackets_is_refused_with_the_bracketed_hint(text: str, hint: str) -> None:
     with pytest.raises(EndpointError, match="IPv6 addresses go in brackets") as info:
         Endpoint.parse(text)
@@ -369,7 +443,12 @@ def test_ipv6_without_brackets_is_refused_with_the_bracketed_hint(text: str, hin
 
 @pytest.mark.parametrize(
     "text, host, port",
-    [("[::1]:5000", "::1", 5000), ("127.0.0.1:0", "127.0.0.1", 0), (":7", "0.0.0.0", 7), ("localhost:80", "localhost", 80)],
+    [
+        ("[::1]:5000", "::1", 5000),
+        ("127.0.0.1:0", "127.0.0.1", 0),
+        (":7", "0.0.0.0", 7),
+        ("localhost:80", "localhost", 80),
+    ],
 )
 def test_good_endpoints_still_parse(text: str, host: str, port: int) -> None:
     assert Endpoint.parse(text) == Endpoint(host, port)

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import JamProcess, music_like
 
 from nmp_peer.audio_io import read_audio, write_audio
-
-from conftest import JamProcess, music_like
 
 CLI = [sys.executable, "-m", "nmp_peer.cli"]
 pytestmark = pytest.mark.slow  # every test starts nmp-peer processes (about a second each, more on a busy machine)
@@ -32,12 +31,32 @@ def free_port() -> int:
 
 def test_loopback_command_writes_aligned_output_stats_and_plot(music_wav: Path, tmp_path: Path) -> None:
     out, stats, plot = tmp_path / "out.wav", tmp_path / "s.json", tmp_path / "p.png"
-    r = run("loopback", "--input", str(music_wav), "--output", str(out), "--stats", str(stats), "--plot", str(plot),
-            "--config", "lan", "--fast")
+    r = run(
+        "loopback",
+        "--input",
+        str(music_wav),
+        "--output",
+        str(out),
+        "--stats",
+        str(stats),
+        "--plot",
+        str(plot),
+        "--config",
+        "lan",
+        "--fast",
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads(stats.read_text())
-    for key in ("packets_sent", "packets_received", "packets_lost", "packets_late", "packets_duplicate",
-                "packets_concealed", "underruns", "latency_samples"):
+    for key in (
+        "packets_sent",
+        "packets_received",
+        "packets_lost",
+        "packets_late",
+        "packets_duplicate",
+        "packets_concealed",
+        "underruns",
+        "latency_samples",
+    ):
         assert key in s
     original, _ = read_audio(music_wav)
     played, _ = read_audio(out)
@@ -48,8 +67,24 @@ def test_loopback_command_writes_aligned_output_stats_and_plot(music_wav: Path, 
 
 
 def test_loopback_with_loss_counts_match_the_injector(music_wav: Path, tmp_path: Path) -> None:
-    r = run("loopback", "--input", str(music_wav), "--output", str(tmp_path / "o.wav"), "--loss", "0.1",
-            "--loss-model", "gilbert", "--burst", "2", "--seed", "5", "--fast", "--concealer", "repeat")
+    r = run(
+        "loopback",
+        "--input",
+        str(music_wav),
+        "--output",
+        str(tmp_path / "o.wav"),
+        "--loss",
+        "0.1",
+        "--loss-model",
+        "gilbert",
+        "--burst",
+        "2",
+        "--seed",
+        "5",
+        "--fast",
+        "--concealer",
+        "repeat",
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["injected_drop"] > 0
@@ -63,7 +98,22 @@ def test_loopback_with_loss_counts_match_the_injector(music_wav: Path, tmp_path:
         (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--config", "{bad}"], "depth_packets"),
         (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--config", "/no/conf.toml"], "not found"),
         (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--concealer", "magic"], "unknown concealer"),
-        (["loopback", "--input", "{wav}", "--output", "/tmp/x.wav", "--loss", "0.1", "--loss-model", "trace", "--trace", "{trace}"], "trace.txt:2:"),
+        (
+            [
+                "loopback",
+                "--input",
+                "{wav}",
+                "--output",
+                "/tmp/x.wav",
+                "--loss",
+                "0.1",
+                "--loss-model",
+                "trace",
+                "--trace",
+                "{trace}",
+            ],
+            "trace.txt:2:",
+        ),
         (["loopback", "--input", "{notaudio}", "--output", "/tmp/x.wav"], "cannot read audio file"),
         (["jam", "--peer", "nowhere", "--listen", "127.0.0.1:0"], "HOST:PORT"),
         (["bench", "--method", "magic"], "unknown concealer"),
@@ -114,10 +164,32 @@ def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
     pa, pb = free_port(), free_port()
     common = ["--duration", "120", "--config", "wan"]  # a safety net: the test stops them
     peers = [
-        JamProcess(["--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--input", str(a_in),
-                    "--output", str(tmp_path / "a_hears.wav"), *common]),
-        JamProcess(["--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pa}", "--input", str(b_in),
-                    "--output", str(tmp_path / "b_hears.wav"), *common]),
+        JamProcess(
+            [
+                "--listen",
+                f"127.0.0.1:{pa}",
+                "--peer",
+                f"127.0.0.1:{pb}",
+                "--input",
+                str(a_in),
+                "--output",
+                str(tmp_path / "a_hears.wav"),
+                *common,
+            ]
+        ),
+        JamProcess(
+            [
+                "--listen",
+                f"127.0.0.1:{pb}",
+                "--peer",
+                f"127.0.0.1:{pa}",
+                "--input",
+                str(b_in),
+                "--output",
+                str(tmp_path / "b_hears.wav"),
+                *common,
+            ]
+        ),
     ]
     try:
         for peer in peers:
@@ -135,7 +207,7 @@ def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
     finally:
         for peer in peers:
             peer.kill()
-    for code, summary, err in results:
+    for code, _, err in results:
         assert code == 0, err
     summaries = [summary for _, summary, _ in results]
     for s in summaries:
@@ -147,8 +219,10 @@ def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
         assert s["packets_lost"] == 0, s
     from nmp_peer.scenarios.analysis import track_alignment
 
-    for heard_file, sent, summary in ((tmp_path / "a_hears.wav", b_audio, summaries[0]),
-                                      (tmp_path / "b_hears.wav", a_audio, summaries[1])):
+    for heard_file, sent, summary in (
+        (tmp_path / "a_hears.wav", b_audio, summaries[0]),
+        (tmp_path / "b_hears.wav", a_audio, summaries[1]),
+    ):
         heard, _ = read_audio(heard_file)
         # Where each played block came from in the sender's clip (the start depends on process
         # start-up; a busy machine can make packets late, and the buffer then grows by a block):
@@ -180,8 +254,21 @@ def test_jam_stops_cleanly_on_a_signal_with_a_summary(sig: str, tmp_path: Path) 
     import signal
 
     port, peer = free_port(), free_port()
-    p = subprocess.Popen([*CLI, "jam", "--listen", f"127.0.0.1:{port}", "--peer", f"127.0.0.1:{peer}",
-                          "--output", str(tmp_path / "o.wav")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            *CLI,
+            "jam",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--peer",
+            f"127.0.0.1:{peer}",
+            "--output",
+            str(tmp_path / "o.wav"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first_status = p.stderr.readline()  # the live status line: the peer is running
     assert "depth" in first_status
     p.send_signal(getattr(signal, sig))

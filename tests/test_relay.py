@@ -315,10 +315,8 @@ def test_replies_go_to_side_a_only_with_their_own_impairment(tmp_path: Path) -> 
 def test_impair_command_refuses_bad_values_in_one_line(
     args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from nmp_peer.cli import app, main
-    from nmp_peer.cli_net import register
+    from nmp_peer.cli import main
 
-    register(app)
     options = {"--listen": "127.0.0.1:0", "--forward": "127.0.0.1:9", "--duration": "0.01"}
     options.update(zip(args[::2], args[1::2], strict=False))
     argv = ["impair", *[x for pair in options.items() for x in pair]]
@@ -337,7 +335,7 @@ def test_impair_command_relays_logs_and_stops_cleanly_on_a_signal(sig: str, tmp_
         [
             sys.executable,
             "-m",
-            "nmp_peer.cli_net",
+            "nmp_peer.cli",
             "impair",
             "--listen",
             "127.0.0.1:0",

@@ -291,3 +291,62 @@ def plot_burst_spectrograms(ref: np.ndarray, lost: np.ndarray, outputs: dict[str
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_lab_report(
+    rows: Sequence[dict[str, Any]],
+    out: Path,
+    *,
+    metrics: Sequence[str],
+    methods: Sequence[str],
+    settings: Sequence[Any],
+    example_clip: str,
+    max_seconds: float | None,
+    command: str,
+    clips: int,
+    clips_dir: str,
+    seed: int,
+    wall_s: float,
+    jobs: int,
+) -> tuple[Path, list[str], dict[str, Any]]:
+    """Everything ``nmp-peer lab`` writes after its run, into ``out``: metrics.csv and
+    metrics.json, a plot of each metric per method (and against the loss rate where there
+    are several), burst spectrograms of ``example_clip`` under the first of ``settings``
+    (``nmp_peer.lab.run.Setting``; none in network mode or when it loses nothing),
+    report.md and meta.json.
+
+    Returns the report's path, the plots' file names and the meta (meta.json's content).
+    """
+    from nmp_peer.lab.run import load_clip, loss_mask
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(rows, out)
+    plots = []
+    for m in metrics:
+        name = f"{m}_per_method.png"
+        plot_metric_per_method(rows, m, out / name)
+        plots.append(name)
+        if plot_metric_vs_loss(rows, m, out / f"{m}_vs_loss.png"):
+            plots.append(f"{m}_vs_loss.png")
+    ref = load_clip(example_clip, max_seconds)
+    ref = ref[: len(ref) // BLOCK_FRAMES * BLOCK_FRAMES]
+    n_packets = len(ref) // BLOCK_FRAMES
+    lost = loss_mask(settings[0], n_packets, 0) if settings[0].jitter_ms == 0 else np.zeros(n_packets, bool)
+    if lost.any():
+        from nmp_peer.lab.simulate import conceal_trace
+
+        outputs = {m: conceal_trace(ref, lost, m)[:, 0] for m in methods}
+        plot_burst_spectrograms(ref[:, 0], lost, outputs, out / "burst_spectrograms.png")
+        plots.append("burst_spectrograms.png")
+    meta = {
+        "command": command,
+        "clips": clips,
+        "clips_dir": clips_dir,
+        "audio_s": sum(r["seconds"] for r in rows if r["method"] == methods[0]),
+        "methods": list(methods),
+        "seed": seed,
+        "wall_s": wall_s,
+        "jobs": jobs,
+        "sim_realtime": float(np.mean([r["realtime_factor"] for r in rows])),
+    }
+    return write_report(rows, out, metrics, meta, plots), plots, meta

@@ -251,7 +251,7 @@ class LoopbackBackend(Backend):
         return self._spawn(
             "relay",
             [
-                *_python_cli("nmp_peer.cli_net"),
+                *_python_cli("nmp_peer.cli"),
                 "impair",
                 "--listen",
                 f"127.0.0.1:{self.relay_port}",
@@ -303,7 +303,7 @@ class NetnsBackend(Backend):
             "relay",
             self.topo.ns_relay,
             [
-                *_python_cli("nmp_peer.cli_net"),
+                *_python_cli("nmp_peer.cli"),
                 "impair",
                 "--listen",
                 f"0.0.0.0:{RELAY_PORT}",

@@ -1,0 +1,108 @@
+"""``nmp-peer bench`` (one-thread benchmarks) and ``nmp-peer model-info`` (the shipped generator)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nmp_peer.errors import UserError
+from nmp_peer.jsonio import write_json
+
+
+def bench(
+    path: Annotated[
+        str | None,
+        typer.Option(
+            help="receive: parse + jitter buffer + playout per packet; jam: CPU of a real-time loopback jam; "
+            "flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s)."
+        ),
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="A concealer: time per concealed packet.")] = None,
+    codec: Annotated[str | None, typer.Option(help="pcm16 | opus: encode + decode time per packet, bitrate.")] = None,
+    bitrate: Annotated[int, typer.Option(help="Opus bitrate for --codec opus.")] = 128_000,
+    quality_clips: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --codec opus: ViSQOL and SNR of clean transmission at several bitrates on these clips."
+        ),
+    ] = None,
+    packets: Annotated[int, typer.Option(help="Packets (receive path).")] = 20_000,
+    calls: Annotated[int, typer.Option(help="Concealments timed (method).")] = 300,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
+) -> None:
+    """Benchmarks on one thread; prints one JSON object."""
+    from nmp_peer.bench import bench_codec, bench_jam, bench_method, bench_receive
+
+    if sum(x is not None for x in (path, method, codec)) != 1:
+        raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
+    if codec is not None:
+        if codec not in ("pcm16", "opus"):
+            raise UserError(f"unknown codec {codec!r}; choose pcm16 or opus")
+        if quality_clips is not None:
+            from nmp_peer.bench import opus_quality
+            from nmp_peer.lab.run import find_clips
+
+            files = [str(p) for p in find_clips(quality_clips)][:8]
+            print(json.dumps(opus_quality(files, [32_000, 64_000, 96_000, 128_000, 192_000])))
+            return
+        result = bench_codec(codec, bitrate=bitrate)
+    elif path is not None:
+        if path not in ("receive", "jam", "flood"):
+            raise UserError(f"unknown benchmark path {path!r}; choose receive, jam or flood")
+        if path == "flood":
+            from nmp_peer.bench import bench_flood
+
+            result = bench_flood()
+        else:
+            result = bench_receive(packets) if path == "receive" else bench_jam()
+    else:
+        from nmp_peer.conceal import concealer_names
+
+        if method not in concealer_names():
+            raise UserError(f"unknown concealer {method!r}; choose one of {', '.join(concealer_names())}")
+        result = bench_method(str(method), calls)
+    print(json.dumps(result))
+
+
+# The paper's figures for its generator, the only ones here not read from the model: Aironi et al.,
+# "Restoring Music Integrity via Predictive Modeling and Spectral Inpainting" (bin2bin-v2, IEEE-IS² 2025),
+# Table I, column "Depthwise-Separable" (parameters, mult-adds), and the encoder's channels from the text
+# below it, section II.A (/work/shared/docs/bin2bin-v2-paper.txt). How the shipped model's size compares,
+# and why: docs/model-card.md, "Size against the paper".
+PAPER_TABLE_I = {
+    "source": "bin2bin-v2 paper (Aironi et al., IEEE-IS2 2025): Table I, depthwise-separable generator; "
+    "encoder channels: section II.A",
+    "parameters": 1_152_449,
+    "mult_adds": 1.10e9,
+    "encoder_channels": [16, 32, 64, 64, 64],
+}
+
+
+def model_info() -> None:
+    """The shipped LPC+GAN generator: parameters, mult-adds, training, and the paper's figures."""
+    import onnxruntime as ort
+
+    from nmp_peer.conceal.gan import default_model_path
+
+    path = default_model_path()
+    if not path.exists():
+        raise UserError(f"no model at {path}")
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    info = {  # everything but "paper" from the metadata nmp_peer.train.export writes
+        "model": str(path),
+        "parameters": int(meta.get("parameters", 0)),
+        "mult_adds": int(meta.get("macs", 0)),
+        "mult_adds_as_run": int(meta.get("macs_exported", 0)),
+        "encoder_width": int(meta.get("features", 0)),
+        "norm": meta.get("norm"),
+        "training_config": meta.get("config_name"),
+        "training_steps": int(meta.get("step", 0)),
+        "training_seconds": float(meta.get("train_seconds", 0.0)),
+        "validation": json.loads(meta["validation"]) if meta.get("validation") else None,
+        "paper": PAPER_TABLE_I,
+        "model_card": "docs/model-card.md",
+    }
+    write_json(None, info)

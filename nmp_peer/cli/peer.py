@@ -1,0 +1,84 @@
+"""``nmp-peer jam`` (one end of a live session) and ``nmp-peer devices``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nmp_peer.cli.options import ConcealerOpt, ConfigOpt, build_config, build_encoder, positive
+from nmp_peer.errors import UserError
+from nmp_peer.jsonio import write_json
+
+
+def jam(
+    listen: Annotated[
+        str | None,
+        typer.Option(help="Local HOST:PORT to listen on (default: the config's network.listen, 0.0.0.0:50000)."),
+    ] = None,
+    peer: Annotated[
+        str | None, typer.Option(help="The other musician's HOST:PORT (default: the config's network.peer).")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Sound device (name or index) or a WAV/FLAC file to send.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Sound device (name or index) or a WAV file to write.")
+    ] = None,
+    config: ConfigOpt = None,
+    concealer: ConcealerOpt = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).", callback=positive)
+    ] = None,
+    stats: Annotated[Path | None, typer.Option(help="Write the JSON summary here too.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No live status line.")] = False,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Pre-shared key file: sign and authenticate every packet.")
+    ] = None,
+    codec: Annotated[
+        str | None, typer.Option(help="What this peer sends: pcm16 | opus (default: the config's). It plays either.")
+    ] = None,
+) -> None:
+    """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
+    from rich.console import Console
+
+    from nmp_peer.live.peer import JamOptions, Peer
+    from nmp_peer.live.transport import Endpoint
+    from nmp_peer.proto.security import load_key
+
+    cfg = build_config(config, concealer, codec=codec)
+    listen = listen or cfg.network.listen
+    peer = peer or cfg.network.peer
+    if not peer:
+        raise UserError(
+            "jam needs the other peer's address: --peer HOST:PORT, or peer = \"HOST:PORT\" in the config's [network]"
+        )
+    encoder, _ = build_encoder(cfg)
+    key_path = key_file or cfg.security.key_file
+    key = load_key(key_path) if key_path else None
+    console = Console(stderr=True)
+    options = JamOptions(
+        listen=Endpoint.parse(listen),
+        peer=Endpoint.parse(peer),
+        input=input,
+        output=output,
+        concealer=cfg.conceal.method,
+        playout=cfg.playout(),
+        duration_s=duration,
+        status=None if quiet else (lambda line: console.print(line, highlight=False)),
+        key=key,
+        codec=encoder,
+    )
+    summary = asyncio.run(Peer(options).run())
+    write_json(None, summary)
+    if stats is not None:
+        write_json(stats, summary)
+
+
+def devices() -> None:
+    """List the sound devices PortAudio sees."""
+    from nmp_peer.live.peer import list_devices
+
+    print(list_devices())
