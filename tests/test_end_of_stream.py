@@ -211,8 +211,9 @@ def _assert_clean_realtime(audio: np.ndarray, result, where: str) -> None:
     """
     s = result.stats
     assert s["packets_lost"] == 0 and s["packets_received"] == s["packets_sent"] and s["stream_ends"] == 1, (where, s)
-    events = {k: s[k] for k in ("packets_concealed", "packets_late", "blocks_resampled", "blocks_inserted",
-                                "blocks_dropped")}
+    events = {
+        k: s[k] for k in ("packets_concealed", "packets_late", "blocks_resampled", "blocks_inserted", "blocks_dropped")
+    }
     if not any(events.values()):
         out = result.output[result.latency_samples : result.latency_samples + len(audio)]
         assert np.array_equal(out, audio), where
@@ -222,7 +223,10 @@ def _assert_clean_realtime(audio: np.ndarray, result, where: str) -> None:
     track = track_alignment(result.output[:, 0].astype(np.float64), audio[:, 0].astype(np.float64))
     blocks = len(audio) // BLOCK_FRAMES
     touched = events["packets_concealed"] + events["blocks_inserted"] + events["blocks_dropped"]
-    assert track.segments == 1 and track.order_violations == [], (where, events, track.order_violations)
+    # an inserted block of concealment can look like the block before it: a step back of one block, once per insert
+    unexplained = [v for v in track.order_violations if v[1] < -(BLOCK_FRAMES + 8)]
+    assert track.segments == 1 and not unexplained, (where, events, track.order_violations)
+    assert len(track.order_violations) <= events["blocks_inserted"], (where, events, track.order_violations)
     assert track.clean.sum() >= blocks - 3 * touched - 0.1 * blocks, (where, events, int(track.clean.sum()), blocks)
 
 

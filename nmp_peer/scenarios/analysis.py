@@ -45,6 +45,9 @@ SEARCH_SAMPLES = 640
 """Widest lag search around the previous lag (it widens by 1.5 samples per block since)."""
 ANCHOR_SAMPLES = 8 * BLOCK_FRAMES
 """Output looked for in the whole clip when the track is lost."""
+CONTINUATION_NCC = 0.6
+"""An anchor window that still matches the last trusted lag this well keeps it: concealed
+packets lower the match of the stream's own continuation, never to a look-alike's."""
 ORDER_TOLERANCE = 8
 """Samples a clean block may fall short of one block further into the clip (drift correction)."""
 EXACT_SNR_DB = 60.0
@@ -337,6 +340,18 @@ def _ncc_window(x: np.ndarray, ref: np.ndarray, start: int, stop: int) -> tuple[
     return lo + i + frac, float(ncc[i])
 
 
+def _continues(window: np.ndarray, refp: np.ndarray, s: int, prev: float, pad: int, w: int) -> bool:
+    """Whether the audio from output sample ``s`` on still matches the clip at the last
+    trusted lag (or a block either way), if less well than a clean block: concealed
+    packets in it. A jump elsewhere in the clip is then a look-alike (a note that comes
+    back), not the stream moving. ``w``: the drift the lag may have made since (samples)."""
+    for base in (prev, prev + BLOCK_FRAMES, prev - BLOCK_FRAMES):
+        centre = int(round(s - base)) + pad
+        if _ncc_window(window, refp, centre - w, centre + w)[1] >= CONTINUATION_NCC:
+            return True
+    return False
+
+
 def _runs(lag: np.ndarray, ncc: np.ndarray, min_blocks: int = 3) -> list[tuple[int, int]]:
     """(first, last) of each run of at least ``min_blocks`` consecutive clean blocks at one lag.
 
@@ -397,9 +412,12 @@ def track_alignment(out: np.ndarray, ref: np.ndarray, *, new_segments: bool = Fa
                 cand = _ncc_window(x, refp, centre - w, centre + w)
                 if cand[1] > found[1]:
                     found = cand
-        if found[1] < TRACK_NCC and (prev is None or (misses >= 1 and misses % 2 == 1)):
-            window = out[s : s + ANCHOR_SAMPLES]
+        window = out[s : s + ANCHOR_SAMPLES]
+        searching = prev is None or (misses >= 1 and misses % 2 == 1)
+        if found[1] < TRACK_NCC and searching and len(window) == ANCHOR_SAMPLES:
             pos, score = _ncc_window(window, refp, 0, len(refp))
+            if score >= TRACK_NCC and prev is not None and _continues(window, refp, s, prev, pad, w):
+                score = 0.0  # the stream's own continuation explains this audio: no jump
             if score >= TRACK_NCC:
                 centre = int(round(pos))
                 local = _ncc_window(x, refp, centre - 4, centre + 4)
