@@ -14,16 +14,7 @@ known; at the deadline it takes what is ready, or a cheap fallback (and counts a
 Long bursts fade to silence; the first packet after a gap is crossfaded in from the
 concealer's prediction of it.
 
-Counting, as RTCP does: a missing slot is *lost* only once something proves its packet
-was sent: a later packet, or the sender's end-of-stream notice naming a later end.
-Until then it is concealed (and an underrun, the buffer being dry) but not lost. The
-sender's end of stream is played as silence, never concealed. A dry buffer whose
-concealment has faded out *pauses* the stream: its slots pass as silence, neither
-concealed nor lost, until a packet arrives on time (it then plays at its place in the
-stream, and the slots it proves sent are counted lost) or the sender says where it
-ended. A sender that stopped for good (killed, unplugged) therefore costs a faded
-concealment and nothing more; one that resumes much later is followed by the jitter
-buffer's resync.
+Counting lost, late and paused slots is the loss book's (:mod:`nmp_peer.receiver.accounting`).
 """
 
 from __future__ import annotations
@@ -40,7 +31,9 @@ from nmp_peer.conceal.simple import RepeatConcealer, ZerosConcealer
 from nmp_peer.conceal.worker import InlineWorker, ThreadedWorker
 from nmp_peer.proto.codec import Decoder, DecoderUnavailable, Pcm16Decoder, make_decoder
 from nmp_peer.proto.wire import Packet, PayloadType, WireError
+from nmp_peer.receiver.accounting import LossBook
 from nmp_peer.receiver.drift import LOOKAHEAD, read_block
+from nmp_peer.receiver.fifo import StreamFifo, raised_cosine
 from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 from nmp_peer.receiver.latency import Action, LatencyController, LatencyPolicy
 from nmp_peer.receiver.stats import Stats
@@ -64,43 +57,6 @@ class PlayoutConfig:
     chain_bursts: bool = True
     """The worker conceals the slot after each concealed one ahead of time, as if its packet
     were lost too, and the engine adopts that work when it is (``nmp_peer.conceal.worker``)."""
-
-
-class StreamFifo:
-    """The stream in sample positions: appended at the end, read anywhere in the retained past."""
-
-    def __init__(self, channels: int, retain: int = 16384, capacity: int = 1 << 17) -> None:
-        self._buf = np.zeros((capacity, channels), np.float32)
-        self._retain = retain
-        self.origin = -retain
-        """Absolute position of ``_buf[0]``."""
-        self.end = 0
-        """Absolute position one past the last appended sample."""
-
-    def append(self, block: np.ndarray) -> None:
-        n = len(block)
-        offset = self.end - self.origin
-        if offset + n > len(self._buf):
-            keep = self._retain
-            self._buf[:keep] = self._buf[offset - keep : offset]
-            self.origin = self.end - keep
-            offset = keep
-        self._buf[offset : offset + n] = block
-        self.end += n
-
-    def view(self, start: int, stop: int) -> np.ndarray:
-        """Samples ``start..stop`` (absolute); the part before the retained past is zeros."""
-        if start < self.origin:
-            head = np.zeros((self.origin - start, self._buf.shape[1]), np.float32)
-            return np.concatenate([head, self.view(self.origin, stop)])
-        return self._buf[start - self.origin : stop - self.origin]
-
-    def tail(self, samples: int) -> np.ndarray:
-        return self.view(self.end - samples, self.end).copy()
-
-
-def _raised_cosine(n: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)[:, None]
 
 
 class PlayoutEngine:
@@ -136,21 +92,14 @@ class PlayoutEngine:
         self._burst = 0
         self._prediction: np.ndarray | None = None
         self._requested: int | None = None
-        self._unconfirmed: list[int] = []
-        """Missing slots played while nothing proved their packets sent (not yet lost)."""
-        self._paused = False
-        self._pause_from = 0
-        """First slot that passed as silence in the current pause."""
-        self._paused_slots = 0
-        """Slots since ``_pause_from`` not yet proven sent, less those that came late."""
-        self._end_counted = False
+        self.book = LossBook(self.stats)
         self._pending_insert = False
         self._splice: np.ndarray | None = None
         self._last_transit: float | None = None
         self._fade_start = self.config.fade_after_ms * SAMPLE_RATE / 1000.0
         self._fade_len = max(1.0, self.config.fade_ms * SAMPLE_RATE / 1000.0)
-        self._recovery = _raised_cosine(concealer.recovery_fade_samples)
-        self._splice_fade = _raised_cosine(128)
+        self._recovery = raised_cosine(concealer.recovery_fade_samples)
+        self._splice_fade = raised_cosine(128)
         self.samples_out = 0
         """Output samples produced so far."""
         self.first_slot: tuple[int, int] | None = None
@@ -171,7 +120,7 @@ class PlayoutEngine:
             with self._lock:
                 fate = self.jitter.push(packet)
                 if self.jitter.end_seq is not None:
-                    self._apply_end()
+                    self.book.ended(self.jitter.end_seq)
             return fate
         if packet.channels != self.channels or self._decoder_for(packet) is None:
             s.packets_malformed += 1
@@ -187,20 +136,13 @@ class PlayoutEngine:
                 s.packets_received += 1
                 self._observe(packet, now)
             if fate in (Arrival.ACCEPTED, Arrival.REORDERED):
-                self._confirm(ext)  # a later packet: the missing ones before it were sent
-                self._paused = False  # it plays at its place in the stream
+                self.book.arrived(ext)
             if fate is Arrival.REORDERED:
                 s.packets_reordered += 1
             elif fate is Arrival.DUPLICATE:
                 s.packets_duplicate += 1
             elif fate is Arrival.LATE:
-                s.packets_late += 1
-                if ext in self._unconfirmed:
-                    self._unconfirmed.remove(ext)
-                elif self._paused_slots and ext >= self._pause_from:
-                    self._paused_slots -= 1
-                else:
-                    s.packets_lost -= 1
+                self.book.late(ext)
             elif fate is Arrival.OUT_OF_WINDOW:
                 s.packets_foreign += 1
             elif fate is Arrival.RESYNC:
@@ -241,36 +183,9 @@ class PlayoutEngine:
                 self.stats.jitter_ms += (1000.0 * d / SAMPLE_RATE - self.stats.jitter_ms) / 16.0
         self._last_transit = transit
 
-    def _apply_end(self) -> None:
-        """The sender said where its stream ends: what is missing before that was lost."""
-        end = self.jitter.end_seq
-        assert end is not None
-        if not self._end_counted:
-            self.stats.stream_ends += 1
-            self._end_counted = True
-        self._confirm(end)
-        self._unconfirmed.clear()  # at or after the end: never sent
-        self._paused_slots = 0
-
-    def _confirm(self, upto: int) -> None:
-        """Packets before slot ``upto`` were sent: the missing slots before it were lost."""
-        s = self.stats
-        if self._unconfirmed:
-            s.packets_lost += sum(q < upto for q in self._unconfirmed)
-            self._unconfirmed = [q for q in self._unconfirmed if q >= upto]
-        if self._paused_slots:
-            n = min(self._paused_slots, max(0, upto - self._pause_from))
-            s.packets_lost += n
-            s.lost_while_paused += n
-            self._paused_slots -= n
-            self._pause_from += n
-
     def _pause(self) -> None:
         """Nothing arrives and the concealment has faded out: let the slots pass as silence."""
-        self._paused = True
-        self.stats.pauses += 1
-        self._pause_from = self.jitter.next_seq
-        self._paused_slots = 0
+        self.book.pause(self.jitter.next_seq)
         self.worker.cancel()
         self._requested = None
 
@@ -291,17 +206,14 @@ class PlayoutEngine:
         self.controller.reset()
         self.worker.cancel()
         self._requested = None
-        self._unconfirmed.clear()
-        self._paused = False
-        self._paused_slots = 0
-        self._end_counted = False
+        self.book.reset()
         read_now = self._read_pos + (now - self._tick_now) * self._ratio
         pad = int(read_now + self.controller.start_latency_samples() - self.fifo.end)
         if pad > 0:
             history = self.fifo.tail(self.fallback.context_samples)
             tail = np.zeros((pad, self.channels), np.float32)
             n = min(pad, BLOCK_FRAMES)
-            tail[:n] = self.fallback.conceal(history, 0)[:n] * _raised_cosine(n)[::-1]
+            tail[:n] = self.fallback.conceal(history, 0)[:n] * raised_cosine(n)[::-1]
             self.fifo.append(tail)
         self._burst = 1
         self._prediction = None
@@ -322,7 +234,7 @@ class PlayoutEngine:
         if not self._started:
             return np.zeros((BLOCK_FRAMES, self.channels), np.float32)
         action = self.controller.decide(now - self._read_pos)
-        if self._paused or self.jitter.ended:
+        if self.book.paused or self.jitter.ended:
             action = Action()  # silence: nothing to grow, shrink or correct
         event = 0
         if action.insert:
@@ -368,22 +280,17 @@ class PlayoutEngine:
     def _append_slot(self) -> int:
         if self.jitter.ended:
             return self._append_idle()
-        if self._paused and not self.jitter.has(self.jitter.next_seq):
+        if self.book.paused and not self.jitter.has(self.jitter.next_seq):
             seq, _ = self.jitter.pop()
-            end = self.jitter.end_seq
-            if end is not None and seq < end:  # the sender said it sent this one
-                self.stats.packets_lost += 1
-                self.stats.lost_while_paused += 1
-            else:
-                self._paused_slots += 1
+            self.book.passed_paused(seq, self.jitter.end_seq)
             return self._append_idle()
-        self._paused = False
+        self.book.paused = False
         seq, packet = self.jitter.pop()
         if self.slot_log is not None:
             self.slot_log.append((seq, packet is None))
         dry = packet is None and self.jitter.depth() == 0
         if packet is None:
-            self._count_missing(seq, dry)
+            self.book.missing(seq, dry=dry, highest=self.jitter.highest, end=self.jitter.end_seq)
         else:
             self._decoder = self._decoders[packet.payload_type]
             if self.first_slot is None:
@@ -398,16 +305,6 @@ class PlayoutEngine:
         self.fifo.append(np.zeros((BLOCK_FRAMES, self.channels), np.float32))
         self.stats.blocks_idle += 1
         return 0
-
-    def _count_missing(self, seq: int, dry: bool) -> None:
-        s = self.stats
-        s.packets_concealed += 1
-        s.underruns += dry
-        end = self.jitter.end_seq
-        if seq < self.jitter.highest or (end is not None and seq < end):
-            s.packets_lost += 1
-        else:
-            self._unconfirmed.append(seq)
 
     def _append_real(self, block: np.ndarray) -> None:
         if self._requested is not None:  # the packet came after all: that concealment is stale
@@ -505,7 +402,7 @@ class PlayoutEngine:
         nxt = self.jitter.next_seq
         decoder = self._decoder
         native = decoder is not None and not isinstance(decoder, Pcm16Decoder)
-        if self._faded_out() or self._paused or self.jitter.ended or (self.concealer.codec_native and native):
+        if self._faded_out() or self.book.paused or self.jitter.ended or (self.concealer.codec_native and native):
             return
         if self.jitter.has(nxt) and (decoder is None or not decoder.synthetic_pending()):
             return
