@@ -28,13 +28,8 @@ packet is much quieter than the copied segment (a note stopped or decays fast), 
 follows it down instead of bringing it back; a per-128-sample guard keeps the prediction
 within ``max_level`` times the context's RMS.
 
-Measured (throw-away harness, 18 clips of 8 s of recorded game music, Gilbert loss 10 %,
-mean burst 2, engine semantics incl. its fade after 50 ms): lost-packet SNR +1.0 dB
-(repeat -3.0, plain LPC +1.1), energy ratio 0.91 (repeat 0.95, plain LPC 0.23),
-log-spectral distance on 2048-sample frames that overlap lost packets 8.5 dB (repeat
-17.1), SNR of the first packet after a gap 14.5 dB (repeat 7.6). On 512-sample frames
-that are exactly the lost packets, blind to the seams, repetition stays ~0.3 dB ahead
-(9.9 vs 9.6 dB).
+How it compares with the other concealers is measured by the lab (``nmp-peer lab``;
+README, "Results", with the command that gives the figures).
 """
 
 from __future__ import annotations
@@ -59,8 +54,9 @@ class LpcConcealer(Concealer):
 
     name = "lpc"
     recovery_fade_samples = 64
-    """Measured best for the seams' spectra (64 vs 32/128/256) and it lets the real packet
-    take over quickly: its SNR after a gap is ~14.5 dB (repeat with 128: ~7.6 dB)."""
+    """Short, so the real packet takes over quickly from a prediction that drifts from it;
+    long enough that the seam's spectrum shows no step (64 was chosen over 32, 128 and 256
+    on the seams' spectra)."""
 
     def __init__(
         self,
