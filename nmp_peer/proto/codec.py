@@ -98,7 +98,10 @@ def make_decoder(payload_type: PayloadType, channels: int, *, fec: bool = False)
     if payload_type is PayloadType.PCM16:
         return Pcm16Decoder(channels)
     if payload_type is PayloadType.OPUS:
-        from nmp_peer.proto.opus import OpusDecoder
+        from nmp_peer.proto.opus import OpusDecoder, OpusUnavailable
 
-        return OpusDecoder(channels, fec=fec)
+        try:
+            return OpusDecoder(channels, fec=fec)
+        except OpusUnavailable as exc:
+            raise DecoderUnavailable(str(exc)) from None
     raise WireError(f"no decoder for payload type {payload_type.name}")

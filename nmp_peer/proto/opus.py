@@ -215,14 +215,9 @@ class OpusDecoder:
     """The receiver's :class:`nmp_peer.proto.codec.Decoder` of an Opus stream (one per stream)."""
 
     def __init__(self, channels: int, *, fec: bool = False) -> None:
-        from nmp_peer.proto.codec import DecoderUnavailable
-
         self.channels = channels
         self.fec = fec
-        try:
-            self.stream = OpusDecoderStream(channels)
-        except OpusUnavailable as exc:
-            raise DecoderUnavailable(str(exc)) from None
+        self.stream = OpusDecoderStream(channels)  # OpusUnavailable without libopus
 
     def accepts(self, packet: Packet) -> bool:
         try:
