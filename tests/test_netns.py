@@ -12,7 +12,7 @@ import pytest
 from conftest import music_like
 
 from nmp_peer.audio_io import write_audio
-from nmp_peer.netsim.relay import read_log
+from nmp_peer.netsim.relaylog import read_log
 from nmp_peer.scenarios.analysis import check_counters
 from nmp_peer.scenarios.backends.netns import (
     check_address,

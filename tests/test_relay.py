@@ -23,8 +23,10 @@ from conftest import music_like
 from nmp_peer.audio_io import read_audio, write_audio
 from nmp_peer.live.transport import Endpoint
 from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.link import UDP_IP_OVERHEAD_BYTES, TokenBucket
 from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss, burst_lengths, make_loss_model
-from nmp_peer.netsim.relay import UDP_IP_OVERHEAD_BYTES, Relay, TokenBucket, read_log
+from nmp_peer.netsim.relay import Relay
+from nmp_peer.netsim.relaylog import read_log
 from nmp_peer.proto.wire import Packet, PayloadType
 
 COPIES = {"deliver": 1, "reorder": 1, "duplicate": 2, "drop": 0, "rate-drop": 0, "outage": 0}

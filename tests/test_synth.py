@@ -33,7 +33,7 @@ from nmp_peer.synth.dataset import (
     clip_seed,
     split_of_seed,
 )
-from nmp_peer.synth.midi import DRUM_CHANNEL, GM_GROUPS, PartRequest, generate_song, midi_bytes
+from nmp_peer.synth.midi import DRUM_CHANNEL, PartRequest, generate_song, midi_bytes
 from nmp_peer.synth.render import (
     RenderError,
     RenderSettings,
@@ -44,6 +44,7 @@ from nmp_peer.synth.render import (
     render_to_wav,
     rms_dbfs,
 )
+from nmp_peer.synth.theory import GM_GROUPS
 
 SR = 44_100
 ALL_ROLES = ["melody", "chords", "arpeggio", "pad", "bass", "drums"]

@@ -28,251 +28,29 @@ path): arrival time, direction, index, sequence number and stream id (-1 for a
 datagram that is not an nmp-peer packet; it is relayed all the same), size, action and
 each copy's delay in ms. ``Relay.run`` returns the counters.
 
-``DirectionLink`` and ``TokenBucket`` are sans-IO and clock-free (time is passed in);
-``Relay`` owns the socket (``nmp_peer.live.transport.UdpSocket``, the peers' own), the timers
-and the signals.
+``DirectionLink`` and ``TokenBucket`` (``nmp_peer.netsim.link``) are sans-IO and clock-free
+(time is passed in), as is the log (``nmp_peer.netsim.relaylog``); ``Relay`` owns the socket
+(``nmp_peer.live.transport.UdpSocket``, the peers' own), the timers and the signals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import json
 import os
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from nmp_peer.jsonio import OutputFileError
 from nmp_peer.live.transport import Address, Endpoint, EndpointError, SocketClosed, UdpSocket
 from nmp_peer.netsim.impair import Impairment
-from nmp_peer.proto.wire import Packet, WireError
-
-RATE_QUEUE_MS = 50.0
-"""Default rate-limit queue: this much of the link rate is buffered before tail drop."""
-
-UDP_IP_OVERHEAD_BYTES = 28
-"""IPv4 (20) + UDP (8) headers, counted by the rate limit like a real link."""
+from nmp_peer.netsim.link import RATE_QUEUE_MS, DirectionLink, TokenBucket
+from nmp_peer.netsim.relaylog import LOST_ACTIONS as LOST_ACTIONS  # re-exported: the scenario analysis imports it here
+from nmp_peer.netsim.relaylog import Record, _LogWriter, packet_ids
 
 RECEIVE_BUFFER_BYTES = 1 << 21
 MAX_DATAGRAM_BYTES = 65535
 """Read whole: the relay forwards any datagram as it is, whatever its size."""
-
-LOG_FIELDS = ("t_ms", "dir", "index", "seq", "stream_id", "end", "bytes", "action", "delays_ms")
-ACTIONS = ("deliver", "drop", "duplicate", "reorder", "rate-drop", "outage", "no-peer", "foreign")
-
-
-class TokenBucket:
-    """A rate-limited link with a bounded FIFO queue, in the manner of ``tc tbf``.
-
-    Tokens (bits) accrue at ``rate_kbps`` up to ``burst_bytes``; a packet leaves when the
-    bucket holds its size, in arrival order. ``admit`` returns how long the packet
-    waits in the queue, or ``None`` when that wait would exceed ``queue_ms``: the queue
-    is full and the packet is dropped without consuming tokens.
-    """
-
-    def __init__(self, rate_kbps: float, queue_ms: float = RATE_QUEUE_MS, burst_bytes: int | None = None) -> None:
-        if not rate_kbps > 0:
-            raise ValueError(f"rate_kbps must be positive, got {rate_kbps}")
-        if queue_ms < 0:
-            raise ValueError(f"queue_ms must be non-negative, got {queue_ms}")
-        self.rate_bps = float(rate_kbps) * 1000.0
-        self.queue_s = float(queue_ms) / 1000.0
-        self.burst_bits = 8.0 * (burst_bytes if burst_bytes is not None else 1500)
-        if self.burst_bits <= 0:
-            raise ValueError(f"burst_bytes must be positive, got {burst_bytes}")
-        self._last_s: float | None = None
-        """Departure time of the last admitted packet."""
-        self._tokens = self.burst_bits
-        """Tokens left right after that departure."""
-
-    def admit(self, now_s: float, size_bytes: int) -> float | None:
-        bits = 8.0 * size_bytes
-        bucket = max(self.burst_bits, bits)  # a packet larger than the burst still passes, alone
-        if self._last_s is None:
-            start, tokens = now_s, bucket
-        else:
-            start = max(now_s, self._last_s)
-            tokens = min(bucket, self._tokens + self.rate_bps * (start - self._last_s))
-        depart = start if tokens >= bits else start + (bits - tokens) / self.rate_bps
-        wait = depart - now_s
-        if wait > self.queue_s:
-            return None
-        self._last_s = depart
-        self._tokens = max(0.0, tokens + self.rate_bps * (depart - start) - bits)
-        return wait
-
-
-@dataclass
-class DirectionCounters:
-    received: int = 0
-    """Datagrams routed into this direction."""
-    bytes_received: int = 0
-    not_nmp: int = 0
-    """Routed datagrams that are not nmp-peer packets (relayed like the others)."""
-    end_notices: int = 0
-    """Routed end-of-stream notices (nmp-peer packets without audio, relayed like the others)."""
-    delivered: int = 0
-    duplicated: int = 0
-    reordered: int = 0
-    dropped: int = 0
-    """Lost by the impairment's loss model."""
-    rate_dropped: int = 0
-    outage_dropped: int = 0
-    copies_sent: int = 0
-    """Datagrams handed to the socket (a duplicate counts twice)."""
-
-    @property
-    def lost(self) -> int:
-        return self.dropped + self.rate_dropped + self.outage_dropped
-
-    def to_dict(self) -> dict[str, int]:
-        return {**asdict(self), "lost": self.lost}
-
-
-@dataclass(frozen=True)
-class Record:
-    """Ground truth for one datagram: what the relay did with it."""
-
-    t_ms: float
-    dir: str
-    index: int
-    seq: int
-    stream_id: int
-    end: bool
-    """An end-of-stream notice, not audio."""
-    bytes: int
-    action: str
-    delays_ms: tuple[float, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["delays_ms"] = list(self.delays_ms)
-        return d
-
-
-def packet_ids(data: bytes) -> tuple[int, int, bool]:
-    """(sequence number, stream id, end-of-stream notice?) of an nmp-peer packet, (-1, -1, False) for anything else."""
-    try:
-        packet = Packet.parse(data)
-    except WireError:
-        return -1, -1, False
-    return packet.seq, packet.stream_id, packet.end
-
-
-@dataclass
-class DirectionLink:
-    """One direction of the relay: outage, rate limit and impairment, sans-IO."""
-
-    name: str
-    impairment: Impairment | None = None
-    bucket: TokenBucket | None = None
-    outage: tuple[float, float] | None = None
-    """(start, seconds) relative to the relay's first routed datagram."""
-    counters: DirectionCounters = field(default_factory=DirectionCounters)
-    _index: int = 0
-
-    def decide(self, data: bytes, now_s: float, since_first_s: float) -> Record:
-        """Decide one datagram that arrived at ``now_s``; ``delays_ms`` says when each copy leaves."""
-        c = self.counters
-        index = self._index
-        self._index += 1
-        decision = self.impairment.next_decision() if self.impairment is not None else None
-        seq, stream_id, end = packet_ids(data)
-        c.received += 1
-        c.bytes_received += len(data)
-        c.not_nmp += seq < 0
-        c.end_notices += end
-        t_ms = round(1000.0 * now_s, 3)
-
-        def record(action: str, delays_s: tuple[float, ...] = ()) -> Record:
-            delays = tuple(round(1000.0 * d, 3) for d in delays_s)
-            return Record(t_ms, self.name, index, seq, stream_id, end, len(data), action, delays)
-
-        if self.outage is not None and self.outage[0] <= since_first_s < self.outage[0] + self.outage[1]:
-            c.outage_dropped += 1
-            return record("outage")
-        queued_s = 0.0
-        if self.bucket is not None:
-            wait = self.bucket.admit(now_s, len(data) + UDP_IP_OVERHEAD_BYTES)
-            if wait is None:
-                c.rate_dropped += 1
-                return record("rate-drop")
-            queued_s = wait
-        if decision is None:
-            c.delivered += 1
-            return record("deliver", (queued_s,))
-        if decision.action == "drop":
-            c.dropped += 1
-            return record("drop")
-        if decision.action == "duplicate":
-            c.duplicated += 1
-        elif decision.action == "reorder":
-            c.reordered += 1
-        else:
-            c.delivered += 1
-        return record(decision.action, tuple(queued_s + d for d in decision.delays_s))
-
-
-class _LogWriter:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: TextIO = open(self.path, "w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise OutputFileError(f"cannot write relay log {self.path}: {exc.strerror or exc}") from None
-        self._csv = csv.writer(self._file) if self.path.suffix.lower() == ".csv" else None
-        if self._csv is not None:
-            self._csv.writerow(LOG_FIELDS)
-
-    def write(self, r: Record) -> None:
-        if self._csv is not None:
-            self._csv.writerow(
-                (
-                    r.t_ms,
-                    r.dir,
-                    r.index,
-                    r.seq,
-                    r.stream_id,
-                    int(r.end),
-                    r.bytes,
-                    r.action,
-                    ";".join(f"{d:g}" for d in r.delays_ms),
-                )
-            )
-        else:
-            self._file.write(json.dumps(r.to_dict(), separators=(",", ":")) + "\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a relay log (JSON lines or CSV) back into dicts with the JSON types."""
-    path = Path(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix.lower() != ".csv":
-            return [json.loads(line) for line in f if line.strip()]
-        rows = []
-        for row in csv.DictReader(f):
-            rows.append(
-                {
-                    "t_ms": float(row["t_ms"]),
-                    "dir": row["dir"],
-                    "index": int(row["index"]),
-                    "seq": int(row["seq"]),
-                    "stream_id": int(row["stream_id"]),
-                    "end": row.get("end") == "1",
-                    "bytes": int(row["bytes"]),
-                    "action": row["action"],
-                    "delays_ms": [float(d) for d in row["delays_ms"].split(";") if d],
-                }
-            )
-        return rows
 
 
 def _listen_family(endpoint: Endpoint) -> int:
@@ -509,6 +287,3 @@ class Relay:
     def _write(self, record: Record) -> None:
         if self._log is not None:
             self._log.write(record)
-
-
-LOST_ACTIONS = ("drop", "rate-drop", "outage")

@@ -60,7 +60,7 @@ RECOVERY_LIMIT_BLOCKS = 16
 def analyse(result: dict[str, Any], scenario: Scenario, *, visqol: bool = False) -> dict[str, Any]:
     """Counters against the relay's log and the audio B played against A's clip."""
     from nmp_peer.audio_io import read_audio
-    from nmp_peer.netsim.relay import read_log
+    from nmp_peer.netsim.relaylog import read_log
 
     records = read_log(result["relay_log"]) if "relay_log" in result else None
     counters = check_counters(result, records)

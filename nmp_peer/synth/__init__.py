@@ -1,7 +1,8 @@
 """Synthetic music with no download: seeded MIDI songs rendered by FluidSynth.
 
 Used for the ``make demo`` clip, the lab's labelled evaluation set and GAN training
-data. ``midi`` writes songs, ``render`` turns them into audio with the system's
+data. ``midi`` writes songs (with ``theory``'s tables and harmony, ``parts``' pitched
+parts and ``drums``' grooves), ``render`` turns them into audio with the system's
 FluidSynth and General MIDI SoundFonts, ``augment`` varies the sound, ``clips`` makes
 one finished clip and ``dataset`` many, with a manifest.
 """

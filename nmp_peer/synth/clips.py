@@ -26,7 +26,7 @@ from nmp_peer.synth.augment import (
     mix_stems,
     random_augmentation,
 )
-from nmp_peer.synth.midi import GM_GROUPS, MELODIC_GROUPS, PartRequest, generate_song
+from nmp_peer.synth.midi import PartRequest, generate_song
 from nmp_peer.synth.render import (
     DEFAULT_SETTINGS,
     RenderError,
@@ -40,6 +40,7 @@ from nmp_peer.synth.render import (
     trim_silence,
     write_audio,
 )
+from nmp_peer.synth.theory import GM_GROUPS, MELODIC_GROUPS
 
 EVAL_CATEGORIES = ("piano", "strings", "guitar", "winds", "brass", "bass", "drums", "mixture")
 KINDS = EVAL_CATEGORIES + ("voices", "band")
