@@ -18,7 +18,7 @@ The same timeline on every backend, driven from here:
 5. ``seconds`` after A was heard (and at least ``after_restart_s`` after it was heard
    again) B gets SIGTERM, then A, then the relay: every party must exit 0 and print
    its JSON summary. B stops while A still sends, so every slot B played had its packet
-   offered to the relay (what ``analysis.receiver_truth`` assumes).
+   offered to the relay (what ``truth.receiver_truth`` assumes).
 
 Nothing is sent anywhere but 127.0.0.0/8 and addresses in 198.18.0.0/15 that the
 backend's own namespaces or container network hold.
