@@ -13,14 +13,16 @@ from conftest import music_like
 
 from nmp_peer.audio_io import write_audio
 from nmp_peer.netsim.relay import read_log
+from nmp_peer.scenarios.backends import open_backend
 from nmp_peer.scenarios.backends.netns import (
+    NetnsBackend,
     check_address,
     list_namespaces,
     netns_topology,
     netns_unavailable,
     tbf_unavailable,
 )
-from nmp_peer.scenarios.jam import JamPlan, NetnsBackend, open_backend, run_jam
+from nmp_peer.scenarios.jam import JamPlan, run_jam
 from nmp_peer.scenarios.spec import Scenario
 from nmp_peer.scenarios.truth import check_counters
 

@@ -380,7 +380,8 @@ def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -
     Every check of ``truth.check_counters`` must hold (received, duplicates, late and
     foreign against the log too).
     """
-    from nmp_peer.scenarios.jam import JamPlan, open_backend, run_jam
+    from nmp_peer.scenarios.backends import open_backend
+    from nmp_peer.scenarios.jam import JamPlan, run_jam
     from nmp_peer.scenarios.spec import Scenario
     from nmp_peer.scenarios.truth import check_counters
 

@@ -4,7 +4,7 @@
 through the relay on the loopback, netns or docker backend), ``truth`` (counters against
 the relay's ground truth), ``alignment`` (where each played block came from in the clip),
 ``clicks``, ``analysis`` (quality), ``runner`` (every scenario × concealer), ``report``
-(report.md and plots), ``docker`` (engine, compose, netem).
+(report.md and plots), ``backends`` (where the parties run: loopback, netns, docker).
 ``nmp-peer scenarios run`` is the command.
 """
 
