@@ -217,7 +217,7 @@ def test_two_jam_processes_play_each_others_audio(tmp_path: Path) -> None:
         # Nothing is lost on loopback: the other's end (its file's, or its stop's) is no loss,
         # and neither are the slots after it (they used to be, every tick until the end).
         assert s["packets_lost"] == 0, s
-    from nmp_peer.scenarios.analysis import track_alignment
+    from nmp_peer.scenarios.alignment import track_alignment
 
     for heard_file, sent, summary in (
         (tmp_path / "a_hears.wav", b_audio, summaries[0]),

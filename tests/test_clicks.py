@@ -1,7 +1,7 @@
 """The click detector of the scenario analysis: a margin from the signal itself, both ways.
 
 A click is a sample step far steeper than every step of the audio within a block of it
-(``analysis.find_clicks``, threshold ``CLICK_RATIO``). Clean music, and music whose
+(``clicks.find_clicks``, threshold ``CLICK_RATIO``). Clean music, and music whose
 losses were concealed with smooth seams, stay well below the threshold; a seam that
 cuts to silence, or a splice without a crossfade, lies well above it.
 """
@@ -16,7 +16,8 @@ import pytest
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import BernoulliLoss, GilbertElliottLoss
-from nmp_peer.scenarios.analysis import CLICK_RATIO, _neighbourhood_max, find_clicks, track_alignment
+from nmp_peer.scenarios.alignment import track_alignment
+from nmp_peer.scenarios.clicks import CLICK_RATIO, _neighbourhood_max, find_clicks
 from nmp_peer.synth.signals import synthetic_music
 
 CLEAN_BELOW = CLICK_RATIO / 1.5

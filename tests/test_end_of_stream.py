@@ -218,7 +218,7 @@ def _assert_clean_realtime(audio: np.ndarray, result, where: str) -> None:
         out = result.output[result.latency_samples : result.latency_samples + len(audio)]
         assert np.array_equal(out, audio), where
         return
-    from nmp_peer.scenarios.analysis import track_alignment
+    from nmp_peer.scenarios.alignment import track_alignment
 
     track = track_alignment(result.output[:, 0].astype(np.float64), audio[:, 0].astype(np.float64))
     blocks = len(audio) // BLOCK_FRAMES

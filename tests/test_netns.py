@@ -13,16 +13,18 @@ from conftest import music_like
 
 from nmp_peer.audio_io import write_audio
 from nmp_peer.netsim.relaylog import read_log
-from nmp_peer.scenarios.analysis import check_counters
+from nmp_peer.scenarios.backends import open_backend
 from nmp_peer.scenarios.backends.netns import (
+    NetnsBackend,
     check_address,
     list_namespaces,
     netns_topology,
     netns_unavailable,
     tbf_unavailable,
 )
-from nmp_peer.scenarios.jam import JamPlan, NetnsBackend, open_backend, run_jam
+from nmp_peer.scenarios.jam import JamPlan, run_jam
 from nmp_peer.scenarios.spec import Scenario
+from nmp_peer.scenarios.truth import check_counters
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def _jam(
 def test_jam_across_namespaces_counts_the_losses_the_relay_logged(
     netns: None, clips: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """5 % loss A → B only: every check of ``analysis.check_counters`` holds, and the relay did drop."""
+    """5 % loss A → B only: every check of ``truth.check_counters`` holds, and the relay did drop."""
     result, checks, truth, _ = _jam(
         clips, tmp_path / "out", Scenario(name="bernoulli-5-one-way", loss=0.05, seed=3, both_ways=False)
     )

@@ -379,12 +379,13 @@ def test_two_jams_through_the_relay_count_the_losses_it_logged(tmp_path: Path) -
     delivered; it stops while A still sends. Its ``packets_lost`` (slots whose packet
     never came) is then the relay's A→B drops between those two points; late packets did
     arrive and are counted apart. A outlives B, so it got every datagram the relay sent it.
-    Every check of ``analysis.check_counters`` must hold (received, duplicates, late and
+    Every check of ``truth.check_counters`` must hold (received, duplicates, late and
     foreign against the log too).
     """
-    from nmp_peer.scenarios.analysis import check_counters
-    from nmp_peer.scenarios.jam import JamPlan, open_backend, run_jam
+    from nmp_peer.scenarios.backends import open_backend
+    from nmp_peer.scenarios.jam import JamPlan, run_jam
     from nmp_peer.scenarios.spec import Scenario
+    from nmp_peer.scenarios.truth import check_counters
 
     a_clip, b_clip, out = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "out"
     write_audio(a_clip, music_like(9.0, seed=1))

@@ -20,9 +20,12 @@ import pytest
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.receiver.playout import PlayoutConfig
 from nmp_peer.scenarios import Scenario, ScenarioError, load_scenarios, select
-from nmp_peer.scenarios.analysis import CLICK_RATIO, quality, receiver_truth, track_alignment
+from nmp_peer.scenarios.alignment import track_alignment
+from nmp_peer.scenarios.analysis import quality
+from nmp_peer.scenarios.clicks import CLICK_RATIO
 from nmp_peer.scenarios.runner import RECOVERY_LIMIT_BLOCKS
 from nmp_peer.scenarios.spec import STREAM_KBPS, synthetic_music
+from nmp_peer.scenarios.truth import receiver_truth
 
 ALL = {
     "clean",

@@ -45,7 +45,6 @@ from typing import Any
 from nmp_peer.live.transport import Address, Endpoint, EndpointError, SocketClosed, UdpSocket
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.link import RATE_QUEUE_MS, DirectionLink, TokenBucket
-from nmp_peer.netsim.relaylog import LOST_ACTIONS as LOST_ACTIONS  # re-exported: the scenario analysis imports it here
 from nmp_peer.netsim.relaylog import Record, _LogWriter, packet_ids
 
 RECEIVE_BUFFER_BYTES = 1 << 21

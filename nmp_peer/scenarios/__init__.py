@@ -1,9 +1,10 @@
 """Pre-concert checks: two peers with a hostile network between them, and what the audience hears.
 
 ``spec`` (named scenarios from the shipped ``conf/scenarios.toml``, the clips), ``jam`` (one jam
-through the relay on the loopback, netns or docker backend), ``analysis`` (counters
-against the relay's ground truth, alignment, quality), ``runner`` (every scenario ×
-concealer), ``report`` (report.md and plots), ``docker`` (engine, compose, netem).
+through the relay on the loopback, netns or docker backend), ``truth`` (counters against
+the relay's ground truth), ``alignment`` (where each played block came from in the clip),
+``clicks``, ``analysis`` (quality), ``runner`` (every scenario × concealer), ``report``
+(report.md and plots), ``backends`` (where the parties run: loopback, netns, docker).
 ``nmp-peer scenarios run`` is the command.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nmp_peer.scenarios.analysis import CLICK_RATIO
+from nmp_peer.scenarios.clicks import CLICK_RATIO
 
 PLOTS = {
     "loss.png": "Loss per scenario: what the relay dropped (A → B), what B counted lost, and late",
@@ -170,7 +170,7 @@ def write_report(entries: list[dict[str, Any]], meta: dict[str, Any], out: Path)
         "(cross-correlation) and scored on the packets the relay dropped. `lost` bounds: what the log allows",
         "given where B stopped. `SNR`/`LSD`: on lost packets only (`nmp_peer.lab.metrics`). `click`: the",
         f"steepest sample step of the recording over the steepest within a block of it (above {CLICK_RATIO:g}: a",
-        "click, `analysis.find_clicks`). `recovery`: blocks until clean audio came back after an outage or a",
+        "click, `clicks.find_clicks`). `recovery`: blocks until clean audio came back after an outage or a",
         "restart, beyond the packets that never came.",
         "",
         "## Counters against the relay's ground truth",

@@ -22,9 +22,13 @@ from typing import Any
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.scenarios.analysis import CLICK_RATIO, check_counters, quality
-from nmp_peer.scenarios.jam import JamError, JamPlan, backend_unavailable, open_backend, run_jam
+from nmp_peer.scenarios.analysis import quality
+from nmp_peer.scenarios.backends import backend_unavailable, open_backend
+from nmp_peer.scenarios.backends.base import JamError
+from nmp_peer.scenarios.clicks import CLICK_RATIO
+from nmp_peer.scenarios.jam import JamPlan, run_jam
 from nmp_peer.scenarios.spec import Scenario, ScenarioError, write_clip
+from nmp_peer.scenarios.truth import check_counters
 
 DEFAULT_SECONDS = 6.0
 CLIP_MARGIN_S = 4.0

@@ -2,6 +2,7 @@
 
 ``docker/compose.yaml`` holds the services; ``mk/docker.mk`` builds the image
 (``make docker-image``). Each check returns None when all is well, else the reason.
+``DockerBackend`` runs the jam of ``nmp_peer.scenarios.jam`` in those services.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import ipaddress
 import json
 import os
 import random
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+from nmp_peer.scenarios.backends.base import Backend, JamError, Party, PeerFiles
 from nmp_peer.scenarios.backends.netns import check_address
 
 COMPOSE_FILE = Path(__file__).resolve().parents[3] / "docker" / "compose.yaml"
@@ -140,3 +145,143 @@ def netem_unavailable() -> str | None:
         return None if r.returncode == 0 else f"this kernel has no netem: {r.stderr.strip()}"
     finally:
         _quiet(["ip", "netns", "del", ns])
+
+
+def _run_to_string(
+    args: list[str], timeout: float = 60.0, check: bool = True, env: dict[str, str] | None = None
+) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and r.returncode != 0:
+        raise JamError(f"{' '.join(args[:6])} ... failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-1500:]}")
+    return r.stdout
+
+
+class ContainerParty(Party):
+    """A compose service's container, stopped and signalled through the docker CLI."""
+
+    def __init__(self, name: str, container: str) -> None:
+        self.name = name
+        self.container = container
+
+    def poll(self) -> int | None:
+        out = _run_to_string(["docker", "inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", self.container])
+        running, code = out.split()
+        return None if running == "true" else int(code)
+
+    def signal(self, sig: int) -> None:
+        if self.poll() is None:
+            _run_to_string(["docker", "kill", "-s", signal.Signals(sig).name, self.container], check=False)
+
+    def wait(self, timeout_s: float) -> int:
+        return int(_run_to_string(["docker", "wait", self.container], timeout=timeout_s).strip() or "-1")
+
+    def _logs(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "logs", self.container], capture_output=True, text=True, timeout=60)
+
+    def stdout(self) -> str:
+        return self._logs().stdout
+
+    def stderr(self) -> str:
+        return self._logs().stderr
+
+
+class DockerBackend(Backend):
+    """The services of ``docker/compose.yaml`` in a compose project of their own.
+
+    The run folder is mounted at /out; the network gets a free /24 inside
+    198.18.0.0/15. ``netem`` (a ``tc netem`` argument string) selects the compose
+    file's netem profile: the peers impair their own egress and talk directly.
+    """
+
+    name = "docker"
+
+    def __init__(self, out: Path, safety_s: float, *, image: str, netem: str | None = None) -> None:
+        self.out = out
+        self.safety_s = safety_s
+        self.image = image
+        self.netem = netem
+        self.project = f"nmpscen{os.getpid() % 100000}{random.randrange(16**4):04x}"
+        self.net = pick_subnet()
+        uid, gid = os.getuid(), os.getgid()
+        if uid == 0:  # the image's own unprivileged user; the folder is opened to it
+            uid = gid = 10001
+            os.chmod(out, 0o777)
+        self.env = {
+            **os.environ,
+            "NMP_IMAGE": image,
+            "NMP_OUT": str(out),
+            "NMP_NET": self.net,
+            "NMP_UID": str(uid),
+            "NMP_GID": str(gid),
+            "NMP_RELAY_SECONDS": f"{safety_s:g}",
+            "NMP_SECONDS": f"{safety_s:g}",
+            "NMP_SECONDS_A": f"{safety_s:g}",
+        }
+        self.compose = compose_command(self.project)
+        self.started = False
+
+    def path(self, host_path: Path) -> str:
+        return "/out/" + str(Path(host_path).resolve().relative_to(self.out.resolve()))
+
+    def _up(self, service: str, env: dict[str, str]) -> ContainerParty:
+        self.started = True
+        _run_to_string(
+            [
+                *self.compose,
+                *(["--profile", "netem"] if self.netem else []),
+                "up",
+                "-d",
+                "--no-deps",
+                "--no-build",
+                service,
+            ],
+            env={**self.env, **env},
+            timeout=120,
+        )
+        cid = _run_to_string([*self.compose, "ps", "-q", service], env=self.env).strip()
+        if not cid:
+            raise JamError(f"compose service {service} did not start")
+        return ContainerParty(service, cid)
+
+    def start_relay(self, relay_args: list[str]) -> Party:
+        return self._up("impair", {"NMP_RELAY_ARGS": " ".join(relay_args)})
+
+    def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
+        env = {"NMP_CONCEALER": concealer, "NMP_JAM_ARGS": f"--config {config}" if config else ""}
+        if self.netem:
+            env["NMP_NETEM"] = self.netem
+        return self._up(f"peer-{role}" + ("-netem" if self.netem else ""), env)
+
+    def restart_peer(
+        self, party: Party, role: str, run: int, concealer: str, config: str | None, files: PeerFiles
+    ) -> Party:
+        assert isinstance(party, ContainerParty)
+        _run_to_string(["docker", "start", party.container])
+        return party
+
+    def netem_counters(self, party: Party) -> dict[str, int] | None:
+        """What netem did on a peer's egress (``tc -s qdisc``), read before it stops."""
+        assert isinstance(party, ContainerParty)
+        out = _run_to_string(
+            ["docker", "exec", "-u", "0", party.container, "tc", "-s", "qdisc", "show", "dev", "eth0"], check=False
+        )
+        m = re.search(r"Sent (\d+) bytes (\d+) pkt \(dropped (\d+)", out)
+        return None if m is None else {"bytes": int(m.group(1)), "packets": int(m.group(2)), "dropped": int(m.group(3))}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "project": self.project,
+            "subnet": f"{self.net}.0/24",
+            "image": self.image,
+            "netem": self.netem,
+        }
+
+    def close(self) -> None:
+        if self.started:
+            _run_to_string(
+                [*self.compose, "--profile", "netem", "down", "--volumes", "--remove-orphans", "--timeout", "5"],
+                env=self.env,
+                check=False,
+                timeout=120,
+            )

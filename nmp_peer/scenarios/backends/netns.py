@@ -16,8 +16,8 @@ address a peer or the relay is told to send to is checked against that range and
 ``netns_topology()`` creates the namespaces and veth pairs under names made from the
 process id and a random part, and always deletes them, after killing what it started
 in them, when the ``with`` block ends, normally or not. Needs root and ``ip netns``;
-``netns_unavailable()`` says why not when they are missing. The jam across them is
-``nmp_peer.scenarios.jam`` (its ``NetnsBackend``), the one jam harness of every backend.
+``netns_unavailable()`` says why not when they are missing. ``NetnsBackend`` runs the jam
+of ``nmp_peer.scenarios.jam`` across them, the one jam harness of every backend.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from nmp_peer.scenarios.backends.base import Backend, LocalParty, Party, PeerFiles, _jam_args, _python_cli
 
 ALLOWED_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
 
@@ -257,3 +260,60 @@ def netns_topology(tag: str | None = None) -> Iterator[Topology]:
             _stop(p)
         for ns in created:  # deleting a namespace deletes the veth ends inside it
             _run(["ip", "netns", "del", ns], check=False)
+
+
+class NetnsBackend(Backend):
+    """Namespaces A, R (relay), B from ``nmp_peer.scenarios.backends.netns.netns_topology``; needs root."""
+
+    name = "netns"
+
+    def __init__(self, out: Path, safety_s: float) -> None:
+        self.out = out
+        self.safety_s = safety_s
+        self._stack = ExitStack()
+        self.topo = self._stack.enter_context(netns_topology())
+        self.parties: list[LocalParty] = []
+
+    def _spawn(self, name: str, ns: str, argv: list[str]) -> LocalParty:
+        party = LocalParty(name, ["ip", "netns", "exec", ns, *argv], self.out)
+        self.parties.append(party)
+        self.topo.processes.append(party.process)
+        return party
+
+    def start_relay(self, relay_args: list[str]) -> Party:
+        return self._spawn(
+            "relay",
+            self.topo.ns_relay,
+            [
+                *_python_cli("nmp_peer.cli"),
+                "impair",
+                "--listen",
+                f"0.0.0.0:{RELAY_PORT}",
+                "--forward",
+                f"{check_address(B_ADDR)}:{PEER_PORT}",
+                *relay_args,
+            ],
+        )
+
+    def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
+        ns, listen, relay = (
+            (self.topo.ns_a, A_ADDR, RELAY_A_ADDR) if role == "a" else (self.topo.ns_b, B_ADDR, RELAY_B_ADDR)
+        )
+        args = _jam_args(
+            f"{listen}:{PEER_PORT}",
+            f"{check_address(relay)}:{RELAY_PORT}",
+            concealer,
+            config,
+            files,
+            role == "a",
+            self.safety_s,
+        )
+        return self._spawn(f"{role}{run if run > 1 else ''}", ns, [*_python_cli("nmp_peer.cli"), *args])
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "namespaces": list(self.topo.namespaces)}
+
+    def close(self) -> None:
+        for party in self.parties:
+            party.close()
+        self._stack.close()
