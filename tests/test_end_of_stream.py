@@ -12,7 +12,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import music_like
+from conftest import copied_blocks, music_like
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.simple import RepeatConcealer
@@ -218,25 +218,8 @@ def _assert_clean_realtime(audio: np.ndarray, result, where: str) -> None:
         out = result.output[result.latency_samples : result.latency_samples + len(audio)]
         assert np.array_equal(out, audio), where
         return
-    # Where each played block came from: the receiver copies packets, so a block is a
-    # block of the clip, near where the last one came from (an insert, a drop or a drift
-    # correction moves it); blocks read while resampling match nowhere exactly. None may
-    # come from before the one played last.
-    out, lag = result.output[:, 0], result.latency_samples
-    src = audio[:, 0]
-    blocks, matched, last = len(src) // BLOCK_FRAMES, 0, -1
-    for j in range(len(out) // BLOCK_FRAMES):
-        block = out[j * BLOCK_FRAMES : (j + 1) * BLOCK_FRAMES]
-        expected = j * BLOCK_FRAMES - lag
-        lo, hi = max(0, expected - 2 * BLOCK_FRAMES), min(len(src) - BLOCK_FRAMES, expected + 2 * BLOCK_FRAMES)
-        if hi < lo or not block.any():
-            continue
-        starts = lo + np.flatnonzero((src[lo : hi + 1] == block[0]) & (src[lo + 1 : hi + 2] == block[1]))
-        found = [int(c) for c in starts if np.array_equal(block, src[c : c + BLOCK_FRAMES])]
-        if found:
-            start = min(found, key=lambda c: abs(c - expected))
-            assert start > last, (where, events, j, start, last)
-            lag, last, matched = j * BLOCK_FRAMES - start, start, matched + 1
+    matched = copied_blocks(result.output, audio, result.latency_samples)
+    blocks = len(audio) // BLOCK_FRAMES
     touched = events["packets_concealed"] + events["blocks_inserted"] + events["blocks_dropped"]
     assert matched >= blocks - 3 * touched - events["blocks_resampled"] - 2, (where, events, matched, blocks)
 

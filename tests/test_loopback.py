@@ -7,7 +7,7 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import music_like
+from conftest import copied_blocks, music_like
 
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loopback import LoopbackResult, run_loopback
@@ -144,10 +144,15 @@ def test_realtime_mode_runs_on_the_wall_clock() -> None:
     result = asyncio.run(run_loopback(audio, Impairment(), playout=cfg, realtime=True))
     s = result.stats
     assert s["packets_received"] == s["packets_sent"] == -(-len(audio) // 512)
-    out = received_part(result, audio)
-    # Scheduling noise may cost a late packet on a busy machine, never the stream.
-    assert s["packets_concealed"] <= 5
-    assert np.corrcoef(out[:, 0], audio[:, 0])[0, 1] > 0.9
+    # Scheduling noise on a busy machine may make packets late (concealed, the buffer grown
+    # by a block, the reading rate bent for a while), never lose one; what played is the
+    # clip in order, every block a copy but the ones those counters account for.
+    assert s["packets_lost"] == 0
+    touched = s["packets_concealed"] + s["blocks_inserted"] + s["blocks_dropped"]
+    blocks = len(audio) // 512
+    assert (
+        copied_blocks(result.output, audio, result.latency_samples) >= blocks - 3 * touched - s["blocks_resampled"] - 2
+    )
 
 
 def test_ipv6_loopback_socket() -> None:
