@@ -35,22 +35,22 @@ def copied_blocks(out: np.ndarray, src: np.ndarray, first_guess: int, block: int
     the clip up to six blocks before the previous copy (played twice, or out of order).
     """
     out, src = out.reshape(len(out), -1)[:, 0], src.reshape(len(src), -1)[:, 0]
-    last, matched = None, 0
+    last, last_j, matched = None, 0, 0
     for j in range(len(out) // block):
         x = out[j * block : (j + 1) * block]
         if not x.any():
             continue
         if last is None:  # until the first match: around where the latency puts it
             lo, hi = j * block - first_guess - 8 * block, j * block - first_guess + 8 * block
-        else:  # then: after the last one, at most a few blocks further (drops, corrections)
-            lo, hi = last + 1, last + 6 * block
+        else:  # then: after the last one, as many blocks on as were played since, and a few more
+            lo, hi = last + 1, last + (j - last_j + 5) * block
         lo, hi = max(0, lo), min(len(src) - block, hi)
         if hi < lo:
             continue
         starts = lo + np.flatnonzero((src[lo : hi + 1] == x[0]) & (src[lo + 1 : hi + 2] == x[1]))
         found = [int(c) for c in starts if np.array_equal(x, src[c : c + block])]
         if found:
-            last, matched = found[0], matched + 1
+            last, last_j, matched = found[0], j, matched + 1
         elif last is not None:  # a copy of a block played before is a block played twice
             back = max(0, last - 6 * block)
             starts = back + np.flatnonzero((src[back : last + 1] == x[0]) & (src[back + 1 : last + 2] == x[1]))
