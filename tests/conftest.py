@@ -26,7 +26,9 @@ def music_like(seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:
     return synthetic_music(seconds, seed=seed, channels=channels)
 
 
-def copied_blocks(out: np.ndarray, src: np.ndarray, first_guess: int, block: int = 512) -> int:
+def copied_blocks(
+    out: np.ndarray, src: np.ndarray, first_guess: int, block: int = 512, *, last_copy: list[int] | None = None
+) -> int:
     """How many output blocks are exact copies of clip blocks, each from after the one before.
 
     A receiver copies packets, so a played block is a block of the clip; an inserted
@@ -56,6 +58,8 @@ def copied_blocks(out: np.ndarray, src: np.ndarray, first_guess: int, block: int
             starts = back + np.flatnonzero((src[back : last + 1] == x[0]) & (src[back + 1 : last + 2] == x[1]))
             again = [int(c) for c in starts if np.array_equal(x, src[c : c + block])]
             assert not again, f"output block {j} repeats clip samples {again[0]}.. after {last}"
+    if last_copy is not None and last is not None:
+        last_copy.append(last)  # where in the clip the last copy started
     return matched
 
 
