@@ -98,6 +98,14 @@ class NetworkSection(_Section):
 class SecuritySection(_Section):
     key_file: str | None = None
     """Pre-shared key file (at least 16 bytes, raw or hex); relative paths are from the config file."""
+    encrypt: bool = True
+    """With a key: encrypt the audio (ChaCha20-Poly1305); false only authenticates it."""
+    pin: Literal["peer", "host"] = "peer"
+    """Without a key: follow the stream from the peer's exact HOST:PORT (``peer``), or from
+    any port of its host (``host``: a peer behind a NAT that changes its source port)."""
+    repin_after_s: float = Field(0.5, gt=0.0, le=60.0)
+    """Without a key: follow another stream (a restarted peer) only after the followed one
+    ended or was silent this long."""
 
 
 class Config(_Section):

@@ -14,7 +14,8 @@ from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import GilbertElliottLoss
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
-from nmp_peer.proto.security import Authenticator, RateLimiter
+from nmp_peer.proto.security import RateLimiter
+from nmp_peer.proto.session import Session
 from nmp_peer.proto.wire import Packet
 from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.latency import LatencyPolicy
@@ -75,13 +76,16 @@ def rss_bytes() -> int:
 def test_a_million_hostile_datagrams_change_nothing_for_the_real_stream() -> None:
     rng = np.random.default_rng(0)
     stats = Stats()
-    auth = Authenticator(bytes(range(32)))
-    gate = ReceiveGate(stats, peer_host=PEER[0], authenticator=auth, rate_limiter=RateLimiter(rate=1e12, burst=1e12))
+    peer, ours = Session(bytes(range(32))), Session(bytes(range(32)))
+    gate = ReceiveGate(stats, peer=PEER, session=ours, rate_limiter=RateLimiter(rate=1e12, burst=1e12))
     eng = engine(stats=stats)
     sender = Packetizer(Pcm16Codec(), 1)
+    gate.admit(peer.outbound.poll(0.0, sender.stream_id)[0], PEER, 0.0)
+    peer.on_control(peer.decode(gate.outbox.pop()), 0.0)
     block = tone_block()
-    template = auth.sign(sender.packetize(block)).serialize()
-    first = gate.admit(template, PEER)  # the real stream's first packet: later copies are replays
+    seal = peer.outbound.seal
+    template = seal(sender.packetize(block)).serialize()  # type: ignore[union-attr]
+    first = gate.admit(template, PEER, 0.0)  # the real stream's first packet: later copies are replays
     assert first is not None
     eng.push(first, 0.0)
     total, per_tick = 1_000_000, 2_000
@@ -90,10 +94,10 @@ def test_a_million_hostile_datagrams_change_nothing_for_the_real_stream() -> Non
     for tick in range(total // per_tick):
         now = float(tick * BLOCK_FRAMES)
         for data in fuzz_datagrams(rng, template, per_tick):
-            packet = gate.admit(data, PEER)  # spoofing the peer's own address
+            packet = gate.admit(data, PEER, tick / 86.0)  # spoofing the peer's own address
             if packet is not None:
                 eng.push(packet, now)
-        real = gate.admit(auth.sign(sender.packetize(block)).serialize(), PEER)
+        real = gate.admit(seal(sender.packetize(block)).serialize(), PEER, tick / 86.0)  # type: ignore[union-attr]
         assert real is not None
         eng.push(real, now)
         outs.append(eng.next_block(now))

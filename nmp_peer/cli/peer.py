@@ -35,7 +35,8 @@ def jam(
     stats: Annotated[Path | None, typer.Option(help="Write the JSON summary here too.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live status line.")] = False,
     key_file: Annotated[
-        Path | None, typer.Option(help="Pre-shared key file: sign and authenticate every packet.")
+        Path | None,
+        typer.Option(help="Pre-shared key file: a handshake per session, every packet authenticated and encrypted."),
     ] = None,
     codec: Annotated[
         str | None, typer.Option(help="What this peer sends: pcm16 | opus (default: the config's). It plays either.")
@@ -69,6 +70,9 @@ def jam(
         duration_s=duration,
         status=None if quiet else (lambda line: console.print(line, highlight=False)),
         key=key,
+        encrypt=cfg.security.encrypt,
+        pin=cfg.security.pin,
+        repin_after_s=cfg.security.repin_after_s,
         codec=encoder,
     )
     summary = asyncio.run(Peer(options).run())

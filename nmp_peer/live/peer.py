@@ -23,8 +23,9 @@ from nmp_peer.conceal import make_concealer
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
-from nmp_peer.proto.security import Authenticator
-from nmp_peer.receiver.gate import ReceiveGate
+from nmp_peer.proto.session import Session
+from nmp_peer.proto.wire import Packet
+from nmp_peer.receiver.gate import REPIN_AFTER_S, PinMode, ReceiveGate
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 
@@ -60,7 +61,12 @@ class JamOptions:
     duration_s: float | None = None
     status: Callable[[str], None] | None = None
     key: bytes | None = None
-    """Pre-shared key: sign every packet and accept only authenticated ones."""
+    """Pre-shared key: a handshake per session, AEAD on every packet, only authenticated ones accepted."""
+    encrypt: bool = True
+    """With a key: encrypt the payloads too (else only authenticate them)."""
+    pin: PinMode = "peer"
+    """Without a key: follow the stream from the peer's exact address (``peer``) or any port of its host."""
+    repin_after_s: float = REPIN_AFTER_S
     codec: Any = None
     """The sender's codec (PCM16 when None); the receiver decodes whatever its peer sends."""
 
@@ -71,7 +77,7 @@ class Peer:
         channels = options.playout.channels
         self.engine = PlayoutEngine(make_concealer(options.concealer), options.playout, threaded=True)
         self.packetizer = Packetizer(options.codec or Pcm16Codec(), channels)
-        self.authenticator = Authenticator(options.key) if options.key else None
+        self.session = Session(options.key, encrypt=options.encrypt) if options.key else None
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
         self._ended = False
@@ -100,8 +106,13 @@ class Peer:
         peer_addr = self.options.peer.resolve()
         sock = await UdpSocket.bind(self.options.listen)
         freeze_heap()
-        gate = ReceiveGate(self.engine.stats, peer_host=peer_addr[0], authenticator=self.authenticator)
-        tasks = [loop.create_task(self._receive(sock, gate)), loop.create_task(self._status())]
+        o = self.options
+        gate = ReceiveGate(
+            self.engine.stats, peer=peer_addr, session=self.session, pin=o.pin, repin_after_s=o.repin_after_s
+        )
+        tasks = [loop.create_task(self._receive(sock, gate, peer_addr)), loop.create_task(self._status())]
+        if self.session is not None:
+            tasks.append(loop.create_task(self._handshake(sock, peer_addr)))
         closers: list[Callable[[], None]] = []
         try:
             tasks.append(loop.create_task(self._capture(sock, peer_addr, closers)))
@@ -112,8 +123,8 @@ class Peer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if not self._ended:  # stopped while sending: say so, so the peer counts no loss
-                for packet in self._end_packets():
-                    sock.send_nowait(packet.serialize(), peer_addr)
+                for data in self._end_packets():
+                    sock.send_nowait(data, peer_addr)
             for close in closers:
                 close()
             sock.close()
@@ -123,6 +134,11 @@ class Peer:
         summary["receive_errors"] = sock.receive_errors
         summary["receive_buffer_bytes"] = sock.rcvbuf_bytes
         summary["kernel_drops"] = sock.kernel_drops()
+        if self.session is not None:
+            out = self.session.outbound
+            summary["handshakes"] = out.handshakes
+            summary["handshake_ms"] = None if out.last_handshake_s is None else round(1000 * out.last_handshake_s, 2)
+            summary["encrypted"] = out.encrypt
         return summary
 
     async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -143,46 +159,70 @@ class Peer:
         finally:
             waiter.cancel()
 
-    async def _receive(self, sock: UdpSocket, gate: ReceiveGate) -> None:
+    async def _receive(self, sock: UdpSocket, gate: ReceiveGate, peer_addr: tuple[str, int]) -> None:
         """Every datagram the socket has read, per wake-up: under a flood that is hundreds at once."""
-        handle = self._handler(gate)
+        handle = self._handler(gate, sock, peer_addr)
         self._drain = lambda: handle(sock.take_ready())
         while True:
             handle(await sock.receive_batch())
 
-    def _handler(self, gate: ReceiveGate) -> Callable[[list[tuple[bytes, tuple[str, int]]]], None]:
-        admit, push, now = gate.admit, self.engine.push, self.now
+    def _handler(
+        self, gate: ReceiveGate, sock: UdpSocket, peer_addr: tuple[str, int]
+    ) -> Callable[[list[tuple[bytes, tuple[str, int]]]], None]:
+        admit, push, now, outbox = gate.admit, self.engine.push, self.now, gate.outbox
 
         def handle(batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+            t = time.monotonic()
             for data, addr in batch:
-                packet = admit(data, addr)
+                packet = admit(data, addr, t)
                 if packet is not None:
-                    push(packet, now())
+                    push(packet, now(), follow=gate.new_stream)
+            if outbox:  # handshake answers: only ever to the configured peer
+                for reply in outbox:
+                    sock.send_nowait(reply, peer_addr)
+                outbox.clear()
 
         return handle
 
+    async def _handshake(self, sock: UdpSocket, peer_addr: tuple[str, int]) -> None:
+        """Opens (and renews) the session for this peer's stream: HELLO until answered."""
+        assert self.session is not None
+        outbound = self.session.outbound
+        while not self._ended:  # after our end notices there is nothing more to seal
+            for hello in outbound.poll(time.monotonic(), self.packetizer.stream_id):
+                sock.send_nowait(hello, peer_addr)
+            await asyncio.sleep(0.05)
+
+    def _seal(self, packet: Packet) -> bytes | None:
+        if self.session is None:
+            return packet.serialize()
+        sealed = self.session.outbound.seal(packet)
+        return None if sealed is None else sealed.serialize()
+
     async def _send(self, sock: UdpSocket, addr: tuple[str, int], block: np.ndarray) -> None:
-        packet = self.packetizer.packetize(block)
-        if self.authenticator is not None:
-            packet = self.authenticator.sign(packet)
-        sock.send_nowait(packet.serialize(), addr)
+        data = self._seal(self.packetizer.packetize(block))
+        if data is None:  # no session yet (or the peer restarted): nobody could open it
+            self.engine.stats.packets_unsent += 1
+            return
+        sock.send_nowait(data, addr)
         self.engine.stats.packets_sent += 1
 
-    def _end_packets(self) -> list[Any]:
+    def _end_packets(self) -> list[bytes]:
         self._ended = True
-        packets = self.packetizer.end_packets()
-        return [self.authenticator.sign(p) for p in packets] if self.authenticator is not None else packets
+        sealed = (self._seal(p) for p in self.packetizer.end_packets())
+        return [d for d in sealed if d is not None]
 
     async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:
         loop = asyncio.get_running_loop()
         if self.source is not None:
-            # Like JackTrip waiting for its peer: send silence until the peer is heard, so the
-            # file starts when someone listens; then the file, paced by the wall clock.
+            # Like JackTrip waiting for its peer: send silence until the peer is heard (and,
+            # with a key, our session is open), so the file starts when someone listens;
+            # then the file, paced by the wall clock.
             source = self.source
             silence = np.zeros((BLOCK_FRAMES, source.shape[1]), np.float32)
             start = loop.time()
             k = 0
-            while not self.engine.stats.packets_received:
+            while not self.engine.stats.packets_received or (self.session and not self.session.outbound.established):
                 await sleep_until(loop, start + k * PACKET_S)
                 await self._send(sock, addr, silence)
                 k += 1
@@ -195,10 +235,10 @@ class Peer:
                 await self._send(sock, addr, block)
             # The file is over: say so, one notice a block apart (the first at once, so a
             # stop in between cannot leave the stream unended).
-            for j, packet in enumerate(self._end_packets()):
+            for j, data in enumerate(self._end_packets()):
                 if j:
                     await sleep_until(loop, start + (k + n_blocks + j) * PACKET_S)
-                sock.send_nowait(packet.serialize(), addr)
+                sock.send_nowait(data, addr)
             return
         if self.options.input is None:
             return

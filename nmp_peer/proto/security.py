@@ -1,26 +1,19 @@
-"""Who may inject audio into a live performance: authentication, replay window, source gate.
+"""The pre-shared key file, the replay window and the per-source rate limit.
 
-With a pre-shared key every packet carries a truncated HMAC-SHA256 tag over its header
-and payload; a replay window on (stream id, sequence) rejects copies, and an
-authenticated peer may move to another address (roaming). Without a key the receiver
-pins the first address that sends it valid packets from the configured peer host, and
-counts everything from elsewhere as foreign. In both cases each source address is rate
-limited and oversized datagrams are dropped before parsing. The peer never answers any
-datagram: it only ever sends its own stream to its configured peer, so it cannot be
-used for reflection or amplification.
+The handshake and the per-session keys are :mod:`nmp_peer.proto.session`'s; the order of
+the checks is the receive gate's (:mod:`nmp_peer.receiver.gate`). A peer sends only to
+its configured peer (its stream, and its handshake answers), so it cannot be used to
+reflect or amplify traffic towards anyone else.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 
 from nmp_peer import PACKET_RATE
-from nmp_peer.proto.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, Packet, seq_delta
+from nmp_peer.proto.wire import HEADER_BYTES, MAX_PAYLOAD_BYTES, SEQ_MODULUS, TAG_BYTES, seq_delta
 
 MIN_KEY_BYTES = 16
 MAX_DATAGRAM_BYTES = HEADER_BYTES + MAX_PAYLOAD_BYTES + TAG_BYTES
@@ -48,22 +41,6 @@ def load_key(path: str | Path) -> bytes:
             f"(try: openssl rand -hex 32 > {p.name})"
         )
     return key
-
-
-class Authenticator:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def _tag(self, tagged: Packet) -> bytes:
-        """The tag of a packet whose header says a tag follows (as sent)."""
-        return hmac.digest(self._key, tagged.header_bytes() + tagged.payload, hashlib.sha256)[:TAG_BYTES]
-
-    def sign(self, packet: Packet) -> Packet:
-        placeholder = replace(packet, tag=b"\0" * TAG_BYTES)
-        return replace(packet, tag=self._tag(placeholder))
-
-    def verify(self, packet: Packet) -> bool:
-        return len(packet.tag) == TAG_BYTES and hmac.compare_digest(packet.tag, self._tag(packet))
 
 
 class ReplayWindow:

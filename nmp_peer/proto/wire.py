@@ -7,8 +7,13 @@
 
 ``timestamp`` counts samples at 44.1 kHz from a random origin; ``seq`` wraps at 2**32;
 ``stream_id`` is random per run so a restarted peer is recognised. When ``flags`` has
-``FLAG_TAG`` set, ``TAG_BYTES`` of authentication tag follow the payload. Parsing is a
-pure function of bytes and raises only :class:`WireError`.
+``FLAG_TAG`` set, ``TAG_BYTES`` of authentication tag follow the payload (an AEAD tag
+under the session's key, :mod:`nmp_peer.proto.session`); ``FLAG_ENC`` says the payload
+is encrypted. Parsing is a pure function of bytes and raises only :class:`WireError`.
+
+Types from ``0x10`` on are handshake messages, not audio (:class:`ControlType`; their
+payload is :mod:`nmp_peer.proto.session`'s); :func:`control_type` tells them apart
+before parsing.
 
 ``FLAG_END`` marks an end-of-stream notice instead of audio: its payload is the u32
 sequence number of the first packet the sender will never send, so the receiver can
@@ -23,11 +28,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = b"NM"
-VERSION = 1
+VERSION = 2
+"""2: AEAD tags under per-session keys and the handshake (1 signed with the pre-shared key itself)."""
 HEADER = struct.Struct(">2sBBBBIIQH")
 HEADER_BYTES = HEADER.size
 FLAG_TAG = 0x01
 FLAG_END = 0x02
+FLAG_ENC = 0x04
 _END = struct.Struct(">I")
 TAG_BYTES = 16
 MAX_CHANNELS = 2
@@ -38,6 +45,13 @@ SEQ_MODULUS = 1 << 32
 class PayloadType(IntEnum):
     PCM16 = 0
     OPUS = 1
+
+
+class ControlType(IntEnum):
+    HELLO = 0x10
+    """A sender opens a session: its nonce and ephemeral public key."""
+    WELCOME = 0x11
+    """The receiver's answer: both nonces and its ephemeral public key."""
 
 
 class WireError(ValueError):
@@ -55,6 +69,8 @@ class Packet:
     tag: bytes = b""
     end: bool = False
     """An end-of-stream notice (``FLAG_END``): no audio; see :attr:`end_seq`."""
+    encrypted: bool = False
+    """``FLAG_ENC``: the payload is ciphertext until the session opens it."""
 
     @classmethod
     def end_of_stream(
@@ -72,7 +88,7 @@ class Packet:
 
     def header_bytes(self) -> bytes:
         """The header as sent; the authentication tag covers it and the payload."""
-        flags = (FLAG_TAG if self.tag else 0) | (FLAG_END if self.end else 0)
+        flags = (FLAG_TAG if self.tag else 0) | (FLAG_END if self.end else 0) | (FLAG_ENC if self.encrypted else 0)
         return HEADER.pack(
             MAGIC,
             VERSION,
@@ -106,23 +122,37 @@ class Packet:
         try:
             payload_type = PayloadType(ptype)
         except ValueError:
+            if ptype in _CONTROL_TYPES:
+                raise WireError(f"a handshake message (type {ptype:#04x}), not audio") from None
             raise WireError(f"unknown payload type {ptype}") from None
         if not 1 <= channels <= MAX_CHANNELS:
             raise WireError(f"bad channel count {channels}")
-        if flags & ~(FLAG_TAG | FLAG_END):
+        if flags & ~(FLAG_TAG | FLAG_END | FLAG_ENC):
             raise WireError(f"unknown flags {flags:#04x}")
+        encrypted = bool(flags & FLAG_ENC)
+        if encrypted and not flags & FLAG_TAG:
+            raise WireError("an encrypted payload without its tag")
         tag_len = TAG_BYTES if flags & FLAG_TAG else 0
         if length > MAX_PAYLOAD_BYTES or len(data) != HEADER_BYTES + length + tag_len:
             raise WireError(f"payload length {length} does not match datagram of {len(data)} bytes")
         end = bool(flags & FLAG_END)
         if end and length != _END.size:
             raise WireError(f"end-of-stream notice with a {length}-byte payload (expected {_END.size})")
-        if not end and payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
+        if not end and not encrypted and payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
             raise WireError(f"PCM16 payload of {length} bytes is not whole frames of {channels} channel(s)")
         stop = HEADER_BYTES + length
-        return cls(
-            payload_type, channels, stream_id, seq, timestamp, bytes(data[HEADER_BYTES:stop]), bytes(data[stop:]), end
-        )
+        payload = bytes(data[HEADER_BYTES:stop])
+        return cls(payload_type, channels, stream_id, seq, timestamp, payload, bytes(data[stop:]), end, encrypted)
+
+
+_CONTROL_TYPES = frozenset(int(t) for t in ControlType)
+
+
+def control_type(data: bytes) -> ControlType | None:
+    """The handshake type of a datagram with this version's header, or None (audio, or not ours)."""
+    if len(data) < HEADER_BYTES or data[:2] != MAGIC or data[2] != VERSION or data[3] not in _CONTROL_TYPES:
+        return None
+    return ControlType(data[3])
 
 
 def seq_delta(a: int, b: int) -> int:

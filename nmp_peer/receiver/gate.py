@@ -1,16 +1,40 @@
-"""Which datagrams may reach the jitter buffer: size, rate, parse, authentication, pin.
+"""Which datagrams may reach the jitter buffer: size, parse, authentication, rate, pin.
 
-Sans-IO: the receive loop hands each datagram and its source here; every reason one is
-dropped has its own counter in :class:`~nmp_peer.receiver.stats.Stats`.
+Sans-IO: the receive loop hands each datagram, its source and the time (seconds) here;
+every reason one is dropped has its own counter in :class:`~nmp_peer.receiver.stats.Stats`,
+and the handshake answers to send wait in :attr:`ReceiveGate.outbox`.
+
+The checks, in order, cheapest and surest first:
+
+1. **size**: an oversized datagram is dropped unparsed;
+2. **parse**: the wire format (audio) or a handshake message;
+3. **tag** (with a key): audio must open under the current session, or a pending one
+   (the stream then changes: a restart goes only through the handshake); handshake
+   messages must carry the PSK's tag;
+4. **rate** per source, for what is not authenticated audio: handshake messages with a
+   key; without one, anything but the pinned stream. Junk sent under the real peer's
+   address therefore never uses up the real peer's allowance;
+5. **pin** (without a key): the stream followed is the first from the configured peer
+   address and port (``pin = "peer"``) or host (``pin = "host"``, for a peer behind a
+   NAT); another stream or source takes over only after the pinned one ended or was
+   silent for ``repin_after_s``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
-from nmp_peer.proto.security import MAX_DATAGRAM_BYTES, Authenticator, RateLimiter, ReplayWindow
-from nmp_peer.proto.wire import Packet, WireError
+from nmp_peer.proto.security import MAX_DATAGRAM_BYTES, RateLimiter
+from nmp_peer.proto.session import HandshakeError, Session
+from nmp_peer.proto.wire import Packet, WireError, control_type
 from nmp_peer.receiver.stats import Stats
+
+PinMode = Literal["peer", "host", "any"]
+REPIN_AFTER_S = 0.5
+"""A keyless receiver follows a new stream or source once the pinned one was silent this long."""
+HANDSHAKE_RATE = 20.0
+"""Handshake messages per second and source (a burst of 8) before they are dropped unread."""
 
 
 class ReceiveGate:
@@ -20,47 +44,118 @@ class ReceiveGate:
         self,
         stats: Stats,
         *,
-        peer_host: str | None = None,
-        authenticator: Authenticator | None = None,
+        peer: tuple[str, int] | None = None,
+        session: Session | None = None,
+        pin: PinMode = "peer",
+        repin_after_s: float = REPIN_AFTER_S,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.stats = stats
-        self.authenticator = authenticator
+        self.session = session
         self.rate_limiter = rate_limiter or RateLimiter()
-        self.replay = ReplayWindow()
-        self._peer_ip = _normalise_ip(peer_host) if peer_host else None
+        self._handshake_limiter = RateLimiter(rate=HANDSHAKE_RATE, burst=8)
+        self._peer = (_normalise_ip(peer[0]), peer[1]) if peer is not None else None
+        self.pin: PinMode = pin if peer is not None else "any"
+        self.repin_after_s = repin_after_s
         self.pinned: tuple[str, int] | None = None
+        """The source of the stream followed (the last authenticated one, with a key)."""
+        self.pinned_stream: int | None = None
+        self._heard_at = 0.0
+        self._pinned_ended = False
+        self.outbox: list[bytes] = []
+        """Handshake answers for the configured peer (the gate never answers anyone else)."""
+        self.new_stream = False
+        """Set when the last admitted packet is the first of a stream the gate now follows."""
 
-    def admit(self, data: bytes, addr: tuple[str, int], now: float | None = None) -> Packet | None:
+    def admit(self, data: bytes, addr: tuple[str, int], now: float) -> Packet | None:
         s = self.stats
+        self.new_stream = False
         if len(data) > MAX_DATAGRAM_BYTES:
             s.packets_oversized += 1
             return None
-        if not self.rate_limiter.allow(addr, now):
-            s.packets_rate_limited += 1
+        if control_type(data) is not None:
+            self._control(data, addr, now)
             return None
         try:
             packet = Packet.parse(data)
         except WireError:
             s.packets_malformed += 1
             return None
-        if self.authenticator is not None:
-            if not self.authenticator.verify(packet):
-                s.packets_unauthenticated += 1
-                return None
-            if not self.replay.check(packet.stream_id, packet.seq):
-                s.packets_replayed += 1
-                return None
+        if self.session is not None:
+            return self._open(packet, addr)
+        return self._pin(packet, addr, now)
+
+    def _control(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        s = self.stats
+        if self.session is None:
+            s.packets_unauthenticated += 1  # a keyed peer: this one has no key
+            s.handshakes_unkeyed += 1
+            return
+        try:
+            message = self.session.decode(data)
+        except WireError:
+            s.packets_malformed += 1
+            return
+        except HandshakeError:
+            s.packets_unauthenticated += 1
+            return
+        if not self._handshake_limiter.allow(addr, now):
+            s.packets_rate_limited += 1
+            return
+        s.handshake_messages += 1
+        reply = self.session.on_control(message, now)
+        if reply is not None:
+            self.outbox.append(reply)
+
+    def _open(self, packet: Packet, addr: tuple[str, int]) -> Packet | None:
+        assert self.session is not None
+        opened, what = self.session.inbound.open(packet)
+        if opened is None:
+            if what == "replayed":
+                self.stats.packets_replayed += 1
+            else:
+                self.stats.packets_unauthenticated += 1
+            return None
+        if what == "new session":
+            self.stats.sessions += 1
+            if opened.stream_id != self.pinned_stream:
+                self.new_stream = True
+                self.pinned_stream = opened.stream_id
+        if addr != self.pinned:  # an authenticated peer may roam
+            self._set_pinned(addr)
+        return opened
+
+    def _pin(self, packet: Packet, addr: tuple[str, int], now: float) -> Packet | None:
+        s = self.stats
+        if addr == self.pinned and packet.stream_id == self.pinned_stream:
+            self._heard_at = now
+            self._pinned_ended |= packet.end
             return packet
-        if self.pinned is None:
-            if self._peer_ip is not None and _normalise_ip(addr[0]) != self._peer_ip:
-                s.packets_foreign += 1
-                return None
-            self.pinned = addr
-        elif addr != self.pinned:
+        if not self.rate_limiter.allow(addr, now):
+            s.packets_rate_limited += 1
+            return None
+        if not self._eligible(addr) or (
+            self.pinned is not None and not self._pinned_ended and now - self._heard_at < self.repin_after_s
+        ):
             s.packets_foreign += 1
             return None
+        if self.pinned is not None:
+            s.repins += 1
+        self._set_pinned(addr)
+        self.pinned_stream = packet.stream_id
+        self._heard_at, self._pinned_ended = now, packet.end
+        self.new_stream = True
         return packet
+
+    def _eligible(self, addr: tuple[str, int]) -> bool:
+        if self.pin == "any" or self._peer is None:
+            return True
+        ip = _normalise_ip(addr[0])
+        return ip == self._peer[0] and (self.pin == "host" or addr[1] == self._peer[1])
+
+    def _set_pinned(self, addr: tuple[str, int]) -> None:
+        self.pinned = addr
+        self.stats.pinned = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 def _normalise_ip(host: str) -> str:

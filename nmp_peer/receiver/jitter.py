@@ -91,8 +91,9 @@ class JitterBuffer:
         """Every slot the sender sent has been played: the next one will never come."""
         return self.end_seq is not None and self.next_seq >= self.end_seq
 
-    def push(self, packet: Packet) -> Arrival:
-        """Store a packet and say what it was."""
+    def push(self, packet: Packet, *, follow: bool = False) -> Arrival:
+        """Store a packet and say what it was. ``follow``: the receive gate authenticated a
+        new stream (a handshake, or a keyless re-pin): follow it from this packet at once."""
         if packet.end:
             if self._started and packet.stream_id == self.stream_id:
                 end = self.unwrap(packet.end_seq)
@@ -102,6 +103,9 @@ class JitterBuffer:
             self._restart(packet)
             return Arrival.ACCEPTED
         if packet.stream_id != self.stream_id:
+            if follow:
+                self._restart(packet)
+                return Arrival.RESYNC
             return self._consider_resync(packet)
         ext = self.unwrap(packet.seq)
         if self.end_seq is not None and ext >= self.end_seq:

@@ -112,8 +112,9 @@ class PlayoutEngine:
         """When enabled (a list): (unwrapped sequence number, concealed) of every slot played."""
 
     # ------------------------------------------------------------------ network side
-    def push(self, packet: Packet, now: float) -> Arrival | None:
-        """Take one packet that arrived at receiver time ``now`` (samples). Returns its fate."""
+    def push(self, packet: Packet, now: float, *, follow: bool = False) -> Arrival | None:
+        """Take one packet that arrived at receiver time ``now`` (samples). Returns its fate.
+        ``follow``: the first packet of a stream the receive gate now follows."""
         s = self.stats
         if packet.end:
             s.end_notices += 1
@@ -127,7 +128,7 @@ class PlayoutEngine:
             return None
         with self._lock:
             ext = self.jitter.unwrap(packet.seq)
-            fate = self.jitter.push(packet)
+            fate = self.jitter.push(packet, follow=follow)
             if not self._started and self.jitter.started:
                 self._start(now)
             if fate is Arrival.RESYNC:

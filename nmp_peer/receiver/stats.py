@@ -11,6 +11,8 @@ from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 @dataclass
 class Stats:
     packets_sent: int = 0
+    packets_unsent: int = 0
+    """Keyed: blocks captured before a session was open for them (the first handshake)."""
     packets_received: int = 0
     """Distinct packets that arrived, in time or late."""
     packets_lost: int = 0
@@ -26,6 +28,16 @@ class Stats:
     packets_replayed: int = 0
     packets_rate_limited: int = 0
     packets_oversized: int = 0
+    sessions: int = 0
+    """Keyed: sessions the peer opened with us (its first packet under a new handshake's key)."""
+    handshake_messages: int = 0
+    """Keyed: authenticated handshake messages received (HELLO and WELCOME)."""
+    handshakes_unkeyed: int = 0
+    """Handshake messages received without a key of our own: the peer uses a key, this one does not."""
+    repins: int = 0
+    """Keyless: times the receiver followed a new stream or source after the pinned one ended or fell silent."""
+    pinned: str = "-"
+    """The address whose stream is followed (keyed: of the last authenticated packet)."""
     packets_concealed: int = 0
     concealer_misses: int = 0
     """Concealments not ready at their deadline: a cheaper fallback block was played."""
@@ -90,4 +102,5 @@ class Stats:
             f"dup {self.packets_duplicate} conc {self.packets_concealed} miss {self.concealer_misses} "
             f"underrun {self.underruns} | depth {self.buffer_depth_packets:.1f}/{self.target_depth_packets:.1f} "
             f"jitter {self.jitter_ms:.1f} ms latency {self.latency_ms:.1f} ms drift {self.ratio_ppm:+.0f} ppm"
+            f" | from {self.pinned}"
         )
