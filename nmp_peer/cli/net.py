@@ -159,6 +159,9 @@ def scenarios_run(
     ] = False,
     image: Annotated[str, typer.Option(help="docker: the nmp-peer image (make docker-image).")] = "nmp-peer:latest",
     netem: Annotated[str, typer.Option(help="docker: off (relay) | on | auto (kernel netem where it can).")] = "off",
+    key_file: Annotated[
+        Path | None, typer.Option(help="Keyed jams: both peers use this pre-shared key file (handshake, AEAD).")
+    ] = None,
 ) -> None:
     """Play every scenario × concealer through the backend; write report.md, plots and results.json.
 
@@ -182,6 +185,7 @@ def scenarios_run(
         visqol=visqol,
         image=image,
         netem=netem,
+        key_file=key_file,
         progress=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     bad = [e for e in entries if e.get("error") or not e["analysis"]["counters"]["ok"]]

@@ -134,7 +134,9 @@ class Peer:
         summary["receive_errors"] = sock.receive_errors
         summary["receive_buffer_bytes"] = sock.rcvbuf_bytes
         summary["kernel_drops"] = sock.kernel_drops()
-        if self.session is not None:
+        if self.session is None:
+            summary["repin_after_s"] = self.options.repin_after_s
+        else:
             out = self.session.outbound
             summary["handshakes"] = out.handshakes
             summary["handshake_ms"] = None if out.last_handshake_s is None else round(1000 * out.last_handshake_s, 2)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.relaylog import Record, packet_ids
+from nmp_peer.proto.wire import control_type
 
 RATE_QUEUE_MS = 50.0
 """Default rate-limit queue: this much of the link rate is buffered before tail drop."""
@@ -70,6 +71,8 @@ class DirectionCounters:
     """Routed datagrams that are not nmp-peer packets (relayed like the others)."""
     end_notices: int = 0
     """Routed end-of-stream notices (nmp-peer packets without audio, relayed like the others)."""
+    handshakes: int = 0
+    """Routed handshake messages of keyed peers (not audio; of ``not_nmp``, relayed like the others)."""
     delivered: int = 0
     duplicated: int = 0
     reordered: int = 0
@@ -110,6 +113,7 @@ class DirectionLink:
         c.received += 1
         c.bytes_received += len(data)
         c.not_nmp += seq < 0
+        c.handshakes += control_type(data) is not None
         c.end_notices += end
         t_ms = round(1000.0 * now_s, 3)
 

@@ -55,6 +55,8 @@ class JamPlan:
     start_timeout_s: float = 30.0
     a_extra_s: float = 0.5
     """A stops this long after B: the relay's last delayed copies for A reach it."""
+    key_file: Path | None = None
+    """Both peers run keyed (a handshake per session, AEAD on every packet) with this key."""
 
 
 def _wait_for(what: str, party: Party, check: Any, timeout_s: float, poll_s: float = 0.1) -> Any:
@@ -88,9 +90,10 @@ def run_jam(backend: Backend, plan: JamPlan) -> dict[str, Any]:
 
         trace_path = out / "trace.txt"
         write_trace(trace_path, sc.trace_packets(4 * plan.seconds + 120.0))
+    key = backend.path(plan.key_file) if plan.key_file is not None else None
     files = {
-        "a": PeerFiles(backend.path(plan.clip_a), backend.path(out / "a_hears.wav")),
-        "b": PeerFiles(backend.path(plan.clip_b), backend.path(out / "b_hears.wav")),
+        "a": PeerFiles(backend.path(plan.clip_a), backend.path(out / "a_hears.wav"), key),
+        "b": PeerFiles(backend.path(plan.clip_b), backend.path(out / "b_hears.wav"), key),
     }
     events: dict[str, Any] = {}
     t0 = time.monotonic()

@@ -183,6 +183,7 @@ def run_scenarios(
     visqol: bool = False,
     image: str = "nmp-peer:latest",
     netem: str = "off",
+    key_file: Path | None = None,
     report: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -190,7 +191,8 @@ def run_scenarios(
 
     ``netem`` (docker only): ``on`` uses the compose file's netem profile for every
     scenario netem can express, ``auto`` does so where this kernel has netem, ``off``
-    always uses the relay. Returns one entry per jam: ``result`` (what the parties
+    always uses the relay. ``key_file``: both peers keyed (the key is copied into each
+    jam's folder, where every backend's peers can read it). Returns one entry per jam: ``result`` (what the parties
     reported), ``analysis`` and ``row``; a jam that failed has ``error`` instead.
     """
     from nmp_peer.conceal import concealer_names
@@ -216,6 +218,10 @@ def run_scenarios(
         if why and netem == "on":
             raise ScenarioError(f"--netem on: {why}")
         use_netem = why is None
+    if key_file is not None:
+        from nmp_peer.proto.security import load_key
+
+        load_key(key_file)  # a bad key file: one line now, not a failed jam each
     say = progress or (lambda _msg: None)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +242,13 @@ def run_scenarios(
             shutil.copyfile(clips / "clip_a.wav", clip_a)
             shutil.copyfile(clips / "clip_b.wav", clip_b)
             netem_args = sc.netem_args() if use_netem else None
-            plan = JamPlan(sc, concealer, seconds, run_dir, clip_a, clip_b, after_restart_s=AFTER_RESTART_S)
+            key = None
+            if key_file is not None:
+                key = run_dir / "jam.key"
+                shutil.copyfile(key_file, key)
+            plan = JamPlan(
+                sc, concealer, seconds, run_dir, clip_a, clip_b, after_restart_s=AFTER_RESTART_S, key_file=key
+            )
             safety_s = length + 120.0
             say(f"{sc.name} / {concealer} ({backend}{', netem' if netem_args else ''}) ...")
             entry: dict[str, Any] = {"scenario": sc.name, "concealer": concealer, "description": sc.description}

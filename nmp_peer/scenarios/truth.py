@@ -17,20 +17,20 @@ from nmp_peer.netsim.relaylog import LOST_ACTIONS
 from nmp_peer.proto.wire import seq_delta
 
 PACKET_MS = 1000.0 * BLOCK_FRAMES / SAMPLE_RATE
-RESYNC_AFTER = 3
-"""Packets of a new stream a receiver needs before it follows it (``JitterBuffer.resync_after``)."""
 
 
 def receiver_truth(
-    records: list[dict[str, Any]], direction: str, lag_packets: int, resync_after: int = RESYNC_AFTER
+    records: list[dict[str, Any]], direction: str, lag_packets: int, repin_after_ms: float | None = 500.0
 ) -> dict[str, Any]:
     """What a receiver of ``direction`` must have counted, from the relay's log.
 
     For a receiver that listened before the first packet reached the relay and stopped
     while its sender still sent (the timeline of ``nmp_peer.scenarios.jam``), over one
     stream or several. It starts at the first packet the relay
-    delivered; a later stream (a restarted sender) is followed from its
-    ``resync_after``-th delivered packet, the ones before count as foreign. It played
+    delivered; a later stream (a restarted sender) is followed from its first delivered
+    packet when keyed (``repin_after_ms`` None: a new session), else from its first
+    delivered ``repin_after_ms`` after the old stream's last (the receive gate's re-pin);
+    the ones before count as foreign. It played
     every slot of an earlier stream up to that stream's last packet, then let slots pass
     until the new stream took over: about the sender's silence, less what was buffered
     (``gap_slots``); a sender's silence is a pause, not a loss, so these slots are not
@@ -72,12 +72,15 @@ def receiver_truth(
         delivered = [r for r in same if r["action"] not in LOST_ACTIONS]
         if k == 0:
             start = first
-        elif len(delivered) >= resync_after:
-            start = delivered[resync_after - 1]
-            out["foreign"] += resync_after - 1
-        else:  # never followed: every datagram of it was foreign
-            out["foreign"] += len(delivered)
-            continue
+        else:
+            assert prev_last is not None
+            quiet_from = prev_last["t_ms"] + (repin_after_ms or 0.0)
+            after = [r for r in delivered if repin_after_ms is None or r["t_ms"] >= quiet_from]
+            if not after:  # never followed: every datagram of it was foreign
+                out["foreign"] += len(delivered)
+                continue
+            start = after[0]
+            out["foreign"] += len(delivered) - len(after)
         pos = {id(r): seq_delta(r["seq"], start["seq"]) for r in same}
         is_last = k == len(order) - 1
         if is_last:
@@ -123,6 +126,7 @@ ARRIVAL_COUNTERS = (
     "packets_oversized",
     "packets_unauthenticated",
     "end_notices",
+    "handshake_messages",
 )
 """A jam's counters that together count every datagram that reached it (those it lacks count 0)."""
 
@@ -158,7 +162,8 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
             )
         )
         return {"truth": None, "checks": checks, "ok": all(c["ok"] for c in checks)}
-    truth = receiver_truth(records, "a2b", lag_packets(b))
+    keyed = b.get("handshakes") is not None
+    truth = receiver_truth(records, "a2b", lag_packets(b), None if keyed else 1000.0 * b.get("repin_after_s", 0.5))
     lost = b["packets_lost"]
     checks.append(
         _check(
@@ -179,11 +184,15 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
             f"B received {b['packets_received']}, relay delivered {truth['received_low']}..{truth['received_high']}",
         )
     )
+    # Keyed, the replay window stops a network's duplicate before the jitter buffer: a copy
+    # is a copy, whoever made it (counted replayed).
+    dups = b["packets_duplicate"] + (b.get("packets_replayed", 0) if keyed else 0)
     checks.append(
         _check(
             "duplicates = relay duplicates",
-            truth["duplicate_low"] <= b["packets_duplicate"] <= truth["duplicate_high"],
-            f"B duplicates {b['packets_duplicate']}, relay {truth['duplicate_low']}..{truth['duplicate_high']}",
+            truth["duplicate_low"] <= dups <= truth["duplicate_high"],
+            f"B duplicates {dups}{' (replayed, keyed)' if keyed else ''}, "
+            f"relay {truth['duplicate_low']}..{truth['duplicate_high']}",
         )
     )
     # A loaded machine can make a packet late that the relay did not delay: the relay, the
@@ -213,13 +222,14 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
     )
     relay = result["relay"]
     if not result.get("a_restarted"):
-        audio_in = relay["a2b"]["received"] - relay["a2b"].get("end_notices", 0)
+        a2b = relay["a2b"]
+        audio_in = a2b["received"] - a2b.get("end_notices", 0) - a2b.get("handshakes", 0)
         checks.append(
             _check(
                 "relay saw all A sent",
                 audio_in == a["packets_sent"],
-                f"A sent {a['packets_sent']}, relay took in {audio_in} (and "
-                f"{relay['a2b'].get('end_notices', 0)} end-of-stream notices)",
+                f"A sent {a['packets_sent']}, relay took in {audio_in} (and {a2b.get('end_notices', 0)} "
+                f"end-of-stream notices, {a2b.get('handshakes', 0)} handshake messages)",
             )
         )
         arrived = sum(a.get(k, 0) for k in ARRIVAL_COUNTERS)

@@ -118,6 +118,8 @@ class PeerFiles:
 
     clip: str
     hears: str
+    key: str | None = None
+    """The pre-shared key file, when the jam is keyed."""
 
 
 class Backend(ABC):
@@ -179,6 +181,8 @@ def _jam_args(
     ]
     if config:
         args += ["--config", config]
+    if files.key:
+        args += ["--key-file", files.key]
     if quiet:
         args.append("--quiet")
     return args
