@@ -3,7 +3,10 @@
 Timings are per packet on one thread, after a warm-up, on whatever machine runs them;
 ``machine`` in the output says which. ``p50/p99/max`` are wall-clock; the ``cpu_``
 twins count only this thread's CPU time, so they do not grow when another process
-preempts the benchmark on a busy machine.
+preempts the benchmark on a busy machine. ``busy_core`` keeps another core busy while
+a bench runs; ``bench_vs`` interleaves two concealers run by run and reports their
+ratio per run; concealers that report stages (``Concealer.set_stage_hook``) get a time
+per stage.
 """
 
 from __future__ import annotations
