@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from conftest import music_like
@@ -38,45 +39,50 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-@pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[str]:
-    """``dask scheduler`` on a free port of 127.0.0.1 and two single-threaded ``dask worker``
-    processes, all three connected; yields the scheduler's address."""
-    from distributed import Client
-
+def _start_scheduler(tmp_path: Path, procs: list[subprocess.Popen[bytes]], log: IO[bytes]) -> str:
+    """``dask scheduler`` on a free port of 127.0.0.1 (added to ``procs``); its address."""
     info = tmp_path / "scheduler.json"
-    log = (tmp_path / "dask.log").open("wb")
-    procs = [
+    procs.append(
         subprocess.Popen(
             [*[sys.executable, "-m", "dask"], "scheduler", "--host", "127.0.0.1", "--port", "0"]
             + ["--no-dashboard", "--scheduler-file", str(info)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    ]
-    try:
-        deadline = time.monotonic() + 120
-        while not info.exists() or not info.read_text().strip():
-            assert procs[0].poll() is None and time.monotonic() < deadline, "the scheduler did not start"
-            time.sleep(0.1)
-        time.sleep(0.2)  # the file is written in one go, but let it be closed
-        address = json.loads(info.read_text())["address"]
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [*[sys.executable, "-m", "dask"], "worker", address, "--nthreads", "1", "--no-nanny"]
-                    + ["--host", "127.0.0.1", "--no-dashboard"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    deadline = time.monotonic() + 120
+    while not info.exists() or not info.read_text().strip():
+        assert procs[0].poll() is None and time.monotonic() < deadline, "the scheduler did not start"
+        time.sleep(0.1)
+    time.sleep(0.2)  # the file is written in one go, but let it be closed
+    return str(json.loads(info.read_text())["address"])
+
+
+@pytest.fixture
+def scheduler(tmp_path: Path) -> Iterator[str]:
+    """A scheduler and two single-threaded ``dask worker`` processes, all connected; yields
+    the scheduler's address."""
+    from distributed import Client
+
+    procs: list[subprocess.Popen[bytes]] = []
+    with (tmp_path / "dask.log").open("wb") as log:
+        try:
+            address = _start_scheduler(tmp_path, procs, log)
+            for _ in range(2):
+                procs.append(
+                    subprocess.Popen(
+                        [*[sys.executable, "-m", "dask"], "worker", address, "--nthreads", "1", "--no-nanny"]
+                        + ["--host", "127.0.0.1", "--no-dashboard"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                    )
                 )
-            )
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=180)
-        yield address
-    finally:
-        _stop(procs[::-1])
-        log.close()
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(2, timeout=180)
+            yield address
+        finally:
+            _stop(procs[::-1])
 
 
 def _lab(clips: Path, out: Path, *extra: str) -> tuple[list[dict[str, object]], list[str]]:
@@ -150,3 +156,18 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line_and_exit_2(address: str,
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scheduler_without_workers_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    write_audio(tmp_path / "clips" / "c.wav", music_like(1.0))
+    procs: list[subprocess.Popen[bytes]] = []
+    with (tmp_path / "dask.log").open("wb") as log:
+        try:
+            address = _start_scheduler(tmp_path, procs, log)
+            cmd = [*CLI, "lab", "--clips", str(tmp_path / "clips"), "--out", str(tmp_path / "out")]
+            cmd += ["--methods", "zeros", "--metrics", "snr", "--cluster", address, "--cluster-timeout", "1"]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        finally:
+            _stop(procs)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "has no worker" in lines[0], r.stderr
