@@ -3,14 +3,22 @@
 Timings are per packet on one thread, after a warm-up, on whatever machine runs them;
 ``machine`` in the output says which. ``p50/p99/max`` are wall-clock; the ``cpu_``
 twins count only this thread's CPU time, so they do not grow when another process
-preempts the benchmark on a busy machine.
+preempts the benchmark on a busy machine. ``busy_core`` keeps another core busy while
+a bench runs; ``bench_vs`` interleaves two concealers run by run and reports their
+ratio per run; concealers that report stages (``Concealer.set_stage_hook``) get a time
+per stage.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +26,10 @@ import numpy as np
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.conceal.base import Concealer
 
+MACHINE = f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}"
 
-def _summary(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:
+
+def _summary(samples_s: Sequence[float], scale: float, unit: str) -> dict[str, Any]:
     a = np.asarray(samples_s) * scale
     return {
         f"p50_{unit}": round(float(np.percentile(a, 50)), 3),
@@ -27,8 +37,60 @@ def _summary(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:
         f"max_{unit}": round(float(a.max()), 3),
         f"mean_{unit}": round(float(a.mean()), 3),
         "n": len(a),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
+        "machine": MACHINE,
     }
+
+
+def _timings(wall_ns: Sequence[int], cpu_ns: Sequence[int], unit: str) -> dict[str, Any]:
+    """Wall-clock percentiles (``p50_ms`` ...) and their ``cpu_`` twins (this thread's CPU time)."""
+    scale = {"us": 1e-3, "ms": 1e-6}[unit]
+    result = _summary(wall_ns, scale, unit)
+    result.update({f"cpu_{k}": v for k, v in _summary(cpu_ns, scale, unit).items() if k.endswith(f"_{unit}")})
+    return result
+
+
+class StageTimes:
+    """A concealer's stage hook (``Concealer.set_stage_hook``) that reads both clocks.
+
+    ``start()`` before each call, ``end()`` after it: each stage's wall and CPU time in
+    that call (a stage met twice, once per channel, is summed), since the previous
+    stage's end or the call's start.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, tuple[int, int]]] = []
+        self._wall = self._cpu = 0
+        self._current: dict[str, tuple[int, int]] = {}
+
+    def start(self) -> None:
+        self._current = {}
+        self._wall, self._cpu = time.perf_counter_ns(), time.thread_time_ns()
+
+    def __call__(self, stage: str) -> None:
+        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        w, c = self._current.get(stage, (0, 0))
+        self._current[stage] = (w + wall - self._wall, c + cpu - self._cpu)
+        self._wall, self._cpu = wall, cpu
+
+    def end(self) -> None:
+        if self._current:
+            self.calls.append(self._current)
+
+    def summary(self, total_cpu_ns: Sequence[int]) -> dict[str, Any]:
+        """Per stage, in the order met: wall and CPU percentiles over the calls that ran it, and
+        its share of the concealer's mean CPU time per call (over all calls)."""
+        names: list[str] = []
+        for call in self.calls:
+            names += [n for n in call if n not in names]
+        total = float(np.sum(total_cpu_ns)) or 1.0
+        out: dict[str, Any] = {}
+        for name in names:
+            wall = [c[name][0] for c in self.calls if name in c]
+            cpu = [c[name][1] for c in self.calls if name in c]
+            entry = {k: v for k, v in _timings(wall, cpu, "ms").items() if k != "machine" and "max_" not in k}
+            entry["share_of_cpu"] = round(float(np.sum(cpu)) / total, 3)
+            out[name] = entry
+        return out
 
 
 def _test_signal(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -38,6 +100,54 @@ def _test_signal(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     phase = 2 * np.pi * (220 * t + 2.0 * np.sin(2 * np.pi * 5 * t))
     x = sum(0.3 / k * np.sin(k * phase) for k in range(1, 8)) + 0.01 * rng.standard_normal(n)
     return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+_SPINNER = "import sys\nsys.stdout.write('spinning\\n')\nsys.stdout.flush()\nwhile True:\n    pass\n"
+
+
+@contextmanager
+def busy_core() -> Iterator[dict[str, Any]]:
+    """Another process spins on the CPU while the block runs: the other core of a 2-core
+    machine is taken, as by a training job. The dict it yields says, once the block is
+    done, how much of a core the spinner had (from its own CPU time) and the load average."""
+    import resource
+
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _SPINNER], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    report: dict[str, Any] = {"spinners": 1}
+    start = time.perf_counter()
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # it has started and spins
+        start = time.perf_counter()
+        yield report
+    finally:
+        wall = time.perf_counter() - start
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        report["seconds"] = round(wall, 2)
+        report["spinner_cpu_share"] = round(cpu / max(wall, 1e-9), 3)
+        report["loadavg_1min"] = round(os.getloadavg()[0], 2)
+
+
+def concealer_variant(spec: str, method: str | None) -> Concealer:
+    """A ``--vs`` variant: a concealer's name, or a model file for ``method`` (``gan``)."""
+    from nmp_peer.conceal import UnknownConcealerError, concealer_names, make_concealer
+
+    if spec in concealer_names():
+        return make_concealer(spec)
+    if method is None:
+        raise UnknownConcealerError(
+            f"--vs {spec!r} is no concealer ({', '.join(concealer_names())}); "
+            "a model file needs --method NAME to run it"
+        )
+    return make_concealer(method, model_path=Path(spec))
 
 
 def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
@@ -58,18 +168,18 @@ def bench_receive(packets: int = 20_000, loss: float = 0.0) -> dict[str, Any]:
     lost = rng.random(packets) < loss
     # Fixed depth: the steady state of a drift-free stream (the reader copies, no resampling).
     engine = PlayoutEngine(ZerosConcealer(), PlayoutConfig(latency=LatencyPolicy(mode="fixed")))
-    times: list[float] = []
-    cpu: list[float] = []
+    wall: list[int] = []
+    cpu: list[int] = []
     for k, data in enumerate(datagrams):
         now = float(k * BLOCK_FRAMES)
-        t, c = time.perf_counter(), time.thread_time()
+        t, c = time.perf_counter_ns(), time.thread_time_ns()
         if not lost[k]:
             engine.push_datagram(data, now)
         engine.next_block(now)
-        cpu.append(time.thread_time() - c)
-        times.append(time.perf_counter() - t)
-    result = {"path": "receive", **_summary(times[1000:], 1e6, "us")}
-    result.update({f"cpu_{k}": v for k, v in _summary(cpu[1000:], 1e6, "us").items() if k.endswith("_us")})
+        cpu.append(time.thread_time_ns() - c)
+        wall.append(time.perf_counter_ns() - t)
+    warm = min(1000, packets // 10)
+    result = {"path": "receive", **_timings(wall[warm:], cpu[warm:], "us")}
     result["drift_correction_read_us"] = _bench_drift_read()
     return result
 
@@ -94,24 +204,108 @@ def bench_method(method: str, calls: int = 300) -> dict[str, Any]:
     return bench_concealer(make_concealer(method), calls)
 
 
-def bench_concealer(concealer: Concealer, calls: int = 300) -> dict[str, Any]:
-    """``bench_method`` for a concealer already made (another model file, say)."""
-    method = concealer.name
-    concealer.warm_up()
-    audio = _test_signal(SAMPLE_RATE * 10)
+def _concealer_calls(
+    concealer: Concealer, audio: np.ndarray, calls: int, first: int, stages: StageTimes
+) -> tuple[list[int], list[int]]:
+    """Wall and CPU ns of ``calls`` concealments (all stages, as the engine runs them) of
+    histories taken from ``audio`` at positions numbered from ``first``."""
     ctx = concealer.context_samples
-    times: list[float] = []
-    cpu: list[float] = []
-    for i in range(calls):
+    wall: list[int] = []
+    cpu: list[int] = []
+    for i in range(first, first + calls):
         start = ctx + (i * 997) % (len(audio) - ctx - 1)
         history = np.ascontiguousarray(audio[start - ctx : start])
-        t, c = time.perf_counter(), time.thread_time()
+        t, c = time.perf_counter_ns(), time.thread_time_ns()
+        stages.start()
         for _ in concealer.stages(history, i % 3):
             pass
-        cpu.append(time.thread_time() - c)
-        times.append(time.perf_counter() - t)
-    result = {"method": method, **_summary(times, 1e3, "ms")}
-    result.update({f"cpu_{k}": v for k, v in _summary(cpu, 1e3, "ms").items() if k.endswith("_ms")})
+        stages.end()
+        cpu.append(time.thread_time_ns() - c)
+        wall.append(time.perf_counter_ns() - t)
+    return wall, cpu
+
+
+def _timed_concealer(concealer: Concealer) -> StageTimes:
+    concealer.warm_up()
+    stages = StageTimes()
+    concealer.set_stage_hook(stages)
+    return stages
+
+
+def bench_concealer(concealer: Concealer, calls: int = 300) -> dict[str, Any]:
+    """``bench_method`` for a concealer already made (another model file, say). With the
+    stages the concealer reports (``Concealer.set_stage_hook``), under ``stages``."""
+    stages = _timed_concealer(concealer)
+    try:
+        wall, cpu = _concealer_calls(concealer, _test_signal(SAMPLE_RATE * 10), calls, 0, stages)
+    finally:
+        concealer.set_stage_hook(None)
+    result = {"method": concealer.name, **_timings(wall, cpu, "ms")}
+    if stages.calls:
+        result["stages"] = stages.summary(cpu)
+    return result
+
+
+def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median: order statistics ``k`` and
+    ``n + 1 - k`` with the smallest ``k`` whose binomial coverage is still ``level``.
+
+    Returns ``(low, high, coverage)``; with too few values for ``level`` (under 6 for 95 %),
+    the extremes and their coverage."""
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(values, float))
+    n = len(x)
+    k = 1  # 1-based: the interval [x_(k), x_(n+1-k)] covers the median with 1 - 2 P(B <= k - 1)
+    while k + 1 <= n // 2 and 1 - 2 * binom.cdf(k, n, 0.5) >= level:
+        k += 1
+    coverage = 1 - 2 * binom.cdf(k - 1, n, 0.5)
+    return float(x[k - 1]), float(x[n - k]), float(coverage)
+
+
+def bench_vs(variants: Sequence[tuple[str, Concealer]], runs: int = 10, calls: int = 300) -> dict[str, Any]:
+    """Two concealers timed run by run, interleaved (A B, B A, A B, ...), each run on the
+    same histories for both: the ratio B/A of their median time in each run, and the median
+    of those ratios with a distribution-free 95 % interval. A machine that slows down or
+    speeds up for a while slows both alike within a run, so the ratio holds where absolute
+    times do not. ``calls`` per variant, split over the runs."""
+    if len(variants) != 2:
+        raise ValueError("bench_vs compares two variants")
+    per_run = max(1, calls // runs)
+    audio = _test_signal(SAMPLE_RATE * 10)
+    hooks = [_timed_concealer(c) for _, c in variants]
+    wall: list[list[int]] = [[], []]
+    cpu: list[list[int]] = [[], []]
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
+    try:
+        for r in range(runs):
+            medians = {}
+            for v in (0, 1) if r % 2 == 0 else (1, 0):
+                w_ns, c_ns = _concealer_calls(variants[v][1], audio, per_run, r * per_run, hooks[v])
+                wall[v] += w_ns
+                cpu[v] += c_ns
+                medians[v] = (float(np.median(w_ns)), float(np.median(c_ns)))
+            ratios["wall"].append(medians[1][0] / medians[0][0])
+            ratios["cpu"].append(medians[1][1] / max(medians[0][1], 1.0))
+    finally:
+        for _, c in variants:
+            c.set_stage_hook(None)
+    result: dict[str, Any] = {"vs": [name for name, _ in variants], "runs": runs, "calls_per_run": per_run}
+    for v, key in ((0, "a"), (1, "b")):
+        entry = {"variant": variants[v][0], "method": variants[v][1].name, **_timings(wall[v], cpu[v], "ms")}
+        entry.pop("machine")
+        if hooks[v].calls:
+            entry["stages"] = hooks[v].summary(cpu[v])
+        result[key] = entry
+    for clock, key in (("wall", "ratio_b_over_a"), ("cpu", "cpu_ratio_b_over_a")):
+        lo, hi, coverage = median_ci(ratios[clock])
+        result[key] = {
+            "per_run": [round(x, 4) for x in ratios[clock]],
+            "median": round(float(np.median(ratios[clock])), 4),
+            "ci": [round(lo, 4), round(hi, 4)],
+            "ci_coverage": round(coverage, 3),
+        }
+    result["machine"] = MACHINE
     return result
 
 
@@ -122,45 +316,50 @@ def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000
 
     audio = _test_signal(BLOCK_FRAMES * packets)
     blocks = [audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES] for k in range(packets)]
-    enc_s: list[float] = []
-    dec_s: list[float] = []
+    enc_ns: list[int] = []
+    dec_ns: list[int] = []
+    wall_ns: list[int] = []
     size = 0
+    extra: dict[str, Any]
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[bytes], object]
     if codec == "opus":
         from nmp_peer.proto.opus import OpusDecoderStream, OpusEncoderStream, OpusSettings, codec_delay_samples
 
         settings = OpusSettings(bitrate=bitrate)
         encoder, decoder = OpusEncoderStream(1, settings), OpusDecoderStream(1, settings.frame_ms)
-        for block in blocks:
-            t = time.thread_time()
-            payload = encoder.encode(block)
-            t2 = time.thread_time()
-            decoder.decode_slot(payload)
-            dec_s.append(time.thread_time() - t2)
-            enc_s.append(t2 - t)
-            size += len(payload)
+        encode, decode = encoder.encode, decoder.decode_slot
         extra = {
             "bitrate_setting": bitrate,
             "added_latency_ms": round(1000 * codec_delay_samples(settings) / SAMPLE_RATE, 2),
         }
     elif codec == "pcm16":
         pcm = Pcm16Codec()
-        for block in blocks:
-            t = time.thread_time()
-            payload = pcm.encode(block)
-            t2 = time.thread_time()
-            pcm.decode(payload, 1)
-            dec_s.append(time.thread_time() - t2)
-            enc_s.append(t2 - t)
-            size += len(payload)
+        encode = pcm.encode
+
+        def decode(payload: bytes) -> object:
+            return pcm.decode(payload, 1)
+
         extra = {"added_latency_ms": 0.0}
     else:
         raise ValueError(f"unknown codec {codec!r}; choose pcm16 or opus")
+    for block in blocks:
+        w, t = time.perf_counter_ns(), time.thread_time_ns()
+        payload = encode(block)
+        t2 = time.thread_time_ns()
+        decode(payload)
+        dec_ns.append(time.thread_time_ns() - t2)
+        wall_ns.append(time.perf_counter_ns() - w)
+        enc_ns.append(t2 - t)
+        size += len(payload)
     rate = SAMPLE_RATE / BLOCK_FRAMES
+    cpu_ns = [e + d for e, d in zip(enc_ns, dec_ns, strict=True)]
     return {
         "codec": codec,
-        "encode_cpu_p50_ms": round(float(np.percentile(enc_s[100:], 50)) * 1e3, 4),
-        "decode_cpu_p50_ms": round(float(np.percentile(dec_s[100:], 50)) * 1e3, 4),
-        "encode_decode_cpu_p99_ms": round(float(np.percentile(np.add(enc_s, dec_s)[100:], 99)) * 1e3, 4),
+        **_timings(wall_ns[100:], cpu_ns[100:], "ms"),
+        "encode_cpu_p50_ms": round(float(np.percentile(enc_ns[100:], 50)) * 1e-6, 4),
+        "decode_cpu_p50_ms": round(float(np.percentile(dec_ns[100:], 50)) * 1e-6, 4),
+        "encode_decode_cpu_p99_ms": round(float(np.percentile(np.add(enc_ns, dec_ns)[100:], 99)) * 1e-6, 4),
         "payload_kbps": round(size / packets * rate * 8 / 1000, 1),
         "wire_kbps": round((size / packets + HEADER_BYTES + 28) * rate * 8 / 1000, 1),
         **extra,
@@ -185,7 +384,7 @@ def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
         "cpu_percent_of_one_core": round(100 * cpu / wall, 2),
         "packets": result.stats["packets_sent"],
         "packets_concealed": result.stats["packets_concealed"],
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
+        "machine": MACHINE,
     }
 
 
@@ -323,7 +522,7 @@ def bench_flood(multiples: tuple[int, ...] = FLOOD_MULTIPLES, seconds: float = 5
         "first_multiple_with_stream_loss": first,
         "rates": steps,
         "loadavg_1min": round(os.getloadavg()[0], 2),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}",
+        "machine": MACHINE,
     }
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,7 +21,10 @@ def bench(
             "flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s)."
         ),
     ] = None,
-    method: Annotated[str | None, typer.Option(help="A concealer: time per concealed packet.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="A concealer: time per concealed packet, and per stage where it reports stages (gan, lpc)."),
+    ] = None,
     codec: Annotated[str | None, typer.Option(help="pcm16 | opus: encode + decode time per packet, bitrate.")] = None,
     bitrate: Annotated[int, typer.Option(help="Opus bitrate for --codec opus.")] = 128_000,
     quality_clips: Annotated[
@@ -29,42 +33,89 @@ def bench(
             help="With --codec opus: ViSQOL and SNR of clean transmission at several bitrates on these clips."
         ),
     ] = None,
-    packets: Annotated[int, typer.Option(help="Packets (receive path).")] = 20_000,
-    calls: Annotated[int, typer.Option(help="Concealments timed (method).")] = 300,
+    packets: Annotated[int, typer.Option(help="Packets (receive path).", min=100)] = 20_000,
+    calls: Annotated[int, typer.Option(help="Concealments timed (method; per variant with --vs).", min=1)] = 300,
+    vs: Annotated[
+        str | None,
+        typer.Option(
+            help="A,B: two concealers timed run by run, interleaved, and the ratio B/A per run. Each is a "
+            "concealer's name or a model file for --method (e.g. --method gan --vs old.onnx,new.onnx)."
+        ),
+    ] = None,
+    runs: Annotated[int, typer.Option(help="With --vs: runs (the --calls split over them).", min=2)] = 10,
+    busy: Annotated[
+        bool, typer.Option("--busy", help="Keep another core busy (a spinning process) while measuring.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
 ) -> None:
-    """Benchmarks on one thread; prints one JSON object."""
-    from nmp_peer.bench import bench_codec, bench_jam, bench_method, bench_receive
+    """Benchmarks on one thread; prints one JSON object. Times are wall-clock percentiles with
+    their ``cpu_`` twins (this thread's CPU time), on the machine named in ``machine``."""
+    import contextlib
 
-    if sum(x is not None for x in (path, method, codec)) != 1:
+    from nmp_peer.bench import busy_core
+
+    if vs is not None:
+        if path is not None or codec is not None:
+            raise UserError("--vs compares two concealers: give it with --method NAME or alone")
+    elif sum(x is not None for x in (path, method, codec)) != 1:
         raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
+    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs)
+    with busy_core() if busy else contextlib.nullcontext(None) as load:
+        result = run()
+    if load is not None and isinstance(result, dict):
+        result["busy"] = load
+    print(json.dumps(result))
+
+
+def _bench_run(
+    path: str | None,
+    method: str | None,
+    codec: str | None,
+    bitrate: int,
+    quality_clips: Path | None,
+    packets: int,
+    calls: int,
+    vs: str | None,
+    runs: int,
+) -> Callable[[], Any]:
+    """The benchmark the options ask for, checked and built, ready to run."""
+    from nmp_peer import bench
+
+    if vs is not None:
+        specs = [s.strip() for s in vs.split(",")]
+        if len(specs) != 2 or not all(specs):
+            raise UserError(f"--vs takes two variants, A,B; got {vs!r}")
+        if method is not None:
+            _check_method(method)
+        variants = [(s, bench.concealer_variant(s, method)) for s in specs]
+        return lambda: bench.bench_vs(variants, runs, calls)
     if codec is not None:
         if codec not in ("pcm16", "opus"):
             raise UserError(f"unknown codec {codec!r}; choose pcm16 or opus")
         if quality_clips is not None:
-            from nmp_peer.bench import opus_quality
             from nmp_peer.lab.run import find_clips
 
             files = [str(p) for p in find_clips(quality_clips)][:8]
-            print(json.dumps(opus_quality(files, [32_000, 64_000, 96_000, 128_000, 192_000])))
-            return
-        result = bench_codec(codec, bitrate=bitrate)
-    elif path is not None:
-        if path not in ("receive", "jam", "flood"):
-            raise UserError(f"unknown benchmark path {path!r}; choose receive, jam or flood")
-        if path == "flood":
-            from nmp_peer.bench import bench_flood
+            return lambda: bench.opus_quality(files, [32_000, 64_000, 96_000, 128_000, 192_000])
+        return lambda: bench.bench_codec(codec, bitrate=bitrate)
+    if path is not None:
+        runners: dict[str, Callable[[], Any]] = {
+            "receive": lambda: bench.bench_receive(packets),
+            "jam": bench.bench_jam,
+            "flood": bench.bench_flood,
+        }
+        if path not in runners:
+            raise UserError(f"unknown benchmark path {path!r}; choose {', '.join(runners)}")
+        return runners[path]
+    _check_method(str(method))
+    return lambda: bench.bench_method(str(method), calls)
 
-            result = bench_flood()
-        else:
-            result = bench_receive(packets) if path == "receive" else bench_jam()
-    else:
-        from nmp_peer.conceal import concealer_names
 
-        if method not in concealer_names():
-            raise UserError(f"unknown concealer {method!r}; choose one of {', '.join(concealer_names())}")
-        result = bench_method(str(method), calls)
-    print(json.dumps(result))
+def _check_method(method: str) -> None:
+    from nmp_peer.conceal import concealer_names
+
+    if method not in concealer_names():
+        raise UserError(f"unknown concealer {method!r}; choose one of {', '.join(concealer_names())}")
 
 
 # The paper's figures for its generator, the only ones here not read from the model: Aironi et al.,

@@ -36,8 +36,20 @@ def lab(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the loss patterns.")] = 0,
     jobs: Annotated[int, typer.Option(help="Worker processes.", min=1)] = max(1, os.cpu_count() or 1),
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the jobs on a Dask cluster instead of --jobs processes: a scheduler's HOST:PORT "
+            "(tcp://HOST:PORT), or local:N to start N worker processes here. Needs the lab extra."
+        ),
+    ] = None,
+    cluster_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to reach the --cluster scheduler and its first worker.", callback=positive),
+    ] = 5.0,
 ) -> None:
     """Measure concealers against loss patterns on a folder of clips: report, tables, plots."""
+    import contextlib
     import time
 
     from rich.progress import Progress
@@ -47,6 +59,10 @@ def lab(
     from nmp_peer.lab.run import ALL_METRICS, Setting, find_clips, plan, run_jobs
     from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
 
+    if cluster is not None:
+        from nmp_peer.lab.cluster import check_address
+
+        cluster = check_address(cluster)
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     for m in method_list:
         if m not in concealer_names():
@@ -100,20 +116,29 @@ def lab(
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     job_list = plan(clip_files, clips, settings, method_list, metric_list, seed, max_seconds)
-    start = time.perf_counter()
-    title = f"{len(clip_files)} clips × {len(settings)} settings × {len(method_list)} methods"
-    if sys.stderr.isatty():
-        with Progress(transient=True) as progress:
-            task = progress.add_task(title, total=len(job_list))
-            rows = run_jobs(job_list, jobs, lambda n: progress.advance(task, n))
-    else:  # a log file: one line per job instead of a bar
-        done = [0]
+    start = time.perf_counter()  # a cluster's start (local:N) or connection is part of the wall time
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if cluster is not None:
+            from nmp_peer.lab.cluster import DaskCluster
 
-        def log(n: int) -> None:
-            done[0] += n
-            print(f"lab: {done[0]}/{len(job_list)} jobs ({title})", file=sys.stderr, flush=True)
+            pool = stack.enter_context(DaskCluster(cluster, cluster_timeout))
+            jobs = pool.workers
+        title = f"{len(clip_files)} clips × {len(settings)} settings × {len(method_list)} methods"
+        if pool is not None:
+            title += f" on {jobs} Dask worker(s)"
+        if sys.stderr.isatty():
+            with Progress(transient=True) as progress:
+                task = progress.add_task(title, total=len(job_list))
+                rows = run_jobs(job_list, jobs, lambda n: progress.advance(task, n), pool)
+        else:  # a log file: one line per job instead of a bar
+            done = [0]
 
-        rows = run_jobs(job_list, jobs, log)
+            def log(n: int) -> None:
+                done[0] += n
+                print(f"lab: {done[0]}/{len(job_list)} jobs ({title})", file=sys.stderr, flush=True)
+
+            rows = run_jobs(job_list, jobs, log, pool)
     wall = time.perf_counter() - start
     command = "nmp-peer " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["lab"] else "nmp-peer lab"
     path, plots, meta = report.write_lab_report(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from nmp_peer.conceal.base import Concealer
 
@@ -38,6 +39,12 @@ def _gan() -> Concealer:
     return GanConcealer()
 
 
+def _gan_model(path: Path) -> Concealer:
+    from nmp_peer.conceal.gan import GanConcealer
+
+    return GanConcealer(path)
+
+
 def _opus_plc() -> Concealer:
     from nmp_peer.conceal.simple import OpusPlcConcealer
 
@@ -60,12 +67,25 @@ FACTORIES: dict[str, Callable[[], Concealer]] = {
 }
 
 
+MODEL_FACTORIES: dict[str, Callable[[Path], Concealer]] = {"gan": _gan_model}
+"""The concealers that run a model file, each given another file than the shipped one."""
+
+
 def concealer_names() -> list[str]:
     return list(FACTORIES)
 
 
-def make_concealer(name: str) -> Concealer:
-    """Build a concealer by name; ``UnknownConcealerError`` names the choices for an unknown one."""
+def make_concealer(name: str, model_path: str | Path | None = None) -> Concealer:
+    """Build a concealer by name, with another model file if it runs one (``MODEL_FACTORIES``);
+    ``UnknownConcealerError`` names the choices for an unknown one."""
+    if model_path is not None:
+        if name not in MODEL_FACTORIES:
+            raise UnknownConcealerError(
+                f"concealer {name!r} runs no model file; {', '.join(MODEL_FACTORIES)} does"
+                if name in FACTORIES
+                else f"unknown concealer {name!r}; choose one of {', '.join(FACTORIES)}"
+            )
+        return MODEL_FACTORIES[name](Path(model_path))
     try:
         factory = FACTORIES[name]
     except KeyError:

@@ -15,12 +15,15 @@ change anything that a later call depends on.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
+
+StageHook = Callable[[str], None]
+"""Called as ``hook(stage)`` each time a concealer finishes a named stage of its work."""
 
 
 def final_stage(stages: Iterator[np.ndarray]) -> np.ndarray:
@@ -52,6 +55,15 @@ class Concealer(ABC):
     recovery_fade_samples: int = 128
     """Length of the raised-cosine crossfade from the prediction's tail into the first
     packet that arrives after a gap (the engine performs it)."""
+    stage_hook: StageHook | None = None
+    """None in production. ``nmp-peer bench`` sets one (``set_stage_hook``) that reads its
+    own clocks: the concealer calls it with a stage's name as that stage ends, so the time
+    since the previous call is that stage's. The concealer reads no clock itself, and an
+    unset hook costs one attribute test per stage."""
+
+    def set_stage_hook(self, hook: StageHook | None) -> None:
+        """Report the ends of this concealer's stages (and of its parts') to ``hook``."""
+        self.stage_hook = hook
 
     @abstractmethod
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:

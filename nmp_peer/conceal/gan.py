@@ -47,7 +47,7 @@ import numpy as np
 import scipy.fft
 
 from nmp_peer import SAMPLE_RATE
-from nmp_peer.conceal.base import Concealer, final_stage
+from nmp_peer.conceal.base import Concealer, StageHook, final_stage
 from nmp_peer.conceal.lpc import LpcConcealer
 
 CHUNK_SAMPLES = 4096
@@ -296,14 +296,26 @@ class GanConcealer(Concealer):
             gap_rms = float(np.sqrt(np.mean(np.square(chunk[CHUNK_CONTEXT_SAMPLES:], dtype=np.float64))))
             if gap_rms < REFINE_MIN_RMS:  # silence included: silence in, silence out
                 return lp.astype(np.float32)
+            hook = self.stage_hook
             feature, gap_spec, gain = self.front.analyze(chunk, self.input_from_frame)
+            if hook is not None:
+                hook("analysis_stft")
             refined = self.session.run(None, {self._input: feature[:, None]})[0]
+            if hook is not None:
+                hook("network")
             pred = self.front.synthesize(refined[:, 0], gap_spec, gain)[0]
             if not np.all(np.isfinite(pred)):
                 return lp.astype(np.float32)
             out = self.front.crossfade(lp.astype(np.float32), pred)
             out[np.abs(out) < SILENCE_FLOOR] = 0.0
-            return np.clip(out, -1.0, 1.0, out=out)
+            out = np.clip(out, -1.0, 1.0, out=out)
+            if hook is not None:
+                hook("synthesis")
+            return out
+
+    def set_stage_hook(self, hook: StageHook | None) -> None:
+        self.stage_hook = hook
+        self.lpc.set_stage_hook(hook)
 
     def warm_up(self, channels: int = 1) -> None:
         """Pay the first-call costs (FFT plans, the session's first run) before the stream starts."""

@@ -139,11 +139,16 @@ class LpcConcealer(Concealer):
         x = x / peak  # all below is scale-invariant; this keeps tiny signals well-conditioned
         lag, corr, level = self._best_lag(x, *self.pitch_lags)
         a = self._fit(x)
+        if self.stage_hook is not None:
+            self.stage_hook("lpc_fit")
         gain = min(max(corr, self.pitch_gain_floor), 1.0) * self._decay_gain(level)
         y = None if a is None else self._synthesize(x, a, lag, gain)
         if y is None:
             y = self._decay_gain(level) * x[len(x) - lag + np.arange(self.predict_samples) % lag]
-        return np.clip(y * peak, -1.0, 1.0)
+        y = np.clip(y * peak, -1.0, 1.0)
+        if self.stage_hook is not None:
+            self.stage_hook("lpc_predict")
+        return y
 
     def _fit(self, x: np.ndarray) -> np.ndarray | None:
         """Prediction polynomial [1, a1..ap], or None when the normal equations are degenerate."""

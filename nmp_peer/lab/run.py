@@ -3,7 +3,8 @@
 Each job is one clip under one loss setting: the loss pattern is drawn once (seeded by
 the clip and setting), then every method conceals the very same pattern through the
 live playout engine (``lab.simulate``), and the metrics compare the result with the
-clip. Jobs run in parallel processes; results are plain rows for the report.
+clip. Jobs run in parallel processes, or as tasks on a Dask cluster (``lab.cluster``);
+results are plain rows for the report, in job order either way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from nmp_peer.lab.simulate import conceal_trace, play_network
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
 from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
+
+if TYPE_CHECKING:
+    from nmp_peer.lab.cluster import DaskCluster
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 ALL_METRICS = ("snr", "lsd", "mrstft", "visqol", "plcmos")
@@ -206,8 +210,19 @@ def plan(
     ]
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def run_jobs(
+    jobs: Sequence[Job],
+    workers: int,
+    progress: Callable[[int], None] | None = None,
+    cluster: DaskCluster | None = None,
+) -> list[dict[str, Any]]:
+    """``run_job`` on each job, rows in job order: in ``workers`` local processes, or as
+    tasks on a Dask ``cluster`` (already entered) when one is given."""
     rows: list[dict[str, Any]] = []
+    if cluster is not None:
+        for result in cluster.map(run_job, jobs, progress):
+            rows.extend(result)
+        return rows
     if workers <= 1:
         for job in jobs:
             rows.extend(run_job(job))
