@@ -67,6 +67,9 @@ class Stats:
     """Receive latency: buffer slack of the earliest packets plus the output block."""
     ratio_ppm: float = 0.0
     """How far the reading ratio is from 1 (clock drift correction)."""
+    packets_skipped: int = 0
+    """Packets that piled up before the first block was read (the output device was still
+    opening) and were skipped, so that the stream starts at its start depth."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
