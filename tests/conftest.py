@@ -10,12 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from jack_server import JackServer, start_jack
 
 from nmp_peer.audio_io import write_audio
 from nmp_peer.synth.signals import synthetic_music
@@ -156,3 +157,9 @@ class JamProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+@pytest.fixture
+def jack_server(tmp_path: Path) -> Iterator[JackServer]:
+    """A private ``jackd -d dummy`` (44.1 kHz, period 512); skips, saying why, where JACK cannot start."""
+    yield from start_jack(tmp_path)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from conftest import music_like
 
 from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.base import Concealer
 from nmp_peer.conceal.simple import RepeatConcealer
+from nmp_peer.config import load_config
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.receiver.latency import LatencyPolicy
@@ -109,3 +111,46 @@ def test_engine_concealment_is_causal() -> None:
         end = engine_lat + (n + 1) * BLOCK_FRAMES
         assert np.array_equal(out[:end], base[:end])
         assert not np.array_equal(out[end:], base[end:])
+
+
+def play_piled(
+    config: PlayoutConfig, audio: np.ndarray, phase: float, *, piled: int = 0, shift: int = 0
+) -> tuple[PlayoutEngine, np.ndarray]:
+    """A clean stream, packet ``k`` arriving at block ``k + shift``, except that the first
+    ``piled`` packets come late, all at once with the next one (they waited in the socket
+    while the output device opened); the output clock ticks from time ``phase``."""
+    engine = PlayoutEngine(RepeatConcealer(), config)
+    packetizer = Packetizer(Pcm16Codec(), 1)
+    n = len(audio) // BLOCK_FRAMES
+    outs, k = [], 0
+    for j in range(n + shift):
+        now = j * BLOCK_FRAMES + phase
+        while k < n and max(k + shift, piled) * BLOCK_FRAMES <= now:
+            packet = packetizer.packetize(audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+            engine.push(packet, max(k + shift, piled) * BLOCK_FRAMES)
+            k += 1
+        outs.append(engine.next_block(now))
+    return engine, np.concatenate(outs)
+
+
+@pytest.mark.parametrize("phase", [0.0, 300.0])
+@pytest.mark.parametrize("name", ["default", "lan", "wan"])
+def test_packets_piled_up_before_the_first_read_are_skipped_and_the_start_is_exact(name: str, phase: float) -> None:
+    """A clean stream starts at its start depth whatever piled up before the first read: the
+    oldest packets are skipped (counted), the newest plays with the latency of a clean start,
+    and every block after is a copy: no shrinking, no interpolated block, ever."""
+    config = load_config(name).playout()
+    audio = music_like(config.latency.window_s + 5.0)  # past the window: where a too deep start shrinks
+    piled = 5
+    engine, out = play_piled(config, audio, phase, piled=piled)
+    # The same start without the pile: the first packet arrives when the piled ones did.
+    clean, _ = play_piled(config, audio, phase, shift=piled)
+    s = engine.stats
+    assert engine.first_slot is not None and clean.first_slot is not None
+    at = engine.first_slot[1]
+    assert at == clean.first_slot[1]  # as long after its arrival as a clean start's first packet
+    played, newest = out[at:], piled * BLOCK_FRAMES  # the newest of the piled packets plays first
+    n = (len(played) - 2 * BLOCK_FRAMES) // BLOCK_FRAMES * BLOCK_FRAMES  # up to the clip's end
+    assert np.array_equal(played[:n], audio[newest : newest + n])
+    assert s.packets_skipped == piled
+    assert s.blocks_resampled == s.blocks_dropped == s.blocks_inserted == s.packets_concealed == 0

@@ -38,12 +38,19 @@ def is_audio_file(spec: str | None) -> bool:
 
 
 def list_devices() -> str:
+    """The sound devices PortAudio sees, one a line; a DeviceError that says why when there are none."""
     try:
         import sounddevice as sd
-
-        return str(sd.query_devices())
-    except (OSError, ImportError) as exc:  # PortAudio missing
-        raise DeviceError(f"cannot list sound devices: {exc}") from None
+    except (OSError, ImportError) as exc:  # the PortAudio library is missing
+        raise DeviceError(f"cannot list sound devices: PortAudio is not installed ({exc})") from None
+    devices = sd.query_devices()
+    if len(devices):
+        return str(devices)
+    apis = [str(api["name"]) for api in sd.query_hostapis()]
+    # PortAudio lists JACK only while it could connect to a server (it never starts one).
+    jack = "" if any("JACK" in api for api in apis) else "; no JACK server is running"
+    seen = f"PortAudio's {', '.join(apis)} found none" if apis else "PortAudio has no host API"
+    raise DeviceError(f"no sound devices: {seen}{jack}")
 
 
 def _device(spec: str) -> int | str:
@@ -248,11 +255,17 @@ class Peer:
 
         queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=64)
 
+        stats = self.engine.stats
+
         def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+            if status.input_overflow:
+                stats.device_input_overflows += 1
             block = indata.copy()
 
             def put() -> None:
-                if not queue.full():
+                if queue.full():  # the sender fell 64 blocks behind: this one is not sent
+                    stats.capture_queue_drops += 1
+                else:
                     queue.put_nowait(block)
 
             loop.call_soon_threadsafe(put)
@@ -284,7 +297,7 @@ class Peer:
 
             def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
                 if status.output_underflow:
-                    stats.underruns += 1
+                    stats.device_output_underflows += 1
                 outdata[:] = self.engine.next_block(self.now())
 
             try:

@@ -22,7 +22,11 @@ above the target: for a fixed depth, the phase between arrivals and output ticks
 add up to a block) by more than a dead band, the reading ratio
 moves off 1 until the error is back inside by half the dead band, then returns to
 exactly 1 (the engine lands that last block on a whole sample, so reading is a copy
-again). An undrifted, unjittered stream therefore never leaves bit-exact pass-through.
+again). The deviation is proportional to the error but never below half the fastest
+rate, so a correction ends in bounded time instead of creeping up on its aim in an
+exponential tail of interpolated blocks. An undrifted, unjittered stream therefore
+never leaves bit-exact pass-through, and one whose drift stops is back to it within
+the window and a few seconds (``tests/test_drift.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.receiver.drift import LOOKAHEAD
 
 Mode = Literal["fixed", "adaptive"]
+
+MIN_RATE_SHARE = 0.5
+"""The slowest a correction reads, as a share of ``max_rate_ppm``."""
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,13 @@ class LatencyController:
         # scheduling noise (a start depth one block above the least stays inside it).
         band_high = 1.25 * BLOCK_FRAMES
         half = p.deadband_samples / 2
+        # Adaptive packets are late below -margin: a drift that drains the buffer must be
+        # met before that (each correction ends at its aim, then the drift pulls again).
+        band_low = -min(p.deadband_samples, p.margin_samples / 2) if p.mode == "adaptive" else -p.deadband_samples
         if not self._correcting:
             if error > band_high + p.deadband_samples:  # too deep: read fast, back into the band
                 self._correcting, self._aim = True, band_high - half
-            elif error < -p.deadband_samples:  # too shallow: read slow
+            elif error < band_low:  # too shallow: read slow
                 self._correcting, self._aim = True, half
             self._shrinking = error > self._aim
         elif (error <= self._aim + 4) if self._shrinking else (error >= self._aim - 4):
@@ -153,5 +163,10 @@ class LatencyController:
         if not self._correcting:
             return Action()
         max_dev = p.max_rate_ppm * 1e-6
-        dev = min(max_dev, max(-max_dev, (error - self._aim) / (p.correction_time_s * SAMPLE_RATE)))
+        dev = (error - self._aim) / (p.correction_time_s * SAMPLE_RATE)
+        # No slower than half the fastest rate: a purely proportional correction
+        # spends most of its time in an exponential tail of tiny ratios, every block of
+        # it interpolated; with the floor it reaches its aim, and copies again, in bounded time.
+        floor = MIN_RATE_SHARE * max_dev
+        dev = min(max_dev, max(floor, dev)) if self._shrinking else max(-max_dev, min(-floor, dev))
         return Action(ratio=1.0 + dev)

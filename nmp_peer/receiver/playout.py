@@ -89,6 +89,10 @@ class PlayoutEngine:
         self._ticked = False
         self._ratio = 1.0
         self._started = False
+        self._reading = False
+        """The first block of the stream has been read (until then packets may pile up)."""
+        self._early_refs: dict[int, float] = {}
+        """Before reading began: each stored packet's slack reference, by unwrapped sequence number."""
         self._burst = 0
         self._prediction: np.ndarray | None = None
         self._requested: int | None = None
@@ -177,6 +181,8 @@ class PlayoutEngine:
         ext = self.jitter.unwrap(packet.seq)
         position = self.fifo.end + (ext - self.jitter.next_seq) * BLOCK_FRAMES
         self.controller.observe(position - now)
+        if not self._reading:
+            self._early_refs[ext] = position - now
         transit = now - packet.timestamp
         if self._last_transit is not None:
             d = abs(transit - self._last_transit)
@@ -201,6 +207,40 @@ class PlayoutEngine:
             prefill -= BLOCK_FRAMES - int(since_tick)
         self.fifo.append(np.zeros((prefill, self.channels), np.float32))
         self._start_out = self.samples_out
+
+    def _skip_backlog(self, offset: float) -> None:
+        """Start at the start depth, not deeper: skip the packets that piled up before the first read.
+
+        Packets that arrive while nothing reads the stream (the output device is still
+        opening, the receive task was late) would each add a block of latency, which a clean
+        stream could only shed by reading fast, interpolated, for many seconds. So at the
+        first read the oldest buffered packets are skipped until the newest one's slack is
+        the start depth, to within half the dead band: what a stream that arrived evenly
+        would have had. Each skipped packet still goes through its decoder (codec state).
+        """
+        jb, p = self.jitter, self.config.latency
+        n = 0
+        while jb.has(jb.next_seq + n):
+            n += 1
+        newest = jb.next_seq + n - 1
+        if n < 2 or newest not in self._early_refs:
+            return
+        slack = self._early_refs[newest] + offset
+        excess = slack - self.controller.start_latency_samples() + p.deadband_samples / 2
+        skip = min(n - 1, math.floor(excess / BLOCK_FRAMES))
+        if skip <= 0:
+            return
+        for _ in range(skip):
+            seq, packet = jb.pop()
+            assert packet is not None
+            self._decoder = self._decoders[packet.payload_type]
+            self._decoder.decode(packet, jb.peek(seq + 1))
+        self.stats.packets_skipped += skip
+        # The slack the skipped packets had is no evidence about the stream from here on.
+        self.controller.reset()
+        for ext, ref in sorted(self._early_refs.items()):
+            if ext >= jb.next_seq:
+                self.controller.observe(ref - skip * BLOCK_FRAMES)
 
     def _resync(self, now: float) -> None:
         """Follow a restarted or jumped stream: fade out what was playing, restart at the start depth."""
@@ -234,6 +274,10 @@ class PlayoutEngine:
         s = self.stats
         if not self._started:
             return np.zeros((BLOCK_FRAMES, self.channels), np.float32)
+        if not self._reading:
+            self._skip_backlog(now - self._read_pos)
+            self._reading = True
+            self._early_refs.clear()
         action = self.controller.decide(now - self._read_pos)
         if self.book.paused or self.jitter.ended:
             action = Action()  # silence: nothing to grow, shrink or correct

@@ -51,7 +51,8 @@ class Stats:
     """Exceptions raised by the concealer in the worker thread; each such slot got a
     fallback block (counted as a miss)."""
     underruns: int = 0
-    """Blocks concealed because the buffer had run dry, plus sound-card output underflows."""
+    """Blocks concealed because the jitter buffer had run dry (no packet buffered at all);
+    the sound card's own underflows are ``device_output_underflows``."""
     blocks_inserted: int = 0
     blocks_dropped: int = 0
     blocks_resampled: int = 0
@@ -79,6 +80,18 @@ class Stats:
     """Receive latency: buffer slack of the earliest packets plus the output block."""
     ratio_ppm: float = 0.0
     """How far the reading ratio is from 1 (clock drift correction)."""
+    packets_skipped: int = 0
+    """Packets that piled up before the first block was read (the output device was still
+    opening) and were skipped, so that the stream starts at its start depth."""
+    device_output_underflows: int = 0
+    """Callbacks in which the output device reported an underflow (PortAudio's
+    ``output_underflow``): it played something other than our block, in time. Under JACK
+    this is set on any client's xrun."""
+    device_input_overflows: int = 0
+    """Callbacks in which the input device reported an overflow (PortAudio's
+    ``input_overflow``): captured audio was lost before it reached us."""
+    capture_queue_drops: int = 0
+    """Captured blocks dropped because the queue to the sender was full: never sent."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,7 +113,9 @@ class Stats:
         return (
             f"rx {self.packets_received} lost {self.packets_lost} late {self.packets_late} "
             f"dup {self.packets_duplicate} conc {self.packets_concealed} miss {self.concealer_misses} "
-            f"underrun {self.underruns} | depth {self.buffer_depth_packets:.1f}/{self.target_depth_packets:.1f} "
+            f"underrun {self.underruns} | device underflow {self.device_output_underflows} "
+            f"overflow {self.device_input_overflows} qdrop {self.capture_queue_drops} "
+            f"| depth {self.buffer_depth_packets:.1f}/{self.target_depth_packets:.1f} "
             f"jitter {self.jitter_ms:.1f} ms latency {self.latency_ms:.1f} ms drift {self.ratio_ppm:+.0f} ppm"
             f" | from {self.pinned}"
         )
