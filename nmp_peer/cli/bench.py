@@ -34,6 +34,9 @@ def bench(
         ),
     ] = None,
     packets: Annotated[int, typer.Option(help="Packets (receive path).", min=100)] = 20_000,
+    keyed: Annotated[
+        bool, typer.Option("--keyed", help="Receive path: packets sealed under a session's key, as with a key file.")
+    ] = False,
     calls: Annotated[int, typer.Option(help="Concealments timed (method; per variant with --vs).", min=1)] = 300,
     vs: Annotated[
         str | None,
@@ -59,7 +62,7 @@ def bench(
             raise UserError("--vs compares two concealers: give it with --method NAME or alone")
     elif sum(x is not None for x in (path, method, codec)) != 1:
         raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
-    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs)
+    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed)
     with busy_core() if busy else contextlib.nullcontext(None) as load:
         result = run()
     if load is not None and isinstance(result, dict):
@@ -77,6 +80,7 @@ def _bench_run(
     calls: int,
     vs: str | None,
     runs: int,
+    keyed: bool = False,
 ) -> Callable[[], Any]:
     """The benchmark the options ask for, checked and built, ready to run."""
     from nmp_peer import bench
@@ -100,7 +104,7 @@ def _bench_run(
         return lambda: bench.bench_codec(codec, bitrate=bitrate)
     if path is not None:
         runners: dict[str, Callable[[], Any]] = {
-            "receive": lambda: bench.bench_receive(packets),
+            "receive": lambda: bench.bench_receive(packets, keyed=keyed),
             "jam": bench.bench_jam,
             "flood": bench.bench_flood,
         }

@@ -166,23 +166,27 @@ class StreamCipher:
             return replace(p, payload=out[:-TAG_BYTES], tag=out[-TAG_BYTES:])
         return replace(p, tag=self._aead.encrypt(nonce, b"", header + packet.payload))
 
-    def open(self, packet: Packet) -> Packet | None:
-        """The packet with its plain payload, or None if it was not sealed under this key as it is."""
+    def open(self, packet: Packet, data: bytes | None = None) -> Packet | None:
+        """The packet with its plain payload, or None if it was not sealed under this key as it is.
+
+        ``data``: the datagram ``packet`` was parsed from, if at hand (saves rebuilding it)."""
         if len(packet.tag) != TAG_BYTES or packet.stream_id != self.stream_id:
             return None
-        header = packet.header_bytes()
+        if data is None:
+            data = packet.serialize()
         nonce = _AEAD_NONCE.pack(packet.seq)
         try:
-            if packet.encrypted:
-                payload = self._aead.decrypt(nonce, packet.payload + packet.tag, header)
+            if packet.encrypted:  # ciphertext and tag lie side by side after the header
+                payload = self._aead.decrypt(nonce, data[HEADER_BYTES:], data[:HEADER_BYTES])
             else:
-                self._aead.decrypt(nonce, packet.tag, header + packet.payload)
+                self._aead.decrypt(nonce, packet.tag, data[:-TAG_BYTES])
                 payload = packet.payload
         except InvalidTag:
             return None
         if not packet.end and packet.payload_type is PayloadType.PCM16 and len(payload) % (2 * packet.channels):
             return None  # sealed by a broken sender: not whole frames
-        return replace(packet, payload=payload, tag=b"", encrypted=False)
+        p = packet
+        return Packet(p.payload_type, p.channels, p.stream_id, p.seq, p.timestamp, payload, b"", p.end)
 
 
 class Outbound:
@@ -317,11 +321,13 @@ class Inbound:
             self._answered.popitem(last=False)
         return welcome
 
-    def open(self, packet: Packet) -> tuple[Packet | None, str]:
-        """(the opened packet or None, what it was: ``ok``, ``new session``, ``replayed`` or ``unauthenticated``)."""
+    def open(self, packet: Packet, data: bytes | None = None) -> tuple[Packet | None, str]:
+        """(the opened packet or None, what it was: ``ok``, ``new session``, ``replayed`` or ``unauthenticated``).
+
+        ``data``: the datagram ``packet`` was parsed from, if at hand."""
         for session in (self.current, self._previous):
             if session is not None and session.cipher.stream_id == packet.stream_id:
-                opened = session.cipher.open(packet)
+                opened = session.cipher.open(packet, data)
                 if opened is not None:
                     if not session.replay.check(opened.stream_id, opened.seq):
                         return None, "replayed"
@@ -329,7 +335,7 @@ class Inbound:
         for session, _ in reversed(list(self._pending.values())):
             if session.cipher.stream_id != packet.stream_id:
                 continue
-            opened = session.cipher.open(packet)
+            opened = session.cipher.open(packet, data)
             if opened is None:
                 continue
             old = self.current

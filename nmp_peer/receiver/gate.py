@@ -82,7 +82,7 @@ class ReceiveGate:
             s.packets_malformed += 1
             return None
         if self.session is not None:
-            return self._open(packet, addr)
+            return self._open(packet, data, addr)
         return self._pin(packet, addr, now)
 
     def _control(self, data: bytes, addr: tuple[str, int], now: float) -> None:
@@ -107,9 +107,9 @@ class ReceiveGate:
         if reply is not None:
             self.outbox.append(reply)
 
-    def _open(self, packet: Packet, addr: tuple[str, int]) -> Packet | None:
+    def _open(self, packet: Packet, data: bytes, addr: tuple[str, int]) -> Packet | None:
         assert self.session is not None
-        opened, what = self.session.inbound.open(packet)
+        opened, what = self.session.inbound.open(packet, data)
         if opened is None:
             if what == "replayed":
                 self.stats.packets_replayed += 1
