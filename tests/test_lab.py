@@ -153,3 +153,22 @@ def test_paired_table_by_category_counts_clips_not_clip_settings() -> None:
     assert f"| {n} | {mean:+.3f} ± {half:.3f} |" in line and n == 2
     by_setting = paired_table(rows, "lpc", ["lsd"])
     assert "| s1 | gan − lpc | 2 | -2.500 ± " in by_setting
+
+
+@pytest.mark.parametrize("jitter_ms", [0.0, 4.0])
+def test_a_keyed_lab_job_gives_the_same_rows(tmp_path: Path, jitter_ms: float) -> None:
+    """Sealed by a keyed sender and opened by the receiver's gate, as a keyed jam: the same metrics."""
+    from dataclasses import replace
+
+    from nmp_peer.lab.run import Job, run_job
+
+    clip = tmp_path / "c.wav"
+    write_audio(clip, music_like(2.0))
+    setting = Setting("gilbert", 0.1, 3.0, jitter_ms=jitter_ms)
+    job = Job(str(clip), "music", setting, ("repeat", "lpc"), ("snr", "lsd"), 1, None)
+    plain, keyed = run_job(job), run_job(replace(job, key=bytes(range(32))))
+    timing = ("conceal_ms_per_packet", "realtime_factor")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in plain] == [
+        {k: v for k, v in r.items() if k not in timing} for r in keyed
+    ]
+    assert plain[0]["lost_packets"] > 5

@@ -173,3 +173,19 @@ def test_ipv6_loopback_socket() -> None:
         assert asyncio.run(roundtrip()) == b"hello"
     except OSError as exc:  # the kernel has IPv6 but no ::1 configured
         pytest.skip(f"IPv6 loopback unavailable: {exc}")
+
+
+@pytest.mark.parametrize("stereo", [False, True])
+def test_a_keyed_loopback_plays_exactly_what_the_unkeyed_one_plays(stereo: bool) -> None:
+    """The handshake runs over the two sockets, every packet is sealed and opened by the
+    receiver's gate: the same audio and the same counters, and nothing refused."""
+    audio = music_like(3.0, 2 if stereo else 1)
+    plain = loop(audio, Impairment(GilbertElliottLoss(0.1, 3.0, seed=5), reorder=0.05, seed=5), depth=4)
+    keyed = loop(
+        audio, Impairment(GilbertElliottLoss(0.1, 3.0, seed=5), reorder=0.05, seed=5), depth=4, key=bytes(range(32))
+    )
+    assert np.array_equal(plain.output, keyed.output)
+    s = keyed.stats
+    assert s["sessions"] == 1 and s["handshake_messages"] == 1 and s["packets_unauthenticated"] == 0
+    for k in ("packets_received", "packets_lost", "packets_concealed", "packets_reordered"):
+        assert s[k] == plain.stats[k], k

@@ -47,6 +47,10 @@ def lab(
         float,
         typer.Option(help="Seconds to reach the --cluster scheduler and its first worker.", callback=positive),
     ] = 5.0,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="Seal and open every packet under sessions of this pre-shared key, as a keyed jam."),
+    ] = None,
 ) -> None:
     """Measure concealers against loss patterns on a folder of clips: report, tables, plots."""
     import contextlib
@@ -115,7 +119,10 @@ def lab(
         clip_files = find_clips(clips)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
-    job_list = plan(clip_files, clips, settings, method_list, metric_list, seed, max_seconds)
+    from nmp_peer.proto.security import load_key
+
+    key = load_key(key_file) if key_file is not None else None
+    job_list = plan(clip_files, clips, settings, method_list, metric_list, seed, max_seconds, key)
     start = time.perf_counter()  # a cluster's start (local:N) or connection is part of the wall time
     with contextlib.ExitStack() as stack:
         pool = None

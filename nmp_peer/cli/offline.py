@@ -59,10 +59,14 @@ def loopback(
         ),
     ] = True,
     codec: Annotated[str | None, typer.Option(help="pcm16 | opus (default: the config's).")] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Keyed: a handshake over the sockets, every packet sealed and opened.")
+    ] = None,
 ) -> None:
     """Two peers over real UDP on 127.0.0.1 with impairments injected between them."""
     from nmp_peer.audio_io import read_audio, write_audio
     from nmp_peer.netsim.loopback import run_loopback
+    from nmp_peer.proto.security import load_key
 
     audio, file_rate = read_audio(input)
     cfg = build_config(config, concealer, channels=min(audio.shape[1], 2), codec=codec)
@@ -91,6 +95,7 @@ def loopback(
             realtime=realtime,
             codec=encoder,
             codec_delay=codec_delay,
+            key=load_key(key_file) if key_file is not None else None,
         )
     )
     write_audio(output, result.output, file_rate=file_rate)

@@ -70,6 +70,8 @@ class Job:
     metrics: tuple[str, ...]
     seed: int
     max_seconds: float | None
+    key: bytes | None = None
+    """Keyed: every packet sealed and opened as a keyed jam does (the results are the same)."""
 
 
 def find_clips(folder: Path) -> list[Path]:
@@ -161,11 +163,11 @@ def run_job(job: Job) -> list[dict[str, Any]]:
                 jitter_ms=job.setting.jitter_ms,
                 seed=seed,
             )
-            played = play_network(ref, impairment, concealer)
+            played = play_network(ref, impairment, concealer, key=job.key)
             out, lost = played.output, played.lost
         else:
             lost = loss_mask(job.setting, n_packets, seed)
-            out = conceal_trace(ref, lost, concealer)
+            out = conceal_trace(ref, lost, concealer, key=job.key)
         sim_s = time.perf_counter() - start
         # Opus baselines are judged against Opus's own clean decode: the concealment alone,
         # not the coding loss that every received packet carries too.
@@ -202,9 +204,10 @@ def plan(
     metric_names: Sequence[str],
     seed: int,
     max_seconds: float | None,
+    key: bytes | None = None,
 ) -> list[Job]:
     return [
-        Job(str(c), category_of(c, root), s, tuple(methods), tuple(metric_names), seed, max_seconds)
+        Job(str(c), category_of(c, root), s, tuple(methods), tuple(metric_names), seed, max_seconds, key)
         for c in clips
         for s in settings
     ]

@@ -7,6 +7,7 @@ time. A lost packet's samples are zeroed before packetizing, so they are never r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,6 +19,8 @@ from nmp_peer.netsim.impair import Impairment
 from nmp_peer.proto.codec import Codec, Pcm16Codec
 from nmp_peer.proto.opus import OpusSettings
 from nmp_peer.proto.packetizer import Packetizer
+from nmp_peer.proto.wire import Packet
+from nmp_peer.receiver.gate import KeyedPath
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 from nmp_peer.receiver.stats import Stats
@@ -77,12 +80,14 @@ def conceal_trace(
     concealer: str | Concealer,
     config: PlayoutConfig | None = None,
     opus: OpusSettings | None = None,
+    key: bytes | None = None,
 ) -> np.ndarray:
     """Play ``audio`` (frames × channels) with the packets marked in ``lost`` missing.
 
     Returns the played audio, the same length as the input. A trace shorter than the
     audio means the remaining packets arrive. The stream is PCM16, or Opus for the
-    ``opus-plc``/``opus-fec`` baselines or when ``opus`` settings are given.
+    ``opus-plc``/``opus-fec`` baselines or when ``opus`` settings are given. ``key``:
+    each packet sealed by a keyed sender and opened by the receiver's gate, as live.
     """
     channels = audio.shape[1]
     blocks = _blocks(audio)
@@ -92,6 +97,7 @@ def conceal_trace(
     engine = _engine(concealer, channels, config)
     codec, codec_delay = _encoder(concealer, channels, opus)
     packetizer = Packetizer(codec, channels)
+    push = _delivery(engine, packetizer, key)
     ts0 = packetizer.timestamp + codec_delay  # the codec delays the audio within the slots
     outputs = []
     extra = engine.config.latency.depth_packets + 2 + -(-codec_delay // BLOCK_FRAMES)
@@ -101,14 +107,34 @@ def conceal_trace(
         if k < len(blocks) or codec_delay:
             packet = packetizer.packetize(blocks[k] if k < len(blocks) else silence)
             if k >= len(blocks) or not mask[k]:
-                engine.push(packet, now)
+                push(packet, now)
         outputs.append(engine.next_block(now))
     engine.close()
     return _aligned(engine, outputs, ts0, len(audio), channels)
 
 
+def _delivery(engine: PlayoutEngine, packetizer: Packetizer, key: bytes | None) -> Callable[[Packet, float], object]:
+    """How a packet reaches the engine: directly, or (``key``) sealed and through the receive gate."""
+    if key is None:
+        return engine.push
+    path = KeyedPath(key, engine.stats)
+    path.handshake(packetizer.stream_id)
+
+    def push(packet: Packet, now: float) -> None:
+        opened, new_stream = path.open(path.seal(packet), now / SAMPLE_RATE)
+        if opened is None:
+            raise RuntimeError(f"the keyed path refused a packet: {engine.stats}")  # a bug
+        engine.push(opened, now, follow=new_stream)
+
+    return push
+
+
 def play_network(
-    audio: np.ndarray, impairment: Impairment, concealer: str | Concealer, config: PlayoutConfig | None = None
+    audio: np.ndarray,
+    impairment: Impairment,
+    concealer: str | Concealer,
+    config: PlayoutConfig | None = None,
+    key: bytes | None = None,
 ) -> Played:
     """Send ``audio`` through a simulated network into the playout engine.
 
@@ -123,6 +149,7 @@ def play_network(
     engine = _engine(concealer, channels, config)
     engine.slot_log = []
     packetizer = Packetizer(Pcm16Codec(), channels)
+    push = _delivery(engine, packetizer, key)
     ts0 = packetizer.timestamp
     packets = [packetizer.packetize(b) for b in blocks]
     arrivals: list[tuple[float, int]] = []
@@ -137,7 +164,7 @@ def play_network(
     while tick < horizon:
         now = float(tick * BLOCK_FRAMES)
         while i < len(arrivals) and arrivals[i][0] <= now:
-            engine.push(packets[arrivals[i][1]], arrivals[i][0])
+            push(packets[arrivals[i][1]], arrivals[i][0])
             i += 1
         outputs.append(engine.next_block(now))
         tick += 1

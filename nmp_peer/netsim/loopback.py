@@ -31,6 +31,8 @@ from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_unti
 from nmp_peer.netsim.impair import Decision, Impairment
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
+from nmp_peer.proto.wire import Packet
+from nmp_peer.receiver.gate import KeyedPath
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 RECEIVE_TIMEOUT_S = 5.0
@@ -69,8 +71,12 @@ async def run_loopback(
     first_seq: int | None = None,
     codec: Any = None,
     codec_delay: int = 0,
+    key: bytes | None = None,
 ) -> LoopbackResult:
-    """Send ``audio`` (frames × channels, float32) from one peer to the other; return what played."""
+    """Send ``audio`` (frames × channels, float32) from one peer to the other; return what played.
+
+    ``key``: keyed as a jam is: the handshake over the two sockets first, then every
+    packet sealed by the sender and opened by the receiver's gate."""
     channels = audio.shape[1]
     playout = playout or PlayoutConfig(channels=channels)
     engine = PlayoutEngine(make_concealer(concealer), playout, threaded=realtime)
@@ -81,6 +87,7 @@ async def run_loopback(
     sender = await UdpSocket.bind(Endpoint("127.0.0.1", 0))
     decisions: list[Decision] = []
     try:
+        wire = await _Wire.open(engine, packetizer, sender, receiver, key)
         run = _run_realtime if realtime else _run_fast
         # A codec that holds audio back (Opus) needs silence after the clip to flush it.
         sent = (
@@ -88,7 +95,7 @@ async def run_loopback(
             if codec_delay
             else audio
         )
-        outputs = await run(sent, impairment, engine, packetizer, sender, receiver, decisions)
+        outputs = await run(sent, impairment, engine, packetizer, sender, receiver, decisions, wire)
     finally:
         sender.close()
         receiver.close()
@@ -112,6 +119,38 @@ async def run_loopback(
     return LoopbackResult(output[:wanted], latency, result, engine.timeline, decisions)
 
 
+class _Wire:
+    """Packets to datagrams and back: plain, or keyed (sealed, and opened by the receive gate)."""
+
+    def __init__(self, engine: PlayoutEngine, path: KeyedPath | None) -> None:
+        self.engine, self.path = engine, path
+
+    @classmethod
+    async def open(
+        cls, engine: PlayoutEngine, packetizer: Packetizer, sender: UdpSocket, receiver: UdpSocket, key: bytes | None
+    ) -> _Wire:
+        if key is None:
+            return cls(engine, None)
+        path = KeyedPath(key, engine.stats)
+        await sender.send(path.hello(packetizer.stream_id), receiver.address)  # the handshake over the sockets
+        hello, _ = await asyncio.wait_for(receiver.receive(), RECEIVE_TIMEOUT_S)
+        await receiver.send(path.answer(hello), sender.address)
+        welcome, _ = await asyncio.wait_for(sender.receive(), RECEIVE_TIMEOUT_S)
+        path.complete(welcome)
+        return cls(engine, path)
+
+    def encode(self, packet: Packet) -> bytes:
+        return packet.serialize() if self.path is None else self.path.seal(packet)
+
+    def deliver(self, data: bytes, now: float) -> None:
+        if self.path is None:
+            self.engine.push_datagram(data, now)
+            return
+        packet, new_stream = self.path.open(data, now / SAMPLE_RATE)
+        if packet is not None:
+            self.engine.push(packet, now, follow=new_stream)
+
+
 def _done(engine: PlayoutEngine, n_samples: int, ts0: int) -> bool:
     if engine.first_slot is None:
         return False
@@ -127,6 +166,7 @@ async def _run_fast(
     sender: UdpSocket,
     receiver: UdpSocket,
     decisions: list[Decision],
+    wire: _Wire,
 ) -> list[np.ndarray]:
     blocks = _blocks(audio)
     ts0 = packetizer.timestamp
@@ -139,13 +179,13 @@ async def _run_fast(
     for tick in range(max_ticks):
         now = float(tick * BLOCK_FRAMES)
         if tick < len(blocks):
-            data = packetizer.packetize(blocks[tick]).serialize()
+            data = wire.encode(packetizer.packetize(blocks[tick]))
             decision = impairment.next_decision()
             decisions.append(decision)
             for delay_s in decision.delays_s:
                 heapq.heappush(in_flight, (now + delay_s * SAMPLE_RATE, next(order), data))
         elif tick == len(blocks):
-            ends = [p.serialize() for p in packetizer.end_packets()]
+            ends = [wire.encode(p) for p in packetizer.end_packets()]
         if ends:
             heapq.heappush(in_flight, (now, next(order), ends.pop(0)))
         due: list[tuple[float, int, bytes]] = []
@@ -155,7 +195,7 @@ async def _run_fast(
             await sender.send(data, address)
         for arrival, _, _ in due:
             data, _ = await asyncio.wait_for(receiver.receive(), RECEIVE_TIMEOUT_S)
-            engine.push_datagram(data, arrival)
+            wire.deliver(data, arrival)
         outputs.append(engine.next_block(now))
         if tick >= len(blocks) and _done(engine, len(audio) - 2 * BLOCK_FRAMES, ts0):
             break
@@ -170,6 +210,7 @@ async def _run_realtime(
     sender: UdpSocket,
     receiver: UdpSocket,
     decisions: list[Decision],
+    wire: _Wire,
 ) -> list[np.ndarray]:
     loop = asyncio.get_running_loop()
     blocks = _blocks(audio)
@@ -189,7 +230,7 @@ async def _run_realtime(
     async def send() -> None:
         for k, block in enumerate(blocks):
             await sleep_until(loop, t0 + k * block_s)
-            data = packetizer.packetize(block).serialize()
+            data = wire.encode(packetizer.packetize(block))
             decision = impairment.next_decision()
             decisions.append(decision)
             for delay_s in decision.delays_s:
@@ -199,19 +240,19 @@ async def _run_realtime(
                     deliver(data)
         for k, end in enumerate(packetizer.end_packets()):
             await sleep_until(loop, t0 + (len(blocks) + k) * block_s)
-            deliver(end.serialize())
+            deliver(wire.encode(end))
 
     async def receive() -> None:
         while True:
             data, _ = await receiver.receive()
-            engine.push_datagram(data, now_samples())
+            wire.deliver(data, now_samples())
 
     async def play() -> None:
         max_ticks = len(blocks) + 4 * engine.config.latency.max_depth_packets + 2000
         for tick in range(max_ticks):
             await sleep_until(loop, t0 + tick * block_s)
             for data, _ in receiver.take_ready():  # what arrived while this tick was late
-                engine.push_datagram(data, now_samples())
+                wire.deliver(data, now_samples())
             outputs.append(engine.next_block(now_samples()))
             if tick >= len(blocks) and _done(engine, len(audio) - 2 * BLOCK_FRAMES, ts0):
                 return

@@ -166,3 +166,50 @@ def _normalise_ip(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+class KeyedPath:
+    """One direction of a keyed session, sender and receiver in one process (the lab, the loopback).
+
+    The same objects as a live jam: the sender's :class:`Session` seals each packet, the
+    receiver's gate opens it; :meth:`handshake` runs the HELLO and WELCOME through
+    whatever carries them (in memory, or over real sockets).
+    """
+
+    SOURCE = ("127.0.0.1", 9)
+    """The address the receiver's gate sees the sender at."""
+
+    def __init__(self, key: bytes, stats: Stats, *, encrypt: bool = True) -> None:
+        self.sender = Session(key, encrypt=encrypt)
+        self.receiver = Session(key)
+        self.gate = ReceiveGate(stats, peer=self.SOURCE, session=self.receiver)
+
+    def hello(self, stream_id: int) -> bytes:
+        return self.sender.outbound.poll(0.0, stream_id)[0]
+
+    def answer(self, hello: bytes) -> bytes:
+        """The receiver's WELCOME to the sender's HELLO."""
+        self.gate.admit(hello, self.SOURCE, 0.0)
+        if len(self.gate.outbox) != 1:
+            raise RuntimeError("the receiver did not answer the handshake")  # a bug: same key both ends
+        return self.gate.outbox.pop()
+
+    def complete(self, welcome: bytes) -> None:
+        self.sender.on_control(self.sender.decode(welcome), 0.0)
+        if not self.sender.outbound.established:
+            raise RuntimeError("the handshake did not complete")
+
+    def handshake(self, stream_id: int) -> None:
+        """In memory."""
+        self.complete(self.answer(self.hello(stream_id)))
+
+    def seal(self, packet: Packet) -> bytes:
+        sealed = self.sender.outbound.seal(packet)
+        if sealed is None:
+            raise RuntimeError(f"no session for stream {packet.stream_id}")
+        return sealed.serialize()
+
+    def open(self, data: bytes, now_s: float) -> tuple[Packet | None, bool]:
+        """(the packet the receiver's gate admits, or None; whether it starts a stream to follow)."""
+        packet = self.gate.admit(data, self.SOURCE, now_s)
+        return packet, self.gate.new_stream
