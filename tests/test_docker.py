@@ -127,18 +127,34 @@ def test_image_runs_unprivileged_and_has_the_commands(image: str) -> None:
 def test_compose_jams_count_what_the_relay_logged(image: str, tmp_path: Path) -> None:
     from nmp_peer.scenarios.runner import run_scenarios
 
-    entries = run_scenarios(
-        select(load_scenarios(), ["clean", "bernoulli-5"]),
-        tmp_path,
-        backend="docker",
-        concealers=["repeat"],
-        seconds=3.0,
-        clip="synthetic",
-        image=image,
-    )
+    key = tmp_path / "jam.key"
+    key.write_text(os.urandom(32).hex())
+    entries = [  # clean without a key; the lossy one keyed (the key file read inside the containers)
+        *run_scenarios(
+            select(load_scenarios(), ["clean"]),
+            tmp_path / "plain",
+            backend="docker",
+            concealers=["repeat"],
+            seconds=3.0,
+            clip="synthetic",
+            image=image,
+        ),
+        *run_scenarios(
+            select(load_scenarios(), ["bernoulli-5"]),
+            tmp_path / "keyed",
+            backend="docker",
+            concealers=["repeat"],
+            seconds=3.0,
+            clip="synthetic",
+            image=image,
+            key_file=key,
+        ),
+    ]
     errors = [e["error"] for e in entries if e.get("error")]
     assert not errors, errors
     by_name: dict[str, Any] = {e["scenario"]: e for e in entries}
+    keyed_b = by_name["bernoulli-5"]["result"]["b"]
+    assert keyed_b["sessions"] == 1 and keyed_b["handshakes"] >= 1 and keyed_b["encrypted"], keyed_b
     for name, entry in by_name.items():
         analysis, result = entry["analysis"], entry["result"]
         failed = [c for c in [*analysis["counters"]["checks"], *analysis["audio_checks"]] if not c["ok"]]
@@ -149,7 +165,7 @@ def test_compose_jams_count_what_the_relay_logged(image: str, tmp_path: Path) ->
     assert by_name["clean"]["result"]["b"]["packets_lost"] == 0
     lossy = by_name["bernoulli-5"]
     assert lossy["result"]["relay"]["a2b"]["dropped"] > 3 and lossy["result"]["b"]["packets_lost"] > 3
-    assert (tmp_path / "report.md").exists()
+    assert (tmp_path / "plain" / "report.md").exists() and (tmp_path / "keyed" / "report.md").exists()
     assert _leftovers() == []
 
 
