@@ -264,6 +264,7 @@ def _jams(
     scenarios = select(load_scenarios(), names)
     key = None
     if keyed:
+        out.mkdir(parents=True, exist_ok=True)
         key = out / "jam.key"
         key.write_text(os.urandom(32).hex())
     t0 = time.monotonic()

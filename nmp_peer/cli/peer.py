@@ -68,7 +68,7 @@ def jam(
         concealer=cfg.conceal.method,
         playout=cfg.playout(),
         duration_s=duration,
-        status=None if quiet else (lambda line: console.print(line, highlight=False)),
+        status=None if quiet else (lambda line: console.print(line, highlight=False, soft_wrap=True)),
         key=key,
         encrypt=cfg.security.encrypt,
         pin=cfg.security.pin,
