@@ -335,4 +335,7 @@ class Peer:
             return
         while True:
             await asyncio.sleep(0.5)
-            self.options.status(self.engine.stats.status_line())
+            line = self.engine.stats.status_line()
+            if self.session is not None and not self.session.outbound.established:
+                line += " | no session yet: is the peer up, with the same key?"
+            self.options.status(line)
