@@ -247,7 +247,8 @@ class DockerBackend(Backend):
         return self._up("impair", {"NMP_RELAY_ARGS": " ".join(relay_args)})
 
     def start_peer(self, role: str, run: int, concealer: str, config: str | None, files: PeerFiles) -> Party:
-        env = {"NMP_CONCEALER": concealer, "NMP_JAM_ARGS": f"--config {config}" if config else ""}
+        extra = (["--config", config] if config else []) + (["--key-file", files.key] if files.key else [])
+        env = {"NMP_CONCEALER": concealer, "NMP_JAM_ARGS": " ".join(extra)}
         if self.netem:
             env["NMP_NETEM"] = self.netem
         return self._up(f"peer-{role}" + ("-netem" if self.netem else ""), env)
