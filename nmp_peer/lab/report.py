@@ -136,7 +136,7 @@ def burst_rows(rows: Sequence[dict[str, Any]], setting: str) -> list[dict[str, A
     return out
 
 
-def _burst_order(label: Any) -> int:
+def burst_order(label: Any) -> int:
     return [g[0] for g in BURST_GROUPS].index(label)
 
 
@@ -168,14 +168,14 @@ def burst_section(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> lis
                 totals[d["burst"]] += d["lost_packets"]
         all_lost = sum(totals.values())
         share = ", ".join(
-            f"{label}: {totals[label]} ({totals[label] / all_lost:.0%})" for label in sorted(totals, key=_burst_order)
+            f"{label}: {totals[label]} ({totals[label] / all_lost:.0%})" for label in sorted(totals, key=burst_order)
         )
         lines += [
             f"### {setting}",
             "",
             f"Lost packets by burst length, all clips: {share}.",
             "",
-            _table(derived, ["burst", "method"], shown, lambda g: (_burst_order(g[0]), order[g[1]])),
+            _table(derived, ["burst", "method"], shown, lambda g: (burst_order(g[0]), order[g[1]])),
             "",
         ]
         for baseline in ("repeat", "lpc"):
@@ -185,7 +185,7 @@ def burst_section(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> lis
                 lines += [
                     f"Paired with `{baseline}`:",
                     "",
-                    paired_table(chosen, baseline, shown, by="burst", sort_key=_burst_order),
+                    paired_table(chosen, baseline, shown, by="burst", sort_key=burst_order),
                     "",
                 ]
     return lines
