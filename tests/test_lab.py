@@ -86,6 +86,8 @@ def test_lab_command_writes_report_tables_and_plots(tmp_path: Path) -> None:
             assert float(rep["lsd"]) < float(z["lsd"])
     report = (out / "report.md").read_text()
     assert "±" in report and "By category" in report and "PLCMOS" in report
+    assert "## By burst length" in report and "### trace burst" in report  # its bursts: 6 and 3 packets
+    assert by[("c0.wav", "trace burst", "zeros")]["lost_packets_burst_4-6"] == "6"
     for png in ("snr_per_method.png", "lsd_vs_loss.png", "burst_spectrograms.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -110,6 +112,18 @@ def test_lab_rejects_unknown_methods_in_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "magic" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_lab_refuses_very_long_bursts_without_the_challenge_model(tmp_path: Path) -> None:
+    write_audio(tmp_path / "c.wav", music_like(1.0))
+    cmd = [sys.executable, "-m", "nmp_peer.cli", "lab", "--clips", str(tmp_path), "--out", str(tmp_path / "o")]
+    r = subprocess.run([*cmd, "--very-long-bursts", "0.02"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--very-long-bursts" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [*cmd, "--loss-model", "challenge", "--very-long-bursts", "0.99"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "very_long_prob" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_reserved_packages_are_refused() -> None:
@@ -168,7 +182,99 @@ def test_a_keyed_lab_job_gives_the_same_rows(tmp_path: Path, jitter_ms: float) -
     job = Job(str(clip), "music", setting, ("repeat", "lpc"), ("snr", "lsd"), 1, None)
     plain, keyed = run_job(job), run_job(replace(job, key=bytes(range(32))))
     timing = ("conceal_ms_per_packet", "realtime_factor")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in plain] == [
-        {k: v for k, v in r.items() if k not in timing} for r in keyed
-    ]
+
+    def same(r: dict) -> dict:  # NaN (a burst length the pattern lacks) never equals itself
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items() if k not in timing}
+
+    assert [same(r) for r in plain] == [same(r) for r in keyed]
     assert plain[0]["lost_packets"] > 5
+
+
+# --- by burst length ------------------------------------------------------------------
+
+
+def _mask(*runs: tuple[int, int]) -> np.ndarray:
+    """Alternating (received, lost) run lengths."""
+    return np.concatenate([np.r_[np.zeros(a, bool), np.ones(b, bool)] for a, b in runs])
+
+
+def test_burst_groups_on_a_hand_made_mask() -> None:
+    from nmp_peer.lab.metrics import burst_groups
+
+    lost = _mask((2, 1), (1, 3), (1, 2), (1, 5), (1, 16), (1, 17), (1, 50), (3, 0))
+    groups = burst_groups(lost)
+    assert list(groups) == ["1", "2-3", "4-6", "7-16", "17-50"]  # no burst over 50: no such group
+    starts = {"1": [2], "2-3": [4, 8], "4-6": [11], "7-16": [17], "17-50": [34, 52]}
+    for label, first in starts.items():
+        expected = np.zeros(lost.size, bool)
+        for f in first:
+            run_end = f + np.argmin(lost[f:]) if not lost[f:].all() else lost.size
+            expected[f:run_end] = True
+        assert np.array_equal(groups[label], expected), label
+    assert sum(int(g.sum()) for g in groups.values()) == int(lost.sum())  # every lost packet in one group
+    assert list(burst_groups(_mask((1, 51), (1, 0)))) == ["1", "2-3", "4-6", "7-16", "17-50", ">50"]
+
+
+def test_lab_rows_carry_metrics_by_burst_length(tmp_path: Path) -> None:
+    from nmp_peer.lab.run import Job, run_job
+
+    clip = tmp_path / "c.wav"
+    write_audio(clip, music_like(3.0, seed=2))
+    lost = _mask((20, 1), (20, 3), (20, 30), (60, 0))  # 155 packets, 1.8 s
+    trace = tmp_path / "t.txt"
+    trace.write_text("".join("1\n" if v else "0\n" for v in lost))
+    setting = Setting("trace", trace=str(trace))
+    job = Job(str(clip), "c", setting, ("zeros", "lpc"), ("snr", "lsd"), 0, None)
+    zeros, lpc = run_job(job)
+    assert [zeros[f"lost_packets_burst_{g}"] for g in ("1", "2-3", "4-6", "7-16", "17-50")] == [1, 3, 0, 0, 30]
+    assert ">50" not in {k.rsplit("_", 1)[1] for k in zeros if "_burst_" in k}
+    assert zeros["snr_burst_1"] == pytest.approx(0.0, abs=1e-6) and math.isnan(zeros["lsd_burst_4-6"])
+    # LPC predicts one packet well (~8 dB here); the default fade (after 50 ms, over 25)
+    # silences most of a 30-packet burst (~33 dB)
+    assert lpc["lsd_burst_17-50"] > lpc["lsd_burst_1"] + 10.0
+    assert lpc["fade_after_ms"] == 50.0
+    # a longer fade reaches the playout: the prediction goes on, and the level with it (~11 dB)
+    held = run_job(Job(str(clip), "c", setting, ("lpc",), ("snr", "lsd"), 0, None, None, 1000.0, 100.0))[0]
+    assert held["fade_after_ms"] == 1000.0 and held["fade_ms"] == 100.0
+    assert held["lsd_burst_17-50"] < lpc["lsd_burst_17-50"] - 10.0
+    assert held["lsd_burst_1"] == pytest.approx(lpc["lsd_burst_1"])  # a one-packet burst never fades
+
+
+def test_report_has_the_burst_length_table() -> None:
+    from nmp_peer.lab.report import burst_section
+
+    rows = []
+    for i in range(3):
+        for method, lsd in (("repeat", 20.0), ("lpc", 18.0 - 0.5 * i)):  # lpc − repeat: -2, -2.5, -3
+            row = {"clip": f"c{i}.wav", "category": "x", "setting": "challenge-like 10%", "method": method}
+            for label, n, value in (("1", 5, lsd - 8 + i), ("2-3", 4, lsd - 6 + i), ("17-50", 20, lsd + 10 + i)):
+                row |= {f"lost_packets_burst_{label}": n, f"lsd_burst_{label}": value, f"snr_burst_{label}": 1.0}
+            row |= {"lost_packets_burst_4-6": 0, "lsd_burst_4-6": math.nan, "snr_burst_4-6": math.nan}
+            rows.append(row)
+    text = "\n".join(burst_section(rows, ["snr", "lsd", "visqol"]))
+    assert "## By burst length" in text and "### challenge-like 10%" in text
+    assert "1: 15 (17%), 2-3: 12 (14%), 17-50: 60 (69%)" in text  # packets of the first method, all clips
+    assert "| 4-6 |" not in text  # no such burst: no row
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[1].startswith("| 1 | repeat | 3 |") and "| 13.000 ± 2.484 |" in table[1]  # 12, 13, 14: sd 1, t(2)
+    plain = [line.split(" | ")[0] for line in table if " | repeat | " in line]
+    assert plain == ["| 1", "| 2-3", "| 17-50"]  # burst order, not text order
+    paired = [line for line in table if "lpc − repeat" in line]
+    # mean -2.5, sd 0.5, t(0.975, 2) = 4.303: half-width 1.242
+    assert len(paired) == 3 and all(line.endswith("| +0.000 ± 0.000 | -2.500 ± 1.242 |") for line in paired)
+    assert burst_section(rows, ["visqol"]) == []  # no per-packet metric: no section
+
+
+def test_settings_without_very_long_bursts_keep_their_seeds_and_patterns() -> None:
+    from nmp_peer.lab.run import _seed
+    from nmp_peer.netsim.loss import burst_lengths, challenge_like_trace
+
+    # the values before very long bursts existed
+    assert _seed(0, "c0.wav", Setting("gilbert", 0.1, 2.0)) == 1192985388
+    assert _seed(3, "x.wav", Setting("challenge", 0.1)) == 77218668
+    plain = Setting("challenge", 0.1)
+    assert np.array_equal(loss_mask(plain, 3000, 5), challenge_like_trace(3000, seed=5, loss_rate=0.1))
+    longer = Setting("challenge", 0.1, very_long=0.05)
+    assert longer.label == "challenge-like 10% + 5.0% of bursts 17-50" and plain.label == "challenge-like 10%"
+    bursts = burst_lengths(loss_mask(longer, 50_000, 5))
+    assert ((bursts >= 17) & (bursts <= 50)).mean() == pytest.approx(0.05, abs=0.02)

@@ -17,6 +17,7 @@ from nmp_peer.netsim.loss import (
     challenge_burst_pmf,
     challenge_like_trace,
     make_loss_model,
+    packet_burst_lengths,
     read_trace,
     write_trace,
 )
@@ -258,6 +259,34 @@ def test_challenge_like_trace_distribution() -> None:
     assert freq[7:].sum() == pytest.approx(pmf[7:].sum(), abs=0.01)
     assert freq[1:7].sum() > 0.9  # mostly short bursts
     assert not lost[0]
+
+
+def test_challenge_like_trace_very_long_bursts_at_the_requested_share() -> None:
+    lost = challenge_like_trace(N_LONG, seed=8, very_long_prob=0.03)
+    assert lost.mean() == pytest.approx(0.10, rel=0.1)  # the loss rate holds with the longer bursts
+    bursts = burst_lengths(lost)[:-1]  # the last one may be cut by the trace's end
+    very_long = (bursts >= 17) & (bursts <= 50)
+    assert very_long.mean() == pytest.approx(0.03, abs=0.008)  # ~6,000 bursts: sd of the share ~0.002
+    assert bursts.max() <= 50
+    assert ((bursts >= 7) & (bursts <= 16)).mean() == pytest.approx(0.05, abs=0.01)
+    pmf = challenge_burst_pmf(very_long_prob=0.03)
+    assert pmf.sum() == pytest.approx(1.0) and pmf.size == 51 and pmf[17:].sum() == pytest.approx(0.03)
+
+
+def test_challenge_like_trace_without_very_long_bursts_is_unchanged() -> None:
+    assert challenge_burst_pmf().size == 17
+    assert np.array_equal(
+        challenge_like_trace(20_000, seed=5), challenge_like_trace(20_000, seed=5, very_long_prob=0.0)
+    )
+    with pytest.raises(ValueError, match="very_long_prob"):
+        challenge_burst_pmf(long_burst_prob=0.5, very_long_prob=0.6)
+
+
+def test_packet_burst_lengths() -> None:
+    mask = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert packet_burst_lengths(mask).tolist() == [0, 2, 2, 0, 1, 0, 0, 7, 7, 7, 7, 7, 7, 7]
+    assert packet_burst_lengths([]).tolist() == []
+    assert packet_burst_lengths([1]).tolist() == [1]
 
 
 def test_challenge_burst_pmf_sums_to_one() -> None:

@@ -24,6 +24,26 @@ def lab(
     loss: Annotated[str, typer.Option(help="Loss rate(s), comma-separated, e.g. 0.05,0.1,0.2.")] = "0.1",
     burst: Annotated[float, typer.Option(help="Mean burst length in packets (gilbert).", callback=at_least(1.0))] = 2.0,
     traces: Annotated[Path | None, typer.Option(help="Folder of trace files (for --loss-model trace).")] = None,
+    very_long_bursts: Annotated[
+        float,
+        typer.Option(
+            help="challenge: the share of bursts that last 17-50 packets (0.2-0.6 s), e.g. 0.02; "
+            "0 keeps the challenge-like patterns as they were.",
+            callback=at_least(0.0),
+        ),
+    ] = 0.0,
+    fade_after_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Concealment of a burst starts fading to silence after this long ([conceal] fade_after_ms; "
+            "default: the playout's, 50).",
+            callback=at_least(0.0),
+        ),
+    ] = None,
+    fade_ms: Annotated[
+        float | None,
+        typer.Option(help="Length of that fade ([conceal] fade_ms; default: the playout's, 25).", callback=positive),
+    ] = None,
     jitter_ms: Annotated[
         float,
         typer.Option(help="Network mode: send through the jitter buffer with this jitter.", callback=at_least(0.0)),
@@ -102,17 +122,19 @@ def lab(
             for r in rates:  # the models' own checks, once here, instead of in every worker process
                 try:
                     if model == "challenge":  # bursts of 1-6 packets, some of 7-16, as in the challenge's traces
-                        challenge_like_trace(1, loss_rate=r or 0.10)
+                        challenge_like_trace(1, loss_rate=r or 0.10, very_long_prob=very_long_bursts)
                     else:
                         make_loss_model(model, r, burst)
                 except ValueError as exc:  # these constructors raise ValueError only for their arguments
                     raise UserError(f"--loss {r:g} --loss-model {model}: {exc}") from None
             if model == "challenge":
-                settings += [Setting("challenge", r) for r in rates]
+                settings += [Setting("challenge", r, very_long=very_long_bursts) for r in rates]
             else:
                 settings += [Setting(model, r, burst, jitter_ms=jitter_ms) for r in rates]
         else:
             raise UserError(f"unknown loss model {model!r}; choose bernoulli, gilbert, challenge or trace")
+    if very_long_bursts and not any(s.model == "challenge" for s in settings):
+        raise UserError("--very-long-bursts applies to --loss-model challenge only")
     if not clips.is_dir():
         raise UserError(f"clips folder {clips} does not exist")
     try:
@@ -122,7 +144,9 @@ def lab(
     from nmp_peer.proto.security import load_key
 
     key = load_key(key_file) if key_file is not None else None
-    job_list = plan(clip_files, clips, settings, method_list, metric_list, seed, max_seconds, key)
+    job_list = plan(
+        clip_files, clips, settings, method_list, metric_list, seed, max_seconds, key, fade_after_ms, fade_ms
+    )
     start = time.perf_counter()  # a cluster's start (local:N) or connection is part of the wall time
     with contextlib.ExitStack() as stack:
         pool = None
@@ -155,6 +179,7 @@ def lab(
         methods=method_list,
         settings=settings,
         example_clip=job_list[0].clip,
+        playout=job_list[0].playout(),
         max_seconds=max_seconds,
         command=command,
         clips=len(clip_files),

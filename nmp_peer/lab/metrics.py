@@ -7,6 +7,8 @@ cut to it (traces often outlast clips); a shorter one is an error.
 
 - ``lost_packet_snr_db`` and ``lost_packet_lsd_db`` judge only the lost packets, the
   only place where concealers differ (the challenge's MSE/SDR and LSD on lost packets).
+- ``burst_groups`` splits a loss mask by the length of the burst each lost packet
+  belongs to, so the per-packet metrics can be read per burst length.
 - ``mrstft_distance`` is the multi-resolution STFT loss that PARCnet and bin2bin train on.
 - ``visqol_audio`` (visqol-python) and ``plcmos`` (speechmos) wrap external models and
   raise ``MetricUnavailable`` when their package is missing. Both ship their models
@@ -22,6 +24,7 @@ import numpy as np
 import soxr
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.netsim.loss import packet_burst_lengths
 
 LSD_FFT_SIZE = 1024
 LSD_FLOOR = 1e-5
@@ -32,6 +35,20 @@ MRSTFT_FFT_SIZES = (512, 1024, 2048)
 MRSTFT_EPS = 1e-7
 VISQOL_SAMPLE_RATE = 48_000
 PLCMOS_SAMPLE_RATE = 16_000
+
+BURST_GROUPS: tuple[tuple[str, int, float], ...] = (
+    ("1", 1, 1),
+    ("2-3", 2, 3),
+    ("4-6", 4, 6),
+    ("7-16", 7, 16),
+    ("17-50", 17, 50),
+    (">50", 51, float("inf")),
+)
+"""Burst-length groups (label, first, last packet count): the challenge's short bursts, its
+long ones, the rare outages of up to 0.6 s, and anything longer."""
+
+PER_PACKET_METRICS = ("snr", "lsd")
+"""The metrics that judge lost packets only, and so can be taken per burst-length group."""
 
 
 class MetricUnavailable(RuntimeError):
@@ -61,6 +78,17 @@ def _lost_packets(lost: np.ndarray, n_samples: int, packet_samples: int) -> np.n
     if mask.size < n_packets:
         raise ValueError(f"loss mask has {mask.size} packets, the signal {n_packets} of {packet_samples} samples")
     return np.flatnonzero(mask[:n_packets])
+
+
+def burst_groups(lost: np.ndarray) -> dict[str, np.ndarray]:
+    """The loss mask split by burst length: per ``BURST_GROUPS`` label, the mask of the lost
+    packets whose burst has that length. The four short groups and 17-50 are always there
+    (a mask with no packet where the pattern has no such burst); ``>50`` only if present."""
+    lengths = packet_burst_lengths(lost)
+    groups = {label: (lengths >= lo) & (lengths <= hi) for label, lo, hi in BURST_GROUPS}
+    if not groups[">50"].any():
+        del groups[">50"]
+    return groups
 
 
 def _snr_db(signal_energy: float, error_energy: float) -> float:

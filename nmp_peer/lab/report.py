@@ -6,7 +6,7 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ import numpy as np
 from scipy import stats as sps
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
+from nmp_peer.lab.metrics import BURST_GROUPS, PER_PACKET_METRICS
+from nmp_peer.receiver.playout import PlayoutConfig
 
 METRIC_INFO = {
     "visqol": ("ViSQOL (audio mode, 48 kHz)", "higher"),
@@ -51,7 +53,16 @@ def aggregate(
     return {g: {m: mean_ci([r.get(m, math.nan) for r in rs]) for m in metrics} for g, rs in groups.items()}
 
 
-def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> str:
+def _by_text(group: Any) -> Any:
+    return tuple(str(x) for x in group) if isinstance(group, tuple) else str(group)
+
+
+def _table(
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    metrics: Sequence[str],
+    sort_key: Callable[[tuple], Any] = _by_text,
+) -> str:
     agg = aggregate(rows, keys, metrics)
     header = [
         *keys,
@@ -62,7 +73,7 @@ def _table(rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequenc
         ),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for group in sorted(agg, key=lambda g: tuple(str(x) for x in g)):
+    for group in sorted(agg, key=sort_key):
         values = agg[group]
         n = max(v[2] for v in values.values()) if values else 0
         lines.append("| " + " | ".join([*map(str, group), str(n), *(_fmt(*values[m][:2]) for m in metrics)]) + " |")
@@ -73,7 +84,13 @@ REFINES_LPC = ("gan",)
 """Concealers that refine the LPC prediction: the report also pairs them with ``lpc``."""
 
 
-def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequence[str], by: str = "setting") -> str:
+def paired_table(
+    rows: Sequence[dict[str, Any]],
+    baseline: str,
+    metrics: Sequence[str],
+    by: str = "setting",
+    sort_key: Callable[[Any], Any] = _by_text,
+) -> str:
     """Per ``by`` group (setting or category), each method minus ``baseline`` on the same
     clip: the mean difference and its 95 % CI. Pairing removes the clip-to-clip spread that
     dominates the plain means. The unit is the clip: where a group holds a clip under
@@ -82,7 +99,7 @@ def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequenc
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
     header = [by, "method", "n", *(f"Δ {METRIC_INFO.get(m, (m,))[0]}" for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for group in sorted({r[by] for r in rows}):
+    for group in sorted({r[by] for r in rows}, key=sort_key):
         runs = sorted({(r["clip"], r["setting"]) for r in rows if r[by] == group})
         for method in methods:
             cells, n = [], 0
@@ -99,6 +116,79 @@ def paired_table(rows: Sequence[dict[str, Any]], baseline: str, metrics: Sequenc
                 )
             lines.append("| " + " | ".join([str(group), f"{method} − {baseline}", str(n), *cells]) + " |")
     return "\n".join(lines)
+
+
+def burst_rows(rows: Sequence[dict[str, Any]], setting: str) -> list[dict[str, Any]]:
+    """One row per burst-length group of each of ``setting``'s rows, with that group's
+    per-packet metrics under their plain names (``lsd``, ...) and its ``burst`` label.
+    Each group's ``setting`` is its own (``setting · burst``), so pairing stays within it."""
+    out = []
+    for row in rows:
+        if row["setting"] != setting:
+            continue
+        for label, _, _ in BURST_GROUPS:
+            if f"lost_packets_burst_{label}" not in row:
+                continue
+            derived = {k: row[k] for k in ("clip", "category", "method")}
+            derived.update(setting=f"{setting} · {label}", burst=label, lost_packets=row[f"lost_packets_burst_{label}"])
+            derived.update({m: row.get(f"{m}_burst_{label}", math.nan) for m in PER_PACKET_METRICS})
+            out.append(derived)
+    return out
+
+
+def burst_order(label: Any) -> int:
+    return [g[0] for g in BURST_GROUPS].index(label)
+
+
+def burst_section(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[str]:
+    """report.md's tables by burst length: per setting, the per-packet metrics of the lost
+    packets grouped by the length of their burst, plain and paired like the tables above.
+    Empty when no per-packet metric was measured."""
+    shown = [m for m in PER_PACKET_METRICS if m in metrics]
+    if not shown or not any("lost_packets_burst_1" in r for r in rows):
+        return []
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    order = {m: i for i, m in enumerate(methods)}
+    lines = [
+        "## By burst length",
+        "",
+        "Each lost packet counts in the group of the length of the burst it belongs to (packets); "
+        "SNR is taken over a group's packets together, LSD is their mean, per clip, then over the "
+        "clips that have such bursts (n). Paired tables: each method minus the baseline on the "
+        "same clip and group.",
+        "",
+    ]
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        derived = [d for d in burst_rows(rows, setting) if d["lost_packets"] > 0]
+        if not derived:
+            continue
+        totals: dict[str, int] = defaultdict(int)
+        for d in derived:
+            if d["method"] == methods[0]:
+                totals[d["burst"]] += d["lost_packets"]
+        all_lost = sum(totals.values())
+        share = ", ".join(
+            f"{label}: {totals[label]} ({totals[label] / all_lost:.0%})" for label in sorted(totals, key=burst_order)
+        )
+        lines += [
+            f"### {setting}",
+            "",
+            f"Lost packets by burst length, all clips: {share}.",
+            "",
+            _table(derived, ["burst", "method"], shown, lambda g: (burst_order(g[0]), order[g[1]])),
+            "",
+        ]
+        for baseline in ("repeat", "lpc"):
+            others = [m for m in methods if m != baseline and (baseline == "repeat" or m in REFINES_LPC)]
+            if baseline in methods and others:
+                chosen = [d for d in derived if d["method"] in (baseline, *others)]
+                lines += [
+                    f"Paired with `{baseline}`:",
+                    "",
+                    paired_table(chosen, baseline, shown, by="burst", sort_key=burst_order),
+                    "",
+                ]
+    return lines
 
 
 def write_rows(rows: Sequence[dict[str, Any]], out: Path) -> None:
@@ -123,7 +213,8 @@ def write_report(
         "",
         f"Command: `{meta.get('command', '')}`  ",
         f"Clips: {meta.get('clips')} from `{meta.get('clips_dir')}` ({meta.get('audio_s', 0):.0f} s of audio), "
-        f"methods: {', '.join(meta.get('methods', []))}, seed {meta.get('seed')}.  ",
+        f"methods: {', '.join(meta.get('methods', []))}, seed {meta.get('seed')}; a burst fades to silence "
+        f"after {meta.get('fade_after_ms', 50.0):g} ms over {meta.get('fade_ms', 25.0):g} ms.  ",
         f"Wall time {meta.get('wall_s', 0):.1f} s with {meta.get('jobs')} worker(s); concealment alone ran at "
         f"{meta.get('sim_realtime', 0):.0f}× real time per worker (mean over jobs).",
         "",
@@ -166,6 +257,7 @@ def write_report(
             paired_table([r for r in rows if r["method"] in ("lpc", *refined)], "lpc", quality),
             "",
         ]
+    sections += burst_section(rows, shown)
     categories = {r["category"] for r in rows}
     if len(categories) > 1:
         per_category = [m for m in shown if m in ("visqol", "lsd", "snr", "plcmos")]
@@ -302,6 +394,7 @@ def write_lab_report(
     settings: Sequence[Any],
     example_clip: str,
     max_seconds: float | None,
+    playout: PlayoutConfig | None = None,
     command: str,
     clips: int,
     clips_dir: str,
@@ -312,8 +405,8 @@ def write_lab_report(
     """Everything ``nmp-peer lab`` writes after its run, into ``out``: metrics.csv and
     metrics.json, a plot of each metric per method (and against the loss rate where there
     are several), burst spectrograms of ``example_clip`` under the first of ``settings``
-    (``nmp_peer.lab.run.Setting``; none in network mode or when it loses nothing),
-    report.md and meta.json.
+    (``nmp_peer.lab.run.Setting``; none in network mode or when it loses nothing) played
+    with ``playout`` (None: the lab's default), report.md and meta.json.
 
     Returns the report's path, the plots' file names and the meta (meta.json's content).
     """
@@ -335,7 +428,7 @@ def write_lab_report(
     if lost.any():
         from nmp_peer.lab.simulate import conceal_trace
 
-        outputs = {m: conceal_trace(ref, lost, m)[:, 0] for m in methods}
+        outputs = {m: conceal_trace(ref, lost, m, playout)[:, 0] for m in methods}
         plot_burst_spectrograms(ref[:, 0], lost, outputs, out / "burst_spectrograms.png")
         plots.append("burst_spectrograms.png")
     meta = {
@@ -345,6 +438,8 @@ def write_lab_report(
         "audio_s": sum(r["seconds"] for r in rows if r["method"] == methods[0]),
         "methods": list(methods),
         "seed": seed,
+        "fade_after_ms": (playout or PlayoutConfig()).fade_after_ms,
+        "fade_ms": (playout or PlayoutConfig()).fade_ms,
         "wall_s": wall_s,
         "jobs": jobs,
         "sim_realtime": float(np.mean([r["realtime_factor"] for r in rows])),

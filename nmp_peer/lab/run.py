@@ -13,7 +13,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,11 @@ from nmp_peer.audio_io import read_audio
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.base import Concealer, final_stage
 from nmp_peer.lab import metrics
-from nmp_peer.lab.simulate import conceal_trace, play_network
+from nmp_peer.lab.simulate import conceal_trace, offline_config, play_network
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.loss import challenge_like_trace, make_loss_model, read_trace
 from nmp_peer.proto.codec import float_to_pcm16, pcm16_to_float
+from nmp_peer.receiver.playout import PlayoutConfig
 
 if TYPE_CHECKING:
     from nmp_peer.lab.cluster import DaskCluster
@@ -46,13 +47,18 @@ class Setting:
     trace: str | None = None
     jitter_ms: float = 0.0
     """Network mode: > 0 sends packets through a simulated network with this jitter."""
+    very_long: float = field(default=0.0, repr=False)
+    """challenge: the share of bursts that last 17-50 packets (``challenge_like_trace``'s
+    ``very_long_prob``). Out of the repr, which seeds the loss patterns, so that the
+    settings without it keep their seeds and patterns."""
 
     @property
     def label(self) -> str:
         if self.model == "trace":
             return f"trace {Path(self.trace or '').stem}"
         if self.model == "challenge":
-            return f"challenge-like {self.loss:.0%}"
+            text = f"challenge-like {self.loss:.0%}"
+            return text + f" + {self.very_long:.1%} of bursts 17-50" if self.very_long else text
         text = f"{self.model} {self.loss:.0%}"
         if self.model == "gilbert":
             text += f" burst {self.burst:g}"
@@ -72,6 +78,20 @@ class Job:
     max_seconds: float | None
     key: bytes | None = None
     """Keyed: every packet sealed and opened as a keyed jam does (the results are the same)."""
+    fade_after_ms: float | None = None
+    """The playout's ``fade_after_ms`` and ``fade_ms`` (``[conceal]`` in a config); None: the default."""
+    fade_ms: float | None = None
+
+    def playout(self) -> PlayoutConfig | None:
+        """The playout settings of this job's mode with its fades; None where nothing differs."""
+        if self.fade_after_ms is None and self.fade_ms is None:
+            return None
+        base = PlayoutConfig(channels=1) if self.setting.jitter_ms > 0 else offline_config(1)
+        return replace(
+            base,
+            fade_after_ms=base.fade_after_ms if self.fade_after_ms is None else self.fade_after_ms,
+            fade_ms=base.fade_ms if self.fade_ms is None else self.fade_ms,
+        )
 
 
 def find_clips(folder: Path) -> list[Path]:
@@ -143,7 +163,9 @@ def loss_mask(setting: Setting, n_packets: int, seed: int) -> np.ndarray:
         mask[: min(len(trace), n_packets)] = trace[:n_packets]
         return mask
     if setting.model == "challenge":
-        return challenge_like_trace(n_packets, seed=seed, loss_rate=setting.loss or 0.10)
+        return challenge_like_trace(
+            n_packets, seed=seed, loss_rate=setting.loss or 0.10, very_long_prob=setting.very_long
+        )
     return make_loss_model(setting.model, setting.loss, setting.burst, None, seed).sample(n_packets)
 
 
@@ -153,6 +175,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     n_packets = len(ref) // BLOCK_FRAMES
     ref = ref[: n_packets * BLOCK_FRAMES]
     seed = _seed(job.seed, Path(job.clip).name, job.setting)
+    config = job.playout()
+    effective = config or PlayoutConfig()
     rows = []
     for method in job.methods:
         concealer = TimedConcealer(make_concealer(method))
@@ -163,11 +187,11 @@ def run_job(job: Job) -> list[dict[str, Any]]:
                 jitter_ms=job.setting.jitter_ms,
                 seed=seed,
             )
-            played = play_network(ref, impairment, concealer, key=job.key)
+            played = play_network(ref, impairment, concealer, config, key=job.key)
             out, lost = played.output, played.lost
         else:
             lost = loss_mask(job.setting, n_packets, seed)
-            out = conceal_trace(ref, lost, concealer, key=job.key)
+            out = conceal_trace(ref, lost, concealer, config, key=job.key)
         sim_s = time.perf_counter() - start
         # Opus baselines are judged against Opus's own clean decode: the concealment alone,
         # not the coding loss that every received packet carries too.
@@ -180,6 +204,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "loss": job.setting.loss,
             "burst": job.setting.burst,
             "method": method,
+            "fade_after_ms": effective.fade_after_ms,
+            "fade_ms": effective.fade_ms,
             "seconds": round(len(ref) / SAMPLE_RATE, 3),
             "lost_packets": int(lost.sum()),
             "loss_rate": round(float(lost.mean()), 4),
@@ -187,11 +213,16 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "realtime_factor": round(len(ref) / SAMPLE_RATE / sim_s, 1),
             "reference": "opus clean decode" if target is not ref else "original",
         }
+        groups = metrics.burst_groups(lost)
+        row.update({f"lost_packets_burst_{label}": int(mask.sum()) for label, mask in groups.items()})
         for name in job.metrics:
             try:
                 row[name] = float(_metric_values(name, target[:, 0], out[:, 0], lost))
             except metrics.MetricUnavailable:
                 row[name] = float("nan")
+            if name in metrics.PER_PACKET_METRICS:  # NaN where the pattern has no such burst
+                for label, mask in groups.items():
+                    row[f"{name}_burst_{label}"] = float(_metric_values(name, target[:, 0], out[:, 0], mask))
         rows.append(row)
     return rows
 
@@ -205,9 +236,22 @@ def plan(
     seed: int,
     max_seconds: float | None,
     key: bytes | None = None,
+    fade_after_ms: float | None = None,
+    fade_ms: float | None = None,
 ) -> list[Job]:
     return [
-        Job(str(c), category_of(c, root), s, tuple(methods), tuple(metric_names), seed, max_seconds, key)
+        Job(
+            str(c),
+            category_of(c, root),
+            s,
+            tuple(methods),
+            tuple(metric_names),
+            seed,
+            max_seconds,
+            key,
+            fade_after_ms,
+            fade_ms,
+        )
         for c in clips
         for s in settings
     ]

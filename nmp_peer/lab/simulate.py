@@ -42,9 +42,14 @@ def _blocks(audio: np.ndarray) -> np.ndarray:
     return padded.reshape(n_blocks, BLOCK_FRAMES, audio.shape[1])
 
 
+def offline_config(channels: int = 1) -> PlayoutConfig:
+    """``conceal_trace``'s playout settings: a fixed one-packet buffer (nothing arrives late)."""
+    return PlayoutConfig(channels=channels, latency=LatencyPolicy(mode="fixed", depth_packets=1))
+
+
 def _engine(concealer: str | Concealer, channels: int, config: PlayoutConfig | None) -> PlayoutEngine:
     concealer = make_concealer(concealer) if isinstance(concealer, str) else concealer
-    config = config or PlayoutConfig(channels=channels, latency=LatencyPolicy(mode="fixed", depth_packets=1))
+    config = config or offline_config(channels)
     if concealer.name == "opus-fec":  # the baseline is Opus's decoder with its in-band FEC
         config = replace(config, codec_fec=True)
     return PlayoutEngine(concealer, config)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 LOSS_KINDS = ("none", "bernoulli", "gilbert", "trace")
+VERY_LONG_RANGE = (17, 50)
+"""Lengths (packets) of ``challenge_like_trace``'s optional very long bursts."""
 
 
 class TraceError(ValueError):
@@ -290,26 +292,41 @@ def challenge_burst_pmf(
     short_decay: float = 0.6,
     max_short: int = 6,
     long_range: tuple[int, int] = (7, 16),
+    very_long_prob: float = 0.0,
+    very_long_range: tuple[int, int] = VERY_LONG_RANGE,
 ) -> np.ndarray:
     """Burst-length distribution of ``challenge_like_trace``: ``pmf[k]`` = P(burst of k packets).
 
-    A burst is short with probability ``1 - long_burst_prob``: its length k in
-    1..``max_short`` has P(k) proportional to ``short_decay ** (k - 1)``. Otherwise it
-    is long: uniform over ``long_range`` inclusive. Defaults: P(1..6) = 0.40, 0.24,
-    0.14, 0.09, 0.05, 0.03 and P(7..16) = 0.005 each; mean burst 2.67 packets, and
-    about 21 % of the lost packets fall in long bursts.
+    A burst is short with probability ``1 - long_burst_prob - very_long_prob``: its
+    length k in 1..``max_short`` has P(k) proportional to ``short_decay ** (k - 1)``.
+    With ``long_burst_prob`` it is long: uniform over ``long_range`` inclusive; with
+    ``very_long_prob`` (0 by default) very long: uniform over ``very_long_range``
+    (17-50 packets, 0.2-0.6 s: the rare outages of a real network). Defaults: P(1..6) =
+    0.40, 0.24, 0.14, 0.09, 0.05, 0.03 and P(7..16) = 0.005 each; mean burst 2.67
+    packets, and about 21 % of the lost packets fall in long bursts. The array ends at
+    the longest possible burst, so without very long bursts it is the same as before
+    they existed (and so are the traces drawn from it).
     """
     if not 0.0 <= long_burst_prob <= 1.0:
         raise ValueError(f"long_burst_prob must be in [0, 1], got {long_burst_prob}")
+    if not 0.0 <= very_long_prob <= 1.0 - long_burst_prob:
+        raise ValueError(f"very_long_prob must be in [0, 1 - long_burst_prob], got {very_long_prob}")
     if not 0.0 < short_decay:
         raise ValueError(f"short_decay must be positive, got {short_decay}")
     lo, hi = long_range
     if not 1 <= max_short < lo <= hi:
         raise ValueError(f"need 1 <= max_short < long_range[0] <= long_range[1], got {max_short}, {long_range}")
-    pmf = np.zeros(hi + 1)
+    vlo, vhi = very_long_range
+    if very_long_prob > 0 and not hi < vlo <= vhi:
+        raise ValueError(
+            f"need long_range[1] < very_long_range[0] <= very_long_range[1], got {long_range}, {very_long_range}"
+        )
+    pmf = np.zeros((vhi if very_long_prob > 0 else hi) + 1)
     short = short_decay ** np.arange(max_short)
-    pmf[1 : max_short + 1] = (1.0 - long_burst_prob) * short / short.sum()
+    pmf[1 : max_short + 1] = (1.0 - long_burst_prob - very_long_prob) * short / short.sum()
     pmf[lo : hi + 1] += long_burst_prob / (hi - lo + 1)
+    if very_long_prob > 0:
+        pmf[vlo : vhi + 1] += very_long_prob / (vhi - vlo + 1)
     return pmf
 
 
@@ -321,19 +338,22 @@ def challenge_like_trace(
     short_decay: float = 0.6,
     max_short: int = 6,
     long_range: tuple[int, int] = (7, 16),
+    very_long_prob: float = 0.0,
+    very_long_range: tuple[int, int] = VERY_LONG_RANGE,
 ) -> np.ndarray:
-    """A trace resembling the challenge's: mostly bursts of 1-6 packets, some of 7-16.
+    """A trace resembling the challenge's: mostly bursts of 1-6 packets, some of 7-16,
+    and (``very_long_prob`` > 0, the share of bursts) rare ones of 17-50.
 
     Bursts alternate with runs of received packets. Burst lengths are drawn from
     ``challenge_burst_pmf`` (see there); runs are geometric with at least one packet and
     mean ``mean_burst * (1 - loss_rate) / loss_rate``, so the long-run loss rate is
-    ``loss_rate`` (10 % by default). The trace starts with a received run; a burst cut
-    by the end of the trace is kept as it is.
+    ``loss_rate`` (10 % by default) whatever the burst lengths. The trace starts with a
+    received run; a burst cut by the end of the trace is kept as it is.
     """
     n_packets = _check_count(n_packets)
     if not 0.0 < loss_rate < 1.0:
         raise ValueError(f"loss_rate must be in (0, 1), got {loss_rate}")
-    pmf = challenge_burst_pmf(long_burst_prob, short_decay, max_short, long_range)
+    pmf = challenge_burst_pmf(long_burst_prob, short_decay, max_short, long_range, very_long_prob, very_long_range)
     mean_burst = float(np.dot(np.arange(pmf.size), pmf))
     mean_gap = mean_burst * (1.0 - loss_rate) / loss_rate
     if mean_gap < 1.0:
@@ -363,6 +383,16 @@ def burst_lengths(lost: Sequence[bool] | np.ndarray) -> np.ndarray:
     arr = np.asarray(lost, dtype=bool).astype(np.int8)
     edges = np.diff(np.concatenate(([0], arr, [0])))
     return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+def packet_burst_lengths(lost: Sequence[bool] | np.ndarray) -> np.ndarray:
+    """Per packet, the length of the burst of lost packets it belongs to; 0 where received."""
+    arr = np.asarray(lost, dtype=bool).ravel()
+    out = np.zeros(arr.size, dtype=np.int64)
+    edges = np.diff(np.concatenate(([0], arr.astype(np.int8), [0])))
+    for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        out[start:end] = end - start
+    return out
 
 
 def _check_count(n: int) -> int:
