@@ -87,15 +87,12 @@ def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None
     assert ratios["zeros"][0] > CLICK_ABOVE and ratios["zeros"][1] >= 3, ratios
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="playout engine (left for issue 15, which changes the fade policy and re-measures the lab): "
-    "the burst fade is applied to a prediction that already "
-    "continues the faded history, so each block seam inside the fade steps down (issue 12 report)",
-)
 @pytest.mark.parametrize("concealer", ["lpc", "repeat"])
 def test_the_burst_fade_to_silence_is_click_free(concealer: str) -> None:
-    """A 220 Hz tone, then a long gap: the engine conceals, fades out after 50 ms, goes silent."""
+    """A 220 Hz tone, then a long gap: the engine conceals, fades out after 50 ms, goes silent.
+
+    Each concealment continues the burst's unfaded concealment, and only its output is
+    faded: a prediction from the faded history stepped down at every block seam."""
     from nmp_peer.conceal import make_concealer
     from nmp_peer.proto.codec import Pcm16Codec
     from nmp_peer.proto.packetizer import Packetizer

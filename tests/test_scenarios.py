@@ -9,7 +9,6 @@ party is stopped with SIGTERM and must exit 0 with its JSON summary.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.receiver.playout import PlayoutConfig
 from nmp_peer.scenarios import Scenario, ScenarioError, load_scenarios, select
 from nmp_peer.scenarios.alignment import track_alignment
 from nmp_peer.scenarios.analysis import quality
@@ -314,68 +312,23 @@ def _failed(entry: dict[str, Any]) -> list[str]:
     return [f"{c['check']}: {c['detail']}" for c in [*a["counters"]["checks"], *a["audio_checks"]] if not c["ok"]]
 
 
-FADE_AFTER_BLOCKS = math.ceil(PlayoutConfig().fade_after_ms * SAMPLE_RATE / 1000.0 / BLOCK_FRAMES)
-KNOWN_FADE_CLICK = (
-    "known playout bug (issue 12 report): the burst fade is applied to a prediction that already "
-    "continues the faded history, so the block seams inside the fade step down; "
-    "tests/test_clicks.py::test_the_burst_fade_to_silence_is_click_free reproduces it"
-)
-
-
-def _longest_loss_run(entry: dict[str, Any]) -> int:
-    """B's longest run of consecutive slots without their packet, from the relay's log (a
-    restart: the sender's silence)."""
-    truth = entry["analysis"]["counters"]["truth"]
-    if truth is None:
-        return 0
-    if len(truth["streams"]) > 1:
-        return 10**9
-    longest = 0
-    for stream in truth["streams"]:
-        run, last = 0, None
-        for pos in stream["lost_positions"]:
-            run = run + 1 if last is not None and pos == last + 1 else 1
-            last, longest = pos, max(longest, run)
-    return longest
-
-
-def _known_fade_clicks(entry: dict[str, Any], failed: list[str]) -> bool:
-    """Only clicks failed, and B may have concealed long enough to reach the engine's fade (the known bug):
-    the relay dropped that many packets in a row, the sender restarted, or B counted that many late ones."""
-    b = entry["result"]["b"]
-    long_burst = (
-        _longest_loss_run(entry) >= FADE_AFTER_BLOCKS or b["packets_late"] + b["underruns"] >= FADE_AFTER_BLOCKS
-    )
-    return bool(failed) and all(f.startswith("no click:") for f in failed) and long_burst
-
-
-def _check_jam(entry: dict[str, Any]) -> str | None:
-    """Assert everything a jam must show; the known fade clicks are returned (for ``_xfail_known``), not failed."""
+def _check_jam(entry: dict[str, Any]) -> None:
+    """Assert everything a jam must show."""
     result, analysis = entry["result"], entry["analysis"]
-    failed = _failed(entry)
-    known = _known_fade_clicks(entry, failed)
-    assert analysis["ok"] or known, failed
+    assert analysis["ok"], _failed(entry)
     assert set(result["exit_codes"].values()) == {0}  # SIGTERM: every party ended cleanly with its summary
     b = result["b"]
     assert b["blocks_played"] > 200 and b["packets_received"] > 100, b
     q = analysis["quality"]
     assert q["order_violations"] == 0, q
-    if known:
-        return f"{KNOWN_FADE_CLICK}: {failed}"
     assert q["clicks"] == 0 and q["click_ratio"] <= CLICK_RATIO, q
-    return None
-
-
-def _xfail_known(known: str | None) -> None:
-    if known:
-        pytest.xfail(known)
 
 
 @pytest.mark.slow
 def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) -> None:
     """Two real jam processes and the relay, Gilbert loss, the shipped GAN model, real time."""
     entry = _jams("loopback", ["gilbert-b2"], "gan", 3.5, tmp_path)["gilbert-b2"]
-    known = _check_jam(entry)
+    _check_jam(entry)
     b = entry["result"]["b"]
     assert b["packets_concealed"] >= 5, b
     # The worker's blocks played: the LPC stage at least was ready at most deadlines (a miss
@@ -383,7 +336,6 @@ def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) 
     # each, and its LPC stage takes ~1 ms of the ~12 there are).
     assert b["concealer_misses"] < b["packets_concealed"] / 2, b
     assert b["concealer_partial"] < b["packets_concealed"], b
-    _xfail_known(known)
 
 
 @pytest.mark.slow
@@ -391,7 +343,7 @@ def test_a_jam_with_the_gan_concealer_conceals_every_relay_loss(tmp_path: Path) 
 def test_loopback_jam_counters_match_the_relay_and_the_audio_is_in_order(
     loopback_jams: dict[str, Any], name: str
 ) -> None:
-    _xfail_known(_check_jam(loopback_jams[name]))
+    _check_jam(loopback_jams[name])
 
 
 @pytest.mark.slow
@@ -449,21 +401,14 @@ def test_loopback_report_plots_and_json(loopback_jams: dict[str, Any]) -> None:
     report = (out / "report.md").read_text()
     for name in ("clean", "bernoulli-5", "outage-2s", "restart", "rate-600k"):
         assert f"| {name} | lpc |" in report
-    # The report lists exactly the checks that failed; only the known fade clicks may have.
+    # The report lists the checks that failed: none.
     failed = [
         (name, f)
         for name in ("clean", "bernoulli-5", "outage-2s", "restart", "rate-600k")
         for f in _failed(loopback_jams[name])
     ]
     listed = report.split("## Failed checks\n\n")[1].split("\n\n")[0].splitlines()
-    if failed:
-        assert len(listed) == len(failed) and all(
-            line.startswith(f"- {name} / lpc: **{f.split(':')[0]}**")
-            for (name, f), line in zip(failed, listed, strict=False)
-        ), (listed, failed)
-    else:
-        assert listed == ["None."], listed
-    assert all(_known_fade_clicks(loopback_jams[name], [f]) for name, f in failed), failed
+    assert not failed and listed == ["None."], (listed, failed)
     for png in ("loss.png", "agreement.png", "quality.png", "latency.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     data = json.loads((out / "results.json").read_text())
@@ -480,7 +425,7 @@ def test_keyed_jams_count_what_the_relay_logged_and_a_restart_opens_a_new_sessio
 
         pytest.skip(f"network namespaces unavailable: {netns_unavailable()}")
     entry = keyed_jams[name]
-    known = _check_jam(entry)
+    _check_jam(entry)
     result = entry["result"]
     a, b = result["a"], result["b"]
     assert a["encrypted"] and b["handshakes"] >= 1 and result["relay"]["a2b"]["handshakes"] >= 1
@@ -489,7 +434,6 @@ def test_keyed_jams_count_what_the_relay_logged_and_a_restart_opens_a_new_sessio
     assert b["packets_unauthenticated"] == 0 and b["packets_foreign"] == 0, b
     if name.endswith("duplicate-1"):
         assert b["packets_replayed"] == result["relay"]["a2b"]["duplicated"] > 0, b
-    _xfail_known(known)
 
 
 @pytest.mark.slow
@@ -498,7 +442,6 @@ def test_netns_jam_counters_match_the_relay_and_the_audio_is_in_order(netns_jams
     from nmp_peer.scenarios.backends.netns import list_namespaces
 
     entry = netns_jams[name]
-    known = _check_jam(entry)
+    _check_jam(entry)
     assert entry["result"]["relay"]["forward"].startswith("198.18.")
     assert not set(entry["result"]["namespaces"]) & set(list_namespaces())
-    _xfail_known(known)

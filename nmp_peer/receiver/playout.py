@@ -100,6 +100,11 @@ class PlayoutEngine:
         self._pending_insert = False
         self._splice: np.ndarray | None = None
         self._last_transit: float | None = None
+        self._unfaded: list[np.ndarray] = []
+        """This burst's concealed blocks before the burst fade: what the next concealment
+        continues (the faded ones would step down at every seam)."""
+        context = max(self.concealer.context_samples, self.fallback.context_samples)
+        self._unfaded_blocks = -(-context // BLOCK_FRAMES)
         self._fade_start = self.config.fade_after_ms * SAMPLE_RATE / 1000.0
         self._fade_len = max(1.0, self.config.fade_ms * SAMPLE_RATE / 1000.0)
         self._recovery = raised_cosine(concealer.recovery_fade_samples)
@@ -258,6 +263,7 @@ class PlayoutEngine:
             self.fifo.append(tail)
         self._burst = 1
         self._prediction = None
+        self._unfaded.clear()
         self._last_transit = None
 
     # ------------------------------------------------------------------ clock side
@@ -369,6 +375,7 @@ class PlayoutEngine:
                 n = len(self._recovery)
                 block[:n] *= level + (1.0 - level) * self._recovery
             self._burst, self._codec_gap = 0, False
+            self._unfaded.clear()
         if self._burst > 0:
             block = block.copy()
             n = len(self._recovery)
@@ -379,6 +386,7 @@ class PlayoutEngine:
             block[:n] = tail + (block[:n] - tail) * self._recovery
             self._burst = 0
             self._prediction = None
+            self._unfaded.clear()
         self.fifo.append(block)
 
     def _append_decoded(self, seq: int, packet: Packet | None) -> int:
@@ -402,6 +410,7 @@ class PlayoutEngine:
             self.fifo.append(block * gain)
             self._burst, self._prediction = self._burst + 1, None
             self._codec_gap = True
+            self._unfaded.clear()  # the codec's own audio: not ours to continue
         else:
             self._append_concealed(seq, count_miss=True)
         return 1
@@ -427,16 +436,28 @@ class PlayoutEngine:
             if taken is not None and prediction is not None and not taken.complete:
                 self.stats.concealer_partial += 1
             if prediction is None and isinstance(self.worker, InlineWorker):
-                prediction = self._conceal_inline(self.fifo.tail(self.concealer.context_samples))
+                prediction = self._conceal_inline(self._history(self.concealer.context_samples))
             elif prediction is None:
                 self.stats.concealer_misses += int(count_miss)
-                prediction = self.fallback.conceal(self.fifo.tail(self.fallback.context_samples), self._burst)
+                prediction = self.fallback.conceal(self._history(self.fallback.context_samples), self._burst)
             prediction = check_prediction(prediction, len(prediction), self.channels)
+            self._unfaded.append(prediction[:BLOCK_FRAMES].copy())
+            if len(self._unfaded) > self._unfaded_blocks:
+                del self._unfaded[0]
             prediction = prediction * self._gain(offset, len(prediction))
         self._requested = None
         self._prediction = prediction
         self.fifo.append(prediction[:BLOCK_FRAMES])
         self._burst += 1
+
+    def _history(self, samples: int) -> np.ndarray:
+        """The last ``samples`` of the stream as a concealer must see them: inside a burst,
+        its concealment as predicted, before the burst fade scaled it."""
+        tail = self.fifo.tail(samples)
+        if self._unfaded:
+            unfaded = np.concatenate(self._unfaded)[-samples:]
+            tail[len(tail) - len(unfaded) :] = unfaded
+        return tail
 
     def _conceal_inline(self, history: np.ndarray) -> np.ndarray:
         return final_stage(self.concealer.stages(history, self._burst))
@@ -451,7 +472,7 @@ class PlayoutEngine:
             return
         if self.jitter.has(nxt) and (decoder is None or not decoder.synthetic_pending()):
             return
-        self.worker.request(nxt, self.fifo.tail(self.concealer.context_samples), self._burst)
+        self.worker.request(nxt, self._history(self.concealer.context_samples), self._burst)
         self._requested = nxt
         if isinstance(self.worker, ThreadedWorker):
             self.stats.concealer_chained = self.worker.chained
