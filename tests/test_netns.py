@@ -123,6 +123,8 @@ def test_jam_across_namespaces_with_a_tbf_rate_limit(netns: None, clips: tuple[P
     assert tbf["dropped"] > 20, tbf
     assert truth["lost_low"] + 10 <= b["packets_lost"] <= truth["lost_high"] + tbf["dropped"], (b, truth, tbf)
     offered = tbf["packets"] + tbf["dropped"]
-    assert 0 <= offered - result["relay"]["a2b"]["copies_sent"] <= 8, (tbf, result["relay"]["a2b"])  # + a few ARP
+    # The qdisc also passes a few ARP packets, and misses the few that the kernel dropped
+    # from its neighbour queue before B's address resolved (seen: -3 on a loaded machine).
+    assert abs(offered - result["relay"]["a2b"]["copies_sent"]) <= 8, (tbf, result["relay"]["a2b"])
     for name in ("clean exit", "relay saw all A sent", "A got all the relay sent"):
         assert checks[name]["ok"], checks[name]
