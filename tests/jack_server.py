@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ class JackServer:
     name: str
     rate: int
     period: int
+    process: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
+    """The ``jackd`` process (tests kill or freeze it: an audio server that dies or hangs)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -78,13 +81,14 @@ def start_jack(tmp_path: Path, rate: int = 44100, period: int = 512) -> Iterator
     else:
         pytest.skip(f"a JACK server with the dummy driver did not start: {last_error}")
     try:
-        yield server
+        yield replace(server, process=proc)
     finally:
         _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a test may have frozen it
         proc.terminate()
         try:
             proc.wait(timeout=10)

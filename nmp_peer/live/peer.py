@@ -92,7 +92,9 @@ class Peer:
     def stop(self) -> None:
         self._stop.set()
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, signum: int) -> None:
+        if self._stop.is_set():  # a second Ctrl-C (both may come through the loop)
+            _exit_now(signum, None)
         self.stop()
         _exit_on_next_signal()
 
@@ -101,7 +103,7 @@ class Peer:
         signals = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(sig, self._on_signal, sig)
                 signals.append(sig)
             except (NotImplementedError, RuntimeError):
                 pass
