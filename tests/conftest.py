@@ -85,14 +85,14 @@ class JamProcess:
 
     RX = re.compile(r"\brx (\d+) ")
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nmp_peer.cli", "jam", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
         self._out: list[str] = []
@@ -135,10 +135,11 @@ class JamProcess:
                     )
                 self._changed.wait(min(left, 0.5))
 
-    def stop(self, timeout_s: float = 30.0) -> tuple[int, dict[str, Any], str]:
-        """SIGTERM (unless it ended), then its exit code, JSON summary and stderr."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+    def stop(self, timeout_s: float = 30.0, sig: int | None = signal.SIGTERM) -> tuple[int, dict[str, Any], str]:
+        """``sig`` (unless it ended; None: send nothing, wait for it to end), then its exit code,
+        JSON summary and stderr."""
+        if sig is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
         try:
             code = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:

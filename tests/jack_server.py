@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ class JackServer:
     name: str
     rate: int
     period: int
+    process: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
+    """The ``jackd`` process (tests kill or freeze it: an audio server that dies or hangs)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -78,13 +81,44 @@ def start_jack(tmp_path: Path, rate: int = 44100, period: int = 512) -> Iterator
     else:
         pytest.skip(f"a JACK server with the dummy driver did not start: {last_error}")
     try:
-        yield server
+        yield replace(server, process=proc)
+    finally:
+        _stop(proc)
+        if proc.returncode is not None and proc.returncode < 0 and proc.returncode != -signal.SIGTERM:
+            reclaim(server)
+
+
+def reclaim(server: JackServer) -> None:
+    """Free the registry slot of a server that was killed (a test's SIGKILL).
+
+    A JACK server registers its name in a shared-memory table of 8 slots and frees it when
+    it exits cleanly; a killed one's slot is reclaimed only by the next server of the same
+    name. Without this, 8 kills later no JACK server starts on the machine ("Too many
+    servers already active") and every JACK test skips. So start one under that name and
+    stop it cleanly."""
+    proc = subprocess.Popen(
+        jackd_command(server.name, server.rate, server.period, realtime=False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=server.env,
+        start_new_session=True,
+    )
+    try:
+        subprocess.run(
+            ["jack_wait", "-w", "-s", server.name, "-t", str(int(READY_TIMEOUT_S))],
+            env=server.env,
+            capture_output=True,
+            timeout=READY_TIMEOUT_S + 10,
+        )
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         _stop(proc)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a test may have frozen it
         proc.terminate()
         try:
             proc.wait(timeout=10)

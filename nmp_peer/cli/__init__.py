@@ -1,4 +1,5 @@
-"""The ``nmp-peer`` command. User mistakes end in one line on stderr and exit code 2.
+"""The ``nmp-peer`` command. User mistakes end in one line on stderr and exit code 2; a
+failure of the environment (a sound device that stopped) in one line and exit code 74.
 
 One module per command group, each a set of plain functions registered here, in the
 order ``nmp-peer --help`` lists them: ``peer`` (jam, devices), ``offline`` (loopback,
@@ -15,7 +16,7 @@ import sys
 import typer
 
 from nmp_peer.cli import bench, lab, net, offline, peer
-from nmp_peer.errors import UserError
+from nmp_peer.errors import EXIT_ENVIRONMENT, EnvironmentFailure, UserError
 
 __all__ = ["UserError", "app", "main"]
 
@@ -47,7 +48,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nmp_peer.conceal.gan import ModelNotFoundError
     from nmp_peer.config import ConfigError
     from nmp_peer.jsonio import OutputFileError
-    from nmp_peer.live.peer import DeviceError
+    from nmp_peer.live.devices import DeviceError
     from nmp_peer.live.transport import EndpointError
     from nmp_peer.netsim.loss import TraceError
     from nmp_peer.proto.security import KeyFileError
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"nmp-peer: error: {exc}", file=sys.stderr)
         return 2
+    except EnvironmentFailure as exc:
+        print(f"nmp-peer: error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -75,14 +75,17 @@ def jam(
         repin_after_s=cfg.security.repin_after_s,
         codec=encoder,
     )
-    summary = asyncio.run(Peer(options).run())
+    jam = Peer(options)
+    summary = asyncio.run(jam.run())
     write_json(None, summary)
     if stats is not None:
         write_json(stats, summary)
+    if jam.failure is not None:  # a device stopped: the summary above, then one line and exit code 74
+        raise jam.failure
 
 
 def devices() -> None:
     """List the sound devices PortAudio sees."""
-    from nmp_peer.live.peer import list_devices
+    from nmp_peer.live.devices import list_devices
 
     print(list_devices())

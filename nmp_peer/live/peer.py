@@ -3,11 +3,16 @@
 The capture side is a WAV file read at real time or a sound card's input stream; the
 output side is a sound card's output stream (its callback pulls one ready block from
 the playout engine and never waits) or a WAV file written on a real-time tick.
+
+Sound-card streams are opened and started before the socket is bound: PortAudio takes
+60-140 ms to open a stream under JACK, and the peer's packets must not pile up meanwhile.
+A stream that stops during the jam ends it with a ``DeviceFailure`` (``live.devices``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +25,7 @@ import numpy as np
 from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.conceal import make_concealer
+from nmp_peer.live.devices import POLL_S, DeviceFailure, DeviceStreams
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
@@ -29,32 +35,8 @@ from nmp_peer.receiver.gate import REPIN_AFTER_S, PinMode, ReceiveGate
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
 
 
-class DeviceError(ValueError):
-    """A sound device that cannot be opened."""
-
-
 def is_audio_file(spec: str | None) -> bool:
     return spec is not None and Path(spec).suffix.lower() in (".wav", ".flac", ".ogg")
-
-
-def list_devices() -> str:
-    """The sound devices PortAudio sees, one a line; a DeviceError that says why when there are none."""
-    try:
-        import sounddevice as sd
-    except (OSError, ImportError) as exc:  # the PortAudio library is missing
-        raise DeviceError(f"cannot list sound devices: PortAudio is not installed ({exc})") from None
-    devices = sd.query_devices()
-    if len(devices):
-        return str(devices)
-    apis = [str(api["name"]) for api in sd.query_hostapis()]
-    # PortAudio lists JACK only while it could connect to a server (it never starts one).
-    jack = "" if any("JACK" in api for api in apis) else "; no JACK server is running"
-    seen = f"PortAudio's {', '.join(apis)} found none" if apis else "PortAudio has no host API"
-    raise DeviceError(f"no sound devices: {seen}{jack}")
-
-
-def _device(spec: str) -> int | str:
-    return int(spec) if spec.isdigit() else spec
 
 
 @dataclass
@@ -88,9 +70,16 @@ class Peer:
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
         self._ended = False
+        """This peer's stream has been ended with end-of-stream notices."""
         self._drain: Callable[[], None] | None = None
         """Takes in the datagrams already here (set once receiving runs)."""
-        """This peer's stream has been ended with end-of-stream notices."""
+        self.devices = DeviceStreams(self.engine.stats)
+        self._captured: asyncio.Queue[np.ndarray] | None = None
+        """Blocks from the input device, for the sender (None without one)."""
+        self._capturing = False
+        """The sender takes captured blocks (before, the input callback drops them: no stream yet)."""
+        self.failure: DeviceFailure | None = None
+        """Why the jam ended early: a device stream stopped (the summary says it too)."""
         self.source: np.ndarray | None = None
         if options.input is not None and is_audio_file(options.input):
             self.source, _ = read_audio(options.input, channels=channels)
@@ -103,40 +92,70 @@ class Peer:
     def stop(self) -> None:
         self._stop.set()
 
+    def _on_signal(self, signum: int) -> None:
+        if self._stop.is_set():  # a second Ctrl-C (both may come through the loop)
+            _exit_now(signum, None)
+        self.stop()
+        _exit_on_next_signal()
+
     async def run(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
+        signals = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                signals.append(sig)
             except (NotImplementedError, RuntimeError):
                 pass
+        wake = asyncio.Event()
+
+        def wake_up() -> None:  # from PortAudio's thread
+            loop.call_soon_threadsafe(wake.set)
+
+        self.devices.wake = wake_up
         peer_addr = self.options.peer.resolve()
-        sock = await UdpSocket.bind(self.options.listen)
-        freeze_heap()
-        o = self.options
-        gate = ReceiveGate(
-            self.engine.stats, peer=peer_addr, session=self.session, pin=o.pin, repin_after_s=o.repin_after_s
-        )
-        tasks = [loop.create_task(self._receive(sock, gate, peer_addr)), loop.create_task(self._status())]
-        if self.session is not None:
-            tasks.append(loop.create_task(self._handshake(sock, peer_addr)))
         closers: list[Callable[[], None]] = []
+        sock: UdpSocket | None = None
         try:
-            tasks.append(loop.create_task(self._capture(sock, peer_addr, closers)))
-            tasks.append(loop.create_task(self._playout(closers)))
-            await self._wait(tasks)
+            self._open_devices(loop)
+            sock = await UdpSocket.bind(self.options.listen)
+            freeze_heap()
+            o = self.options
+            gate = ReceiveGate(
+                self.engine.stats, peer=peer_addr, session=self.session, pin=o.pin, repin_after_s=o.repin_after_s
+            )
+            tasks = [loop.create_task(self._receive(sock, gate, peer_addr)), loop.create_task(self._status())]
+            if self.session is not None:
+                tasks.append(loop.create_task(self._handshake(sock, peer_addr)))
+            if self.devices.opened:
+                tasks.append(loop.create_task(self._watch_devices(wake)))
+            try:
+                tasks.append(loop.create_task(self._capture(sock, peer_addr)))
+                tasks.append(loop.create_task(self._playout(closers)))
+                await self._wait(tasks)
+            except DeviceFailure as exc:
+                self.failure = exc
+            finally:
+                _exit_on_next_signal()  # the jam is ending: a Ctrl-C now exits at once
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if not self._ended:  # stopped while sending: say so, so the peer counts no loss
+                    for data in self._end_packets():
+                        sock.send_nowait(data, peer_addr)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if not self._ended:  # stopped while sending: say so, so the peer counts no loss
-                for data in self._end_packets():
-                    sock.send_nowait(data, peer_addr)
+            self.devices.close()  # before the engine: the output callback reads from it
             for close in closers:
                 close()
-            sock.close()
+            if sock is not None:
+                sock.close()
             self.engine.close()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
         summary = self.engine.stats.to_dict()
+        summary["device_failure"] = None if self.failure is None else str(self.failure)
+        if self.devices.close_s is not None:
+            summary["device_close_s"] = round(self.devices.close_s, 3)
         summary["send_errors"] = sock.send_errors
         summary["receive_errors"] = sock.receive_errors
         summary["receive_buffer_bytes"] = sock.rcvbuf_bytes
@@ -221,7 +240,62 @@ class Peer:
         sealed = (self._seal(p) for p in self.packetizer.end_packets())
         return [d for d in sealed if d is not None]
 
-    async def _capture(self, sock: UdpSocket, addr: tuple[str, int], closers: list[Callable[[], None]]) -> None:
+    def _open_devices(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open and start the sound-card streams (before the socket exists, so nothing piles up).
+
+        Until the stream starts the output callback plays silence, and the input callback
+        drops what it captures until the sender runs (``_capturing``)."""
+        o, channels = self.options, self.packetizer.channels
+        if o.input is not None and self.source is None:
+            self._captured = asyncio.Queue(maxsize=64)
+            self.devices.open("input", o.input, channels, self._input_callback(loop, self._captured))
+        if o.output is not None and not is_audio_file(o.output):
+            self.devices.open("output", o.output, channels, self._output_callback())
+
+    def _input_callback(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[np.ndarray]) -> Callable[..., None]:
+        stats = self.engine.stats
+
+        def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+            if not self._capturing:
+                return
+            if status.input_overflow:
+                stats.device_input_overflows += 1
+            block = indata.copy()
+
+            def put() -> None:
+                if queue.full():  # the sender fell 64 blocks behind: this one is not sent
+                    stats.capture_queue_drops += 1
+                else:
+                    queue.put_nowait(block)
+
+            loop.call_soon_threadsafe(put)
+
+        return callback
+
+    def _output_callback(self) -> Callable[..., None]:
+        stats, engine, now = self.engine.stats, self.engine, self.now
+
+        def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+            if status.output_underflow:
+                stats.device_output_underflows += 1
+            outdata[:] = engine.next_block(now())
+
+        return callback
+
+    async def _watch_devices(self, wake: asyncio.Event) -> None:
+        """Ends the jam with a DeviceFailure once a stream stopped: woken by its finished callback,
+        or seen at a poll (a dead JACK server calls none)."""
+        while True:
+            failure = self.devices.failure()
+            if failure is not None:
+                raise DeviceFailure(f"sound device failed: {failure}")
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), POLL_S)
+            except TimeoutError:
+                pass
+
+    async def _capture(self, sock: UdpSocket, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         if self.source is not None:
             # Like JackTrip waiting for its peer: send silence until the peer is heard (and,
@@ -249,72 +323,17 @@ class Peer:
                     await sleep_until(loop, start + (k + n_blocks + j) * PACKET_S)
                 sock.send_nowait(data, addr)
             return
-        if self.options.input is None:
+        if self._captured is None:
             return
-        import sounddevice as sd
-
-        queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=64)
-
-        stats = self.engine.stats
-
-        def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
-            if status.input_overflow:
-                stats.device_input_overflows += 1
-            block = indata.copy()
-
-            def put() -> None:
-                if queue.full():  # the sender fell 64 blocks behind: this one is not sent
-                    stats.capture_queue_drops += 1
-                else:
-                    queue.put_nowait(block)
-
-            loop.call_soon_threadsafe(put)
-
-        try:
-            stream = sd.InputStream(
-                samplerate=SAMPLE_RATE,
-                blocksize=BLOCK_FRAMES,
-                channels=self.packetizer.channels,
-                dtype="float32",
-                device=_device(self.options.input),
-                callback=callback,
-                latency="low",
-            )
-            stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
-            raise DeviceError(f"cannot open input device {self.options.input!r}: {exc}") from None
-        closers.append(stream.close)
+        self._capturing = True
         while True:
-            await self._send(sock, addr, await queue.get())
+            await self._send(sock, addr, await self._captured.get())
 
     async def _playout(self, closers: list[Callable[[], None]]) -> None:
         out = self.options.output
         channels = self.packetizer.channels
         if out is not None and not is_audio_file(out):
-            import sounddevice as sd
-
-            stats = self.engine.stats
-
-            def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
-                if status.output_underflow:
-                    stats.device_output_underflows += 1
-                outdata[:] = self.engine.next_block(self.now())
-
-            try:
-                stream = sd.OutputStream(
-                    samplerate=SAMPLE_RATE,
-                    blocksize=BLOCK_FRAMES,
-                    channels=channels,
-                    dtype="float32",
-                    device=_device(out),
-                    callback=callback,
-                    latency="low",
-                )
-                stream.start()
-            except (sd.PortAudioError, ValueError) as exc:
-                raise DeviceError(f"cannot open output device {out!r}: {exc}") from None
-            closers.append(stream.close)
-            await asyncio.Event().wait()
+            return  # the output device's callback plays (opened in _open_devices)
         writer = WavWriter(out, channels) if out is not None else None
         if writer is not None:
             closers.append(writer.close)
@@ -339,3 +358,17 @@ class Peer:
             if self.session is not None and not self.session.outbound.established:
                 line += " | no session yet: is the peer up, with the same key?"
             self.options.status(line)
+
+
+def _exit_on_next_signal() -> None:
+    """From now on SIGINT and SIGTERM end the process at once (a second Ctrl-C, or one while
+    the jam shuts down); only the main thread can set that."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, _exit_now)
+        except ValueError:  # not the main thread
+            return
+
+
+def _exit_now(signum: int, _frame: object) -> None:
+    os._exit(128 + signum)

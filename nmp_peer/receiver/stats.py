@@ -92,6 +92,10 @@ class Stats:
     ``input_overflow``): captured audio was lost before it reached us."""
     capture_queue_drops: int = 0
     """Captured blocks dropped because the queue to the sender was full: never sent."""
+    device_callback_errors: int = 0
+    """Exceptions raised inside a sound-device callback: each aborts its stream and ends the jam."""
+    device_close_timeouts: int = 0
+    """Device streams whose close did not return in time (their audio server died): abandoned."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
