@@ -209,6 +209,11 @@ class Peer:
                 for reply in outbox:
                     sock.send_nowait(reply, peer_addr)
                 outbox.clear()
+                if self.session is not None and not self._ended:
+                    # A restarted peer's HELLO may call for our own new session: open it now,
+                    # not at the next poll, so its audio starts a round trip later.
+                    for hello in self.session.outbound.poll(t, self.packetizer.stream_id):
+                        sock.send_nowait(hello, peer_addr)
 
         return handle
 
