@@ -59,6 +59,11 @@ def _finite(x: Any) -> Any:
 
 RECOVERY_LIMIT_BLOCKS = 16
 """Blocks beyond the packets that never came before clean audio must be back after an outage or a restart."""
+KEYED_RESTART_LIMIT_BLOCKS = 43
+"""The same after a keyed restart: 0.5 s (issue 14's bound). The restarted peer plays its
+file once it hears its partner, and keyed that takes two handshakes through the relay (its
+own, then the partner's new one for its stream): up to 25 blocks on this 2-core machine
+running two CI suites at once, against the 3 to 12 of an unkeyed restart."""
 
 
 def analyse(result: dict[str, Any], scenario: Scenario, *, visqol: bool = False) -> dict[str, Any]:
@@ -106,16 +111,18 @@ def analyse(result: dict[str, Any], scenario: Scenario, *, visqol: bool = False)
             f"(the steepest step is {q['click_ratio']:.2f}x; clicks at [sample, ratio]: {q['click_positions']})",
         },
     ]
+    keyed = result["b"].get("handshakes") is not None
     for key in ("outage_recovery_blocks", "restart_recovery_blocks"):
         if key in q:
+            limit = KEYED_RESTART_LIMIT_BLOCKS if keyed and key == "restart_recovery_blocks" else RECOVERY_LIMIT_BLOCKS
             # 16 blocks (186 ms): on this project's 2-core machine a restart measured 3 to 12
             # blocks on loopback and netns alike (2026-11-27, 13 runs), the spread coming from
             # the restarted process's first packets; a stuck resync would be hundreds.
             audio_checks.append(
                 {
                     "check": "clean audio resumes",
-                    "ok": q[key] <= RECOVERY_LIMIT_BLOCKS,
-                    "detail": f"{q[key]} blocks beyond the packets that never came",
+                    "ok": q[key] <= limit,
+                    "detail": f"{q[key]} blocks beyond the packets that never came (at most {limit})",
                 }
             )
     return {
