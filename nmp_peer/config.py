@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nmp_peer import SAMPLE_RATE
 from nmp_peer.conceal import concealer_names
+from nmp_peer.receiver.gate import REPIN_AFTER_S
 from nmp_peer.receiver.latency import LatencyPolicy
 from nmp_peer.receiver.playout import PlayoutConfig
 from nmp_peer.shipped import conf_dir, resolve_config, shipped_names  # noqa: F401  (re-exported)
@@ -103,7 +104,7 @@ class SecuritySection(_Section):
     pin: Literal["peer", "host"] = "peer"
     """Without a key: follow the stream from the peer's exact HOST:PORT (``peer``), or from
     any port of its host (``host``: a peer behind a NAT that changes its source port)."""
-    repin_after_s: float = Field(0.5, gt=0.0, le=60.0)
+    repin_after_s: float = Field(REPIN_AFTER_S, gt=0.0, le=60.0)
     """Without a key: follow another stream (a restarted peer) only after the followed one
     ended or was silent this long."""
 
