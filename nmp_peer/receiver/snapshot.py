@@ -42,13 +42,15 @@ class LevelMeter:
     """RMS and peak level of the blocks a stream plays (or a peer captures), with meter ballistics.
 
     ``update`` takes each block (any shape, float samples, full scale 1.0): the meter jumps
-    to a louder block at once and decays by ``exp(-block / release)`` per quieter block.
+    to a louder block at once and, over quieter ones, falls by 10 log10(e) = 4.3 dB per
+    ``release_s`` (the power by ``exp(-block / release)`` a block; RMS and peak alike).
     One thread calls ``update``; any other reads ``rms_dbfs``/``peak_dbfs`` without a lock
     (each reads one float the writer replaces whole). Cost: two numpy reductions per block.
     """
 
     def __init__(self, release_s: float = RELEASE_S, block_s: float = PACKET_S) -> None:
         self._decay = math.exp(-block_s / release_s)
+        self._amplitude_decay = math.sqrt(self._decay)
         self.mean_square = 0.0
         self.peak = 0.0
         self.blocks = 0
@@ -60,7 +62,7 @@ class LevelMeter:
         mean_square = float(np.dot(x, x)) / x.size
         peak = max(float(x.max()), -float(x.min()))
         self.mean_square = max(mean_square, self.mean_square * self._decay)
-        self.peak = max(peak, self.peak * self._decay)
+        self.peak = max(peak, self.peak * self._amplitude_decay)
         self.blocks += 1
 
     @property
