@@ -237,7 +237,7 @@ class Chromium:
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
             f"--user-data-dir={self.profile}",
-            "--window-size=1000,640",
+            "--window-size=980,520",
             "about:blank",
         ]
         with open(self.log, "wb") as log:
@@ -258,6 +258,7 @@ class Chromium:
         self._reader = asyncio.get_running_loop().create_task(self._read())
         await self.call("Page.enable")
         await self.call("Runtime.enable")
+        await self.call("Emulation.setDeviceMetricsOverride", width=980, height=520, deviceScaleFactor=1, mobile=False)
 
     async def _read(self) -> None:
         async for msg in self.ws:

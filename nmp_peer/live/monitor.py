@@ -25,6 +25,8 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -123,6 +125,17 @@ class SnapshotBoard:
         while self.seq <= seq or self.latest is None:
             await self._new.wait()
         return self.latest
+
+
+async def publish_every(board: SnapshotBoard, build: Callable[[], dict[str, Any]], hz: float = SNAPSHOT_HZ) -> None:
+    """Publish ``build()`` on ``board`` ``hz`` times a second, on a fixed grid of the loop's clock
+    (ticks missed in a stall are skipped, not caught up), until cancelled."""
+    loop = asyncio.get_running_loop()
+    start, period, k = loop.time(), 1.0 / hz, 0
+    while True:
+        board.publish(build())
+        k = max(k + 1, math.ceil((loop.time() - start) / period))
+        await asyncio.sleep(max(0.0, start + k * period - loop.time()))
 
 
 class Monitor:

@@ -12,7 +12,6 @@ A stream that stops during the jam ends it with a ``DeviceFailure`` (``live.devi
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import socket
@@ -29,7 +28,7 @@ from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.conceal import make_concealer
 from nmp_peer.live.devices import POLL_S, DeviceFailure, DeviceStreams
-from nmp_peer.live.monitor import SNAPSHOT_HZ, Monitor, MonitorConfig, SnapshotBoard
+from nmp_peer.live.monitor import Monitor, MonitorConfig, SnapshotBoard, publish_every
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
@@ -88,7 +87,7 @@ class Peer:
         self.failure: DeviceFailure | None = None
         """Why the jam ended early: a device stream stopped (the summary says it too)."""
         self.board = SnapshotBoard()
-        """The latest snapshot (``receiver.snapshot``), replaced ``SNAPSHOT_HZ`` times a second with a monitor."""
+        """With a monitor: the latest snapshot (``receiver.snapshot``), replaced ``SNAPSHOT_HZ`` times a second."""
         self.input_level: LevelMeter | None = None
         if options.monitor is not None:  # meter what is sent and what is played
             self.input_level, self.engine.level = LevelMeter(), LevelMeter()
@@ -146,7 +145,7 @@ class Peer:
             if self.devices.opened:
                 tasks.append(loop.create_task(self._watch_devices(wake)))
             if monitor is not None:
-                tasks.append(loop.create_task(self._publish()))
+                tasks.append(loop.create_task(publish_every(self.board, self.snapshot)))
             try:
                 tasks.append(loop.create_task(self._capture(sock, peer_addr)))
                 tasks.append(loop.create_task(self._playout(closers)))
@@ -392,15 +391,6 @@ class Peer:
         me = self_snapshot(socket.gethostname(), stats, self.input_level)
         remote = peer_snapshot("peer", str(o.peer), stats, self.engine.level)
         return make_snapshot(time.monotonic() - self._t0, me, [remote])
-
-    async def _publish(self) -> None:
-        """A snapshot ``SNAPSHOT_HZ`` times a second, on a fixed grid (ticks missed in a stall are skipped)."""
-        loop = asyncio.get_running_loop()
-        start, period, k = loop.time(), 1.0 / SNAPSHOT_HZ, 0
-        while True:
-            self.board.publish(self.snapshot())
-            k = max(k + 1, math.ceil((loop.time() - start) / period))
-            await sleep_until(loop, start + k * period)
 
 
 def _exit_on_next_signal() -> None:
