@@ -213,24 +213,23 @@ def test_a_snapshot_carries_each_stream_s_stats_as_its_summary_rounds_them() -> 
 
 # ---------------------------------------------------------------------- the page in a real browser
 class Chromium:
-    """Debian's chromium, headless, and one page of it driven over the DevTools protocol (CDP)."""
+    """Debian's chromium, headless, with its DevTools protocol (CDP) on a local port."""
 
     def __init__(self, profile: Path) -> None:
         self.profile = profile
         self.process: subprocess.Popen[bytes] | None = None
         self.log = profile.parent / "chromium.log"
-        self._ids = 0
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.port = 0
 
-    def start(self, timeout_s: float = 60.0) -> int:
-        """The DevTools port; skips, saying why, where chromium is missing or cannot start."""
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Skips, saying why, where chromium is missing or cannot start."""
         exe = shutil.which("chromium") or shutil.which("chromium-browser")
         if exe is None:
             pytest.skip("chromium is not installed (make setup installs Debian's chromium)")
         args = [
             exe,
             "--headless",
-            "--no-sandbox",  # as root (CI), chromium runs no sandbox; it only opens this test's local page
+            "--no-sandbox",  # as root (CI), chromium runs no sandbox; it only opens this test's local pages
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--no-first-run",
@@ -249,16 +248,34 @@ class Chromium:
                 self.stop()
                 pytest.skip(f"chromium did not start: {self.log.read_text(errors='replace')[-600:]}")
             time.sleep(0.1)
-        return int(port_file.read_text().split()[0])
+        self.port = int(port_file.read_text().split()[0])
 
-    async def open(self, http: aiohttp.ClientSession, port: int) -> None:
-        async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as r:
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+class Tab:
+    """One page (tab) of the browser, driven over its own CDP WebSocket."""
+
+    def __init__(self) -> None:
+        self._ids = 0
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+    async def open(self, http: aiohttp.ClientSession, devtools_port: int, url: str) -> None:
+        async with http.put(f"http://127.0.0.1:{devtools_port}/json/new?about:blank") as r:
             target = await r.json(content_type=None)
         self.ws = await http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
         self._reader = asyncio.get_running_loop().create_task(self._read())
         await self.call("Page.enable")
         await self.call("Runtime.enable")
         await self.call("Emulation.setDeviceMetricsOverride", width=980, height=520, deviceScaleFactor=1, mobile=False)
+        await self.call("Page.navigate", url=url)
 
     async def _read(self) -> None:
         async for msg in self.ws:
@@ -290,27 +307,26 @@ class Chromium:
             assert time.monotonic() < deadline, f"the page: {what}, not within {timeout_s:g} s"
             await asyncio.sleep(0.1)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
-
-READ_PAGE = """(async () => {
+def read_page(query: str = "") -> str:
+    """JS: what the page shows (every ``data-field`` cell's text), the snapshot it holds, and
+    /snapshot.json fetched at once (with ``query``: the key)."""
+    return """(async () => {
   const fields = root => Object.fromEntries([...root.querySelectorAll('[data-field]')]
       .map(e => [e.dataset.field, e.textContent]));
   const m = window.nmpMonitor;
   const panels = [...document.querySelectorAll('section[data-peer]')];
   const page = {seq: m.rendered, updates: m.updates, last: m.last, self: fields(document.getElementById('self')),
       peers: panels.map(p => ({name: p.dataset.peer, fields: fields(p)}))};
-  const r = await fetch('/snapshot.json');
+  const r = await fetch('/snapshot.json' + QUERY);
   return {page, json: await r.json()};
-})()"""
+})()""".replace("QUERY", json.dumps(query))
 
+
+PLAYING = (
+    "(m => m && m.last && m.last.peers.length && m.last.peers[0].received > 100"
+    " && m.last.peers[0].level_dbfs !== null && m.last.self.input_level_dbfs !== null)(window.nmpMonitor)"
+)
 PLOTTED = """(() => {
   const c = document.querySelector('section[data-peer] canvas');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -321,7 +337,7 @@ PLOTTED = """(() => {
 
 
 def shown(field: str, text: str) -> float | int | None:
-    """The value a page cell shows (``-``-like dash: none)."""
+    """The value a page cell shows (a dash: none)."""
     if text == "\u2014":
         return None
     return int(text) if field in COUNTERS or field == "packets_sent" else float(text)
@@ -340,11 +356,8 @@ def assert_page_shows(page: dict[str, Any], snapshot: dict[str, Any]) -> None:
         if want is None or field in COUNTERS:
             assert value == want, (field, text, want)
         else:
-            assert value is not None and abs(value - want) <= (0.005 if "packets" in field else 0.05) + 1e-9, (
-                field,
-                text,
-                want,
-            )
+            tolerance = (0.005 if "packets" in field else 0.05) + 1e-9
+            assert value is not None and abs(value - want) <= tolerance, (field, text, want)
     for field in ("input_level_dbfs", "input_peak_dbfs", "packets_sent"):
         value, want = shown(field, page["self"][field]), snapshot["self"][field]
         if want is None or field == "packets_sent":
@@ -353,15 +366,27 @@ def assert_page_shows(page: dict[str, Any], snapshot: dict[str, Any]) -> None:
             assert value is not None and abs(value - want) <= 0.05 + 1e-9, (field, value, want)
 
 
+def monitor_port(jam: JamProcess) -> int:
+    """The port of the monitor a jam announced (``nmp-peer jam: monitor at http://HOST:PORT/ ...``)."""
+    jam.wait_for("the monitor's address", lambda: any("monitor at http://" in line for line in jam.lines))
+    line = next(line for line in jam.lines if "monitor at http://" in line)
+    return int(line.split("monitor at http://")[1].split("/")[0].rsplit(":", 1)[1])
+
+
 @pytest.mark.slow
 def test_the_page_in_a_real_browser_shows_a_live_jam_s_numbers_as_its_snapshots_and_summary(tmp_path: Path) -> None:
+    """B serves a keyed monitor on every address (the key file's token in the page's URL), A
+    an unkeyed one on 127.0.0.1; the relay drops 5 % of A's packets to B, so that B's page
+    counts losses and concealments."""
     seconds = 8.0
     write_audio(tmp_path / "a.wav", music_like(seconds, seed=1))
     write_audio(tmp_path / "b.wav", music_like(seconds, seed=2))
+    key = tmp_path / "monitor.key"
+    key.write_text(TOKEN + "\n")
     pa, pb, relay_port = free_port(), free_port(), free_port()
     relay_err = tmp_path / "relay.err"
     with open(relay_err, "wb") as err_file:
-        relay = subprocess.Popen(  # 5 % loss from A to B only, so that B's page counts losses and concealments
+        relay = subprocess.Popen(
             [sys.executable, "-m", "nmp_peer.cli", "impair", "--listen", f"127.0.0.1:{relay_port}"]
             + ["--forward", f"127.0.0.1:{pb}", "--loss", "0.05", "--one-way", "--seed", "3"]
             + ["--summary", str(tmp_path / "relay.json")],
@@ -376,25 +401,24 @@ def test_the_page_in_a_real_browser_shows_a_live_jam_s_numbers_as_its_snapshots_
         while "relaying" not in relay_err.read_text():
             assert relay.poll() is None and time.monotonic() < deadline, relay_err.read_text()
             time.sleep(0.1)
-        common = ["--concealer", "lpc", "--duration", "120"]
+        common = ["--peer", f"127.0.0.1:{relay_port}", "--concealer", "lpc", "--duration", "120"]
         b = JamProcess(
-            ["--listen", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{relay_port}", "--input", str(tmp_path / "b.wav")]
-            + ["--output", str(tmp_path / "b_hears.wav"), "--monitor", "127.0.0.1:0", *common]
+            ["--listen", f"127.0.0.1:{pb}", "--input", str(tmp_path / "b.wav"), "--output", str(tmp_path / "b.out.wav")]
+            + ["--monitor", "0.0.0.0:0", "--monitor-key-file", str(key), *common]
         )
         jams.append(b)
-        b.wait_for("B's monitor address", lambda: any("monitor at http://" in line for line in b.lines))
-        url = next(line for line in b.lines if "monitor at " in line).split("monitor at ")[1].strip()
+        b_port = monitor_port(b)
         a = JamProcess(
-            ["--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{relay_port}", "--input", str(tmp_path / "a.wav")]
-            + ["--output", str(tmp_path / "a_hears.wav"), *common]
+            ["--listen", f"127.0.0.1:{pa}", "--input", str(tmp_path / "a.wav"), "--output", str(tmp_path / "a.out.wav")]
+            + ["--monitor", "127.0.0.1:0", *common]
         )
         jams.append(a)
-        devtools = chromium.start()
-        final = asyncio.run(watch(chromium, devtools, url, tmp_path))
+        a_port = monitor_port(a)
+        chromium.start()
+        final = asyncio.run(watch(chromium.port, b_port, a_port, tmp_path))
         code, summary, err = b.stop()
         assert code == 0, err
-        for jam in jams[1:]:
-            assert jam.stop()[0] == 0
+        assert a.stop()[0] == 0
     finally:
         chromium.stop()
         for jam in jams:
@@ -403,8 +427,8 @@ def test_the_page_in_a_real_browser_shows_a_live_jam_s_numbers_as_its_snapshots_
         relay.wait(30)
     # After A's stream ended the counters stood still: the page's last numbers are B's summary's.
     (peer,) = final["peers"]
-    for field, key in COUNTERS.items():
-        assert shown(field, peer["fields"][field]) == summary[key], (field, peer["fields"][field], summary[key])
+    for field, key_ in COUNTERS.items():
+        assert shown(field, peer["fields"][field]) == summary[key_], (field, peer["fields"][field], summary[key_])
     for field in ("jitter_ms", "latency_ms"):
         assert abs(float(peer["fields"][field]) - summary[field]) <= 0.05 + 1e-9, field
     assert summary["packets_lost"] > 0 and summary["packets_concealed"] >= summary["packets_lost"]
@@ -414,24 +438,26 @@ def test_the_page_in_a_real_browser_shows_a_live_jam_s_numbers_as_its_snapshots_
         shutil.copyfile(png, os.environ["NMP_MONITOR_SCREENSHOT"])
 
 
-async def watch(chromium: Chromium, devtools: int, url: str, tmp_path: Path) -> dict[str, Any]:
-    """Open the page, check it live against /snapshot.json, wait for the end of A's stream,
-    screenshot it; return what the page shows at the end."""
+async def watch(devtools: int, b_port: int, a_port: int, tmp_path: Path) -> dict[str, Any]:
+    """B's page (keyed): checked live against /snapshot.json, screenshot, then what it shows at
+    the end of A's stream. A's page (unkeyed): checked once."""
     async with aiohttp.ClientSession() as http:
-        await chromium.open(http, devtools)
-        await chromium.call("Page.navigate", url=url)
-        await chromium.wait_for(
-            "a snapshot with A's audio playing",
-            "(m => m && m.last && m.last.peers.length && m.last.peers[0].received > 100"
-            " && m.last.peers[0].level_dbfs !== null && m.last.self.input_level_dbfs !== null)(window.nmpMonitor)",
-        )
+        b_page, a_page = Tab(), Tab()
+        await b_page.open(http, devtools, f"http://127.0.0.1:{b_port}/?key={TOKEN}")
+        await a_page.open(http, devtools, f"http://127.0.0.1:{a_port}/")
+        await b_page.wait_for("a snapshot with A's audio playing", PLAYING)
+        # The page took the key from its URL and dropped it from the address bar; without the key
+        # even the page's own origin gets 403.
+        assert await b_page.evaluate("location.href") == f"http://127.0.0.1:{b_port}/"
+        assert await b_page.evaluate("fetch('/snapshot.json').then(r => r.status)") == 403
+        key = f"?key={TOKEN}"
         # Live: the page redraws as snapshots come; each time it shows the one it holds, and
         # that one is /snapshot.json's whenever both are the same snapshot (most reads).
-        first = await chromium.evaluate(READ_PAGE)
+        first = await b_page.evaluate(read_page(key))
         t0 = time.monotonic()
         same, reads = 0, 0
         while same < 5 or time.monotonic() - t0 < 3.0:
-            got = await chromium.evaluate(READ_PAGE)
+            got = await b_page.evaluate(read_page(key))
             page, snap = got["page"], got["json"]
             assert_page_shows(page, page["last"])
             assert snap["seq"] >= page["seq"] and snap["time"] >= page["last"]["time"]
@@ -443,7 +469,7 @@ async def watch(chromium: Chromium, devtools: int, url: str, tmp_path: Path) -> 
             reads += 1
             assert reads < 400, f"the page held /snapshot.json's snapshot in only {same} of {reads} reads"
             await asyncio.sleep(0.07)
-        last = await chromium.evaluate(READ_PAGE)
+        last = await b_page.evaluate(read_page(key))
         wall = time.monotonic() - t0
         p0, p1 = first["page"], last["page"]
         updates_per_s = (p1["updates"] - p0["updates"]) / wall
@@ -451,14 +477,23 @@ async def watch(chromium: Chromium, devtools: int, url: str, tmp_path: Path) -> 
         print(f"monitor: {snapshots_per_s:.1f} snapshots/s published, {updates_per_s:.1f} page updates/s")
         assert snapshots_per_s >= 10.0 and updates_per_s >= 5.0, (snapshots_per_s, updates_per_s)
         assert p1["last"]["peers"][0]["received"] > p0["last"]["peers"][0]["received"]  # live
-        assert await chromium.evaluate(PLOTTED) > 50, "the plot shows no buffer-depth line"
-        shot = await chromium.call("Page.captureScreenshot", format="png")
+        assert await b_page.evaluate(PLOTTED) > 50, "the plot shows no buffer-depth line"
+        shot = await b_page.call("Page.captureScreenshot", format="png")
         (tmp_path / "monitor.png").write_bytes(base64.b64decode(shot["data"]))
-        # The end: A's file is over, its stream ended; the counters stand still.
-        await chromium.wait_for(
-            "the end of A's stream", "window.nmpMonitor.last.peers[0].stream_ends > 0", timeout_s=60.0
-        )
+        # A's page, unkeyed on 127.0.0.1, shows A's stream from B, as A's /snapshot.json has it.
+        await a_page.wait_for("a snapshot with B's audio playing", PLAYING)
+        for _ in range(100):
+            got = await a_page.evaluate(read_page())
+            assert_page_shows(got["page"], got["page"]["last"])
+            if got["json"]["seq"] == got["page"]["seq"]:
+                assert got["json"] == got["page"]["last"]
+                break
+            await asyncio.sleep(0.07)
+        else:
+            raise AssertionError("A's page never held /snapshot.json's snapshot")
+        # The end: A's file is over, its stream ended; B's counters stand still.
+        await b_page.wait_for("the end of A's stream", "window.nmpMonitor.last.peers[0].stream_ends > 0")
         await asyncio.sleep(0.5)
-        end = await chromium.evaluate(READ_PAGE)
+        end = await b_page.evaluate(read_page(key))
         assert_page_shows(end["page"], end["page"]["last"])
         return dict(end["page"])

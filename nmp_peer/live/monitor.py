@@ -155,6 +155,13 @@ class Monitor:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"http://{host}:{self.port}/"
 
+    @property
+    def announcement(self) -> str:
+        """What the jam says once it serves: where, and how to open it when keyed."""
+        if self.config.token is None:
+            return f"monitor at {self.url}"
+        return f"monitor at {self.url} (open it as {self.url}?key=TOKEN, the token of the monitor key file)"
+
     async def start(self) -> None:
         from aiohttp import web
 

@@ -131,7 +131,7 @@ class Peer:
         try:
             if monitor is not None:
                 await monitor.start()
-                print(f"nmp-peer jam: monitor at {monitor.url}", file=sys.stderr, flush=True)
+                print(f"nmp-peer jam: {monitor.announcement}", file=sys.stderr, flush=True)
             self._open_devices(loop)
             sock = await UdpSocket.bind(self.options.listen)
             freeze_heap()
