@@ -497,3 +497,9 @@ async def watch(devtools: int, b_port: int, a_port: int, tmp_path: Path) -> dict
         end = await b_page.evaluate(read_page(key))
         assert_page_shows(end["page"], end["page"]["last"])
         return dict(end["page"])
+
+
+def test_a_jam_without_a_monitor_does_not_import_aiohttp() -> None:
+    """aiohttp takes about 0.25 s to import: only a jam that serves a monitor pays it."""
+    code = "import sys, nmp_peer.cli.peer, nmp_peer.live.peer; sys.exit('aiohttp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
