@@ -251,7 +251,9 @@ class Monitor:
 
         if self.clients >= MAX_CLIENTS:
             return web.Response(status=503, text=f"the monitor serves {MAX_CLIENTS} pages at once\n")
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=4096)
+        # No per-message deflate (CPU on the jam's loop for a few kB); a page that does not answer
+        # the close at the jam's end is given 1 s, not aiohttp's 10.
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=4096, compress=False, timeout=1.0)
         await ws.prepare(request)
         self._sockets.add(ws)
         sender = asyncio.get_running_loop().create_task(self._send_snapshots(ws))
