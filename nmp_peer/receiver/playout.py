@@ -36,6 +36,7 @@ from nmp_peer.receiver.drift import LOOKAHEAD, read_block
 from nmp_peer.receiver.fifo import StreamFifo, raised_cosine
 from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 from nmp_peer.receiver.latency import Action, LatencyController, LatencyPolicy
+from nmp_peer.receiver.snapshot import LevelMeter
 from nmp_peer.receiver.stats import Stats
 
 
@@ -124,6 +125,8 @@ class PlayoutEngine:
         event 0 = played, 1 = concealed, 2 = inserted, 3 = dropped."""
         self.slot_log: list[tuple[int, bool]] | None = None
         """When enabled (a list): (unwrapped sequence number, concealed) of every slot played."""
+        self.level: LevelMeter | None = None
+        """When enabled (a meter): the level of the blocks played, for a live monitor."""
 
     # ------------------------------------------------------------------ network side
     def push(self, packet: Packet, now: float, *, follow: bool = False) -> Arrival | None:
@@ -277,6 +280,8 @@ class PlayoutEngine:
         with self._lock:
             out = self._next_block(now)
         self.samples_out += BLOCK_FRAMES
+        if self.level is not None:
+            self.level.update(out)
         return out
 
     def _next_block(self, now: float) -> np.ndarray:
