@@ -69,7 +69,10 @@ class PlayoutEngine:
         *,
         threaded: bool = False,
         stats: Stats | None = None,
+        worker: ThreadedWorker | None = None,
     ) -> None:
+        """``worker``: a threaded worker of a shared thread (a band's streams share one,
+        ``ConcealThread.lane``); else one of its own (``threaded``) or inline."""
         self.config = config or PlayoutConfig()
         self.concealer = concealer
         self.stats = stats or Stats()
@@ -77,7 +80,11 @@ class PlayoutEngine:
         self.jitter = JitterBuffer()
         self.controller = LatencyController(self.config.latency)
         self.fifo = StreamFifo(self.channels)
-        self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
+        self.worker: ThreadedWorker | InlineWorker
+        if worker is not None:
+            self.worker = worker
+        else:
+            self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
         self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
         self._decoders: dict[PayloadType, Decoder] = {}
         self._decoder: Decoder | None = None
