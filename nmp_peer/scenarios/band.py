@@ -1,0 +1,259 @@
+"""A band of N peers through impairment relays on loopback, each link its own network.
+
+```
+      anna ◄──► relay(anna, ben) ◄──► ben          one relay per pair of peers (N (N - 1) / 2),
+        ▲  ◄──► relay(anna, chloe) ◄──► chloe ▲    each direction of it one *link* with its own
+        └────── relay(ben, chloe) ─────────────┘    impairment (seeded), its own ground-truth log
+```
+
+All peers and relays run in this process on one event loop (real UDP sockets on
+127.0.0.1, real files in and out): every peer sends its file (a test tone of its own
+by default) to the others, each waits until it hears all of them, and the run ends
+when every listener has heard every stream end. Then, per listener and per remote:
+its counters, latency and round trip, held against the relay's log of that link:
+
+* ``lost`` equals the relay's drops after the first packet it delivered (before it, the
+  receiver never knew the stream); ``received`` its deliveries from there on, and
+  ``duplicate`` its duplicates: the streams ended (end-of-stream notices), so every slot
+  up to the end was played;
+* a clean link (nothing dropped, delayed or duplicated) conceals nothing but the
+  packets its receiver counted late (a busy machine's scheduling).
+
+``run_band`` returns the report (``report.json`` in the output folder, with each
+listener's mix and each link's relay log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmp_peer import SAMPLE_RATE
+from nmp_peer.audio_io import read_audio, write_audio
+from nmp_peer.live.peer import JamOptions, Peer
+from nmp_peer.live.remote import RemoteSpec
+from nmp_peer.live.transport import Endpoint
+from nmp_peer.netsim.impair import Impairment
+from nmp_peer.netsim.relay import Relay
+from nmp_peer.netsim.relaylog import LOST_ACTIONS, read_log
+from nmp_peer.proto.wire import seq_delta
+
+NAMES = ("anna", "ben", "chloe", "dan", "eve", "finn", "gus", "hana")
+TONES_HZ = (220.0, 277.2, 349.2, 440.0, 523.3, 659.3, 784.0, 987.8)
+"""Each peer's test tone: far enough apart to tell them apart in a mix by correlation."""
+TONE_AMPLITUDE = 0.2
+
+
+def tone(freq_hz: float, seconds: float, amplitude: float = TONE_AMPLITUDE) -> np.ndarray:
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    x = amplitude * np.sin(2 * np.pi * freq_hz * t)
+    return (np.round(x * 32767) / 32767).astype(np.float32)[:, None]
+
+
+def tone_level(x: np.ndarray, freq_hz: float) -> float:
+    """The amplitude of ``freq_hz`` in ``x`` (mono or the channels' mean), by correlation with a
+    complex exponential over the part of ``x`` that is not silent."""
+    mono = x.mean(axis=1) if x.ndim == 2 else x
+    live = np.flatnonzero(np.abs(mono) > 1e-4)
+    if len(live) < SAMPLE_RATE // 10:
+        return 0.0
+    seg = mono[live[0] : live[-1] + 1].astype(np.float64)
+    t = np.arange(len(seg)) / SAMPLE_RATE
+    return float(2.0 * abs(np.dot(seg, np.exp(-2j * np.pi * freq_hz * t))) / len(seg))
+
+
+@dataclass
+class BandPlan:
+    outdir: Path
+    names: list[str]
+    inputs: dict[str, Path] = field(default_factory=dict)
+    """Each peer's input file; a peer without one sends its test tone (``TONES_HZ``)."""
+    links: dict[tuple[str, str], Impairment | None] = field(default_factory=dict)
+    """(sender, receiver): the impairment of that direction; absent: clean."""
+    seconds: float = 10.0
+    concealer: str = "lpc"
+    config: str | None = "wan"
+    key: bytes | None = None
+    timeout_s: float = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def link_truth(records: list[dict[str, Any]], direction: str) -> dict[str, Any]:
+    """What the receiver of one relay direction must have counted (a stream that ended)."""
+    mine = [r for r in records if r["dir"] == direction and r["seq"] >= 0 and not r.get("end")]
+    first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
+    out = {"relay_packets": len(mine), "relay_lost": sum(r["action"] in LOST_ACTIONS for r in mine)}
+    if first is None:
+        return out | {"lost": 0, "received": 0, "duplicate": 0, "delayed": 0}
+    same = [r for r in mine if r["stream_id"] == first["stream_id"]]
+    pos = [seq_delta(r["seq"], first["seq"]) for r in same]
+    lost = sum(r["action"] in LOST_ACTIONS and p > 0 for r, p in zip(same, pos, strict=True))
+    got = sum(r["action"] not in LOST_ACTIONS and p >= 0 for r, p in zip(same, pos, strict=True))
+    dups = sum(r["action"] == "duplicate" and p >= 0 for r, p in zip(same, pos, strict=True))
+    delayed = sum(max(r["delays_ms"], default=0.0) > 0.0 for r in same if r["action"] not in LOST_ACTIONS)
+    return out | {
+        "lost": lost,
+        "received": got,
+        "duplicate": dups,
+        "delayed": delayed,
+        "streams": len({r["stream_id"] for r in mine}),
+    }
+
+
+async def run_band(plan: BandPlan) -> dict[str, Any]:
+    from nmp_peer.config import load_config
+
+    cfg = load_config(plan.config)
+    out = plan.outdir
+    out.mkdir(parents=True, exist_ok=True)
+    names = plan.names
+    ports = {n: _free_port() for n in names}
+    inputs: dict[str, Path] = {}
+    for i, n in enumerate(names):
+        if n in plan.inputs:
+            inputs[n] = plan.inputs[n]
+        else:
+            inputs[n] = out / f"{n}-in.wav"
+            write_audio(inputs[n], tone(TONES_HZ[i], plan.seconds))
+    relays: dict[tuple[str, str], Relay] = {}
+    via: dict[tuple[str, str], Endpoint] = {}
+    """(listener, remote): where the listener sends to (and hears) the remote: the pair's relay."""
+    for a, b in combinations(names, 2):
+        relay = Relay(
+            Endpoint("127.0.0.1", 0),
+            Endpoint("127.0.0.1", ports[b]),
+            plan.links.get((a, b)),
+            plan.links.get((b, a)),
+            log=out / f"relay-{a}-{b}.jsonl",
+        )
+        await relay.start()
+        relays[(a, b)] = relay
+        host, port = relay.address
+        via[(a, b)] = via[(b, a)] = Endpoint(host, port)
+    peers: dict[str, Peer] = {}
+    for n in names:
+        remotes = [RemoteSpec(m, via[(n, m)], pan=_pan(names.index(m), len(names))) for m in names if m != n]
+        options = JamOptions(
+            listen=Endpoint("127.0.0.1", ports[n]),
+            peer=None,
+            remotes=remotes,
+            out_channels=2,
+            input=str(inputs[n]),
+            output=str(out / f"{n}-hears.wav"),
+            concealer=plan.concealer,
+            playout=cfg.playout(),
+            key=plan.key,
+            repin_after_s=cfg.security.repin_after_s,
+        )
+        peers[n] = Peer(options)
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    # Side A of each relay is its first name's peer: the relay forwards to the second,
+    # whose datagrams before the first one's are dropped (counted ``no_peer``).
+    tasks = {n: loop.create_task(peers[n].run()) for n in names}
+    deadline = loop.time() + plan.timeout_s
+    timed_out = False
+    while not all(r.stats.stream_ends >= 1 for p in peers.values() for r in p.remotes):
+        if loop.time() > deadline or any(t.done() for t in tasks.values()):
+            timed_out = True
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # the last notices' copies
+    for p in peers.values():
+        p.stop()
+    summaries = {n: await t for n, t in tasks.items()}
+    relay_summaries = {}
+    for key, relay in relays.items():
+        relay.close()
+        relay_summaries[key] = relay.summary()
+    report = _report(
+        plan, names, summaries, relay_summaries, {k: read_log(out / f"relay-{k[0]}-{k[1]}.jsonl") for k in relays}
+    )
+    report["timed_out"] = timed_out
+    report["wall_s"] = round(time.monotonic() - started, 2)
+    report["ok"] = report["ok"] and not timed_out
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _pan(index: int, n: int) -> float:
+    return 0.0 if n <= 2 else round(-0.8 + 1.6 * index / (n - 1), 2)
+
+
+def _report(
+    plan: BandPlan,
+    names: list[str],
+    summaries: dict[str, dict[str, Any]],
+    relays: dict[tuple[str, str], dict[str, Any]],
+    logs: dict[tuple[str, str], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    listeners = []
+    all_ok = True
+    for n in names:
+        heard, _ = read_audio(plan.outdir / f"{n}-hears.wav", channels=2)
+        rows = []
+        for remote in summaries[n]["peers"]:
+            m = remote["name"]
+            pair = (n, m) if (n, m) in relays else (m, n)
+            direction = "a2b" if pair == (m, n) else "b2a"  # m sends to n
+            truth = link_truth(logs[pair], direction)
+            impaired = plan.links.get((m, n)) is not None
+            checks = {
+                "lost = relay drops": remote["packets_lost"] == truth["lost"],
+                "received = relay deliveries": remote["packets_received"] == truth["received"],
+                "duplicates = relay duplicates": remote["packets_duplicate"] == truth["duplicate"],
+                "stream ended": remote["stream_ends"] >= 1,
+            }
+            if not impaired:
+                checks["clean link: concealed only what came late"] = (
+                    remote["packets_concealed"] <= remote["packets_late"]
+                )
+            ok = all(checks.values())
+            all_ok &= ok
+            row = {
+                "from": m,
+                "impairment": repr(plan.links.get((m, n))) if impaired else None,
+                "level": round(tone_level(heard, TONES_HZ[names.index(m)]), 4) if m not in plan.inputs else None,
+                "truth": truth,
+                "checks": checks,
+                "ok": ok,
+            }
+            for k in (
+                "packets_received",
+                "packets_lost",
+                "packets_late",
+                "packets_duplicate",
+                "packets_concealed",
+                "concealer_partial",
+                "concealer_misses",
+                "latency_ms",
+                "rtt_ms",
+                "rtt_avg_ms",
+                "one_way_ms",
+                "jitter_ms",
+            ):
+                row[k] = remote.get(k)
+            rows.append(row)
+        own = round(tone_level(heard, TONES_HZ[names.index(n)]), 4) if n not in plan.inputs else None
+        listeners.append({"listener": n, "own_tone_level": own, "remotes": rows, "summary": summaries[n]})
+    return {
+        "names": names,
+        "seconds": plan.seconds,
+        "concealer": plan.concealer,
+        "listeners": listeners,
+        "relays": {f"{a}-{b}": s for (a, b), s in relays.items()},
+        "ok": all_ok,
+    }
