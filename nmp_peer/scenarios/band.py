@@ -257,3 +257,31 @@ def _report(
         "relays": {f"{a}-{b}": s for (a, b), s in relays.items()},
         "ok": all_ok,
     }
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    """A table per listener: each remote's link, counters, latency and round trip, and the checks."""
+    lines = [
+        f"# A band of {len(report['names'])} on loopback ({report['seconds']:g} s tones, {report['concealer']})",
+        "",
+        f"Counters agree with the relays' logs: **{report['ok']}** (wall {report.get('wall_s')} s).",
+        "",
+    ]
+    for listener in report["listeners"]:
+        lines += [
+            f"## {listener['listener']} hears",
+            "",
+            f"Own tone in the mix: {listener['own_tone_level']} (it does not hear itself).",
+            "",
+            "| from | impairment | tone | received | lost (relay) | late | concealed | partial | latency ms "
+            "| rtt ms | one-way ms | ok |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in listener["remotes"]:
+            lines.append(
+                f"| {r['from']} | {r['impairment'] or 'clean'} | {r['level']} | {r['packets_received']} "
+                f"| {r['packets_lost']} ({r['truth']['lost']}) | {r['packets_late']} | {r['packets_concealed']} "
+                f"| {r['concealer_partial']} | {r['latency_ms']} | {r['rtt_avg_ms']} | {r['one_way_ms']} | {r['ok']} |"
+            )
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
