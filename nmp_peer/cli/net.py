@@ -229,6 +229,7 @@ def scenarios_band(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the impairments (each link its own, derived).")] = 0,
     key_file: Annotated[Path | None, typer.Option(help="A pre-shared key for the whole band.")] = None,
+    codec: Annotated[str, typer.Option(help="What every peer sends: pcm16 | opus.")] = "pcm16",
 ) -> None:
     """A band on loopback: every pair of peers through its own relay, a report per listener.
 
@@ -256,8 +257,16 @@ def scenarios_band(
             raise UserError(f"--link {text!r}: loss is 0..1 and jitter 0..1000 ms")
         s = seed * 1000 + k + 1
         links[(src, dst)] = Impairment(BernoulliLoss(loss, seed=s), jitter_ms=jitter, seed=s)
+    if codec not in ("pcm16", "opus"):
+        raise UserError(f"--codec is pcm16 or opus, not {codec!r}")
     plan = BandPlan(
-        out, names, links=links, seconds=seconds, concealer=concealer, key=load_key(key_file) if key_file else None
+        out,
+        names,
+        links=links,
+        seconds=seconds,
+        concealer=concealer,
+        key=load_key(key_file) if key_file else None,
+        codec=codec,
     )
     report = asyncio.run(run_band(plan))
     write_markdown(report, out / "report.md")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from nmp_peer import SAMPLE_RATE
+from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.audio_io import read_audio, write_audio
 from nmp_peer.live.peer import JamOptions, Peer
 from nmp_peer.live.remote import RemoteSpec
@@ -82,6 +82,8 @@ class BandPlan:
     concealer: str = "lpc"
     config: str | None = "wan"
     key: bytes | None = None
+    codec: str = "pcm16"
+    """What every peer sends: pcm16 or opus (the config's [opus] settings)."""
     timeout_s: float = 120.0
 
 
@@ -110,13 +112,26 @@ def link_truth(records: list[dict[str, Any]], direction: str) -> dict[str, Any]:
         "duplicate": dups,
         "delayed": delayed,
         "streams": len({r["stream_id"] for r in mine}),
+        "mean_datagram_bytes": round(float(np.mean([r["bytes"] for r in same])), 1),
+        "kbit_s": stream_kbit_s(float(np.mean([r["bytes"] for r in same]))),
     }
+
+
+IP_UDP_BYTES = 28
+"""An IPv4 and a UDP header around every datagram."""
+
+
+def stream_kbit_s(datagram_bytes: float) -> float:
+    """One stream's rate on the wire: a datagram of this size (plus IPv4 and UDP) per 512-sample packet."""
+    return round((datagram_bytes + IP_UDP_BYTES) * 8 * SAMPLE_RATE / BLOCK_FRAMES / 1000.0, 1)
 
 
 async def run_band(plan: BandPlan) -> dict[str, Any]:
     from nmp_peer.config import load_config
 
     cfg = load_config(plan.config)
+    if plan.codec != "pcm16":
+        cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"codec": plan.codec})})
     out = plan.outdir
     out.mkdir(parents=True, exist_ok=True)
     names = plan.names
@@ -157,6 +172,7 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
             playout=cfg.playout(),
             key=plan.key,
             repin_after_s=cfg.security.repin_after_s,
+            codec=cfg.encoder(),
         )
         peers[n] = Peer(options)
     loop = asyncio.get_running_loop()
@@ -248,11 +264,26 @@ def _report(
                 row[k] = remote.get(k)
             rows.append(row)
         own = round(tone_level(heard, TONES_HZ[names.index(n)]), 4) if n not in plan.inputs else None
-        listeners.append({"listener": n, "own_tone_level": own, "remotes": rows, "summary": summaries[n]})
+        received_kbit_s = round(sum(r["truth"].get("kbit_s", 0.0) for r in rows), 1)
+        listeners.append(
+            {
+                "listener": n,
+                "own_tone_level": own,
+                "download_kbit_s": received_kbit_s,
+                "remotes": rows,
+                "summary": summaries[n],
+            }
+        )
+    for listener in listeners:  # what each peer sends: its stream, once to each of the others
+        n = listener["listener"]
+        listener["upload_kbit_s"] = round(
+            sum(r["truth"].get("kbit_s", 0.0) for o in listeners for r in o["remotes"] if r["from"] == n), 1
+        )
     return {
         "names": names,
         "seconds": plan.seconds,
         "concealer": plan.concealer,
+        "codec": plan.codec,
         "listeners": listeners,
         "relays": {f"{a}-{b}": s for (a, b), s in relays.items()},
         "ok": all_ok,
@@ -262,7 +293,8 @@ def _report(
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     """A table per listener: each remote's link, counters, latency and round trip, and the checks."""
     lines = [
-        f"# A band of {len(report['names'])} on loopback ({report['seconds']:g} s tones, {report['concealer']})",
+        f"# A band of {len(report['names'])} on loopback ({report['seconds']:g} s tones, "
+        f"{report['concealer']}, {report.get('codec', 'pcm16')})",
         "",
         f"Counters agree with the relays' logs: **{report['ok']}** (wall {report.get('wall_s')} s).",
         "",
@@ -271,7 +303,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines += [
             f"## {listener['listener']} hears",
             "",
-            f"Own tone in the mix: {listener['own_tone_level']} (it does not hear itself).",
+            f"Own tone in the mix: {listener['own_tone_level']} (it does not hear itself). "
+            f"Sends {listener['upload_kbit_s']} kbit/s, receives {listener['download_kbit_s']} kbit/s "
+            "(audio datagrams with their IPv4 and UDP headers, from the relays' logs).",
             "",
             "| from | impairment | tone | received | lost (relay) | late | concealed | partial | latency ms "
             "| rtt ms | one-way ms | ok |",
