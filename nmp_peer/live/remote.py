@@ -97,5 +97,5 @@ class RemoteStream:
             f"{self.name}: rx {s.packets_received} lost {s.packets_lost} late {s.packets_late} "
             f"conc {s.packets_concealed} part {s.concealer_partial} miss {s.concealer_misses} "
             f"depth {s.buffer_depth_packets:.1f} lat {s.latency_ms:.1f} rtt {rtt} ms"
-            + (" ended" if s.stream_ends else "")
+            + (" ended" if self.engine.jitter.ended else "")
         )

@@ -6,10 +6,11 @@
         └────── relay(ben, chloe) ─────────────┘    impairment (seeded), its own ground-truth log
 ```
 
-All peers and relays run in this process on one event loop (real UDP sockets on
-127.0.0.1, real files in and out): every peer sends its file (a test tone of its own
-by default) to the others, each waits until it hears all of them, and the run ends
-when every listener has heard every stream end. Then, per listener and per remote:
+Each peer is an ``nmp-peer band`` process, the relays run in this one (real UDP
+sockets on 127.0.0.1, real files in and out): every peer sends its file (a test tone
+of its own by default) to the others, each waits until it hears all of them, and the
+run ends when every listener has played every stream to its end (its status line
+says so); then each gets SIGTERM and prints its JSON summary. Then, per listener and per remote:
 its counters, latency and round trip, held against the relay's log of that link:
 
 * ``lost`` equals the relay's drops after the first packet it delivered (before it, the
@@ -27,7 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -38,8 +44,6 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.audio_io import read_audio, write_audio
-from nmp_peer.live.peer import JamOptions, Peer
-from nmp_peer.live.remote import RemoteSpec
 from nmp_peer.live.transport import Endpoint
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.relay import Relay
@@ -94,8 +98,9 @@ def _free_port() -> int:
 
 
 def link_truth(records: list[dict[str, Any]], direction: str) -> dict[str, Any]:
-    """What the receiver of one relay direction must have counted (a stream that ended)."""
-    mine = [r for r in records if r["dir"] == direction and r["seq"] >= 0 and not r.get("end")]
+    """What the receiver of one relay direction must have counted (a stream that ended): from the
+    datagrams the relay routed (not those it dropped before it knew side A, ``no-peer``)."""
+    mine = [r for r in records if r["dir"] == direction and r["index"] >= 0 and r["seq"] >= 0 and not r.get("end")]
     first = next((r for r in mine if r["action"] not in LOST_ACTIONS), None)
     out = {"relay_packets": len(mine), "relay_lost": sum(r["action"] in LOST_ACTIONS for r in mine)}
     if first is None:
@@ -127,11 +132,6 @@ def stream_kbit_s(datagram_bytes: float) -> float:
 
 
 async def run_band(plan: BandPlan) -> dict[str, Any]:
-    from nmp_peer.config import load_config
-
-    cfg = load_config(plan.config)
-    if plan.codec != "pcm16":
-        cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"codec": plan.codec})})
     out = plan.outdir
     out.mkdir(parents=True, exist_ok=True)
     names = plan.names
@@ -158,39 +158,38 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
         relays[(a, b)] = relay
         host, port = relay.address
         via[(a, b)] = via[(b, a)] = Endpoint(host, port)
-    peers: dict[str, Peer] = {}
-    for n in names:
-        remotes = [RemoteSpec(m, via[(n, m)], pan=_pan(names.index(m), len(names))) for m in names if m != n]
-        options = JamOptions(
-            listen=Endpoint("127.0.0.1", ports[n]),
-            peer=None,
-            remotes=remotes,
-            out_channels=2,
-            input=str(inputs[n]),
-            output=str(out / f"{n}-hears.wav"),
-            concealer=plan.concealer,
-            playout=cfg.playout(),
-            key=plan.key,
-            repin_after_s=cfg.security.repin_after_s,
-            codec=cfg.encoder(),
-        )
-        peers[n] = Peer(options)
-    loop = asyncio.get_running_loop()
+    key_path: Path | None = None
+    if plan.key is not None:
+        key_path = out / "band.key"
+        key_path.write_bytes(plan.key.hex().encode() + b"\n")
+    peers: dict[str, BandProcess] = {}
     started = time.monotonic()
-    # Side A of each relay is its first name's peer: the relay forwards to the second,
-    # whose datagrams before the first one's are dropped (counted ``no_peer``).
-    tasks = {n: loop.create_task(peers[n].run()) for n in names}
+    for n in names:
+        args = ["--listen", f"127.0.0.1:{ports[n]}", "--input", str(inputs[n]), "--output", str(out / f"{n}-hears.wav")]
+        for m in names:
+            if m != n:
+                host, port = via[(n, m)].host, via[(n, m)].port
+                args += ["--peer", f"{m}={host}:{port}", "--pan", f"{m}={_pan(names.index(m), len(names))}"]
+        args += ["--concealer", plan.concealer, "--codec", plan.codec, "--stats", str(out / f"{n}.json")]
+        args += ["--duration", str(plan.timeout_s + 30)]
+        if plan.config is not None:
+            args += ["--config", plan.config]
+        if key_path is not None:
+            args += ["--key-file", str(key_path)]
+        peers[n] = BandProcess(args, out / f"{n}.stderr")
+    loop = asyncio.get_running_loop()
     deadline = loop.time() + plan.timeout_s
     timed_out = False
-    while not all(r.stats.stream_ends >= 1 for p in peers.values() for r in p.remotes):
-        if loop.time() > deadline or any(t.done() for t in tasks.values()):
+    # Until every listener has played every stream to its end (the status line says "ended").
+    while not all(p.ended(len(names) - 1) for p in peers.values()):
+        if loop.time() > deadline or any(p.process.poll() is not None for p in peers.values()):
             timed_out = True
             break
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)  # the last notices' copies
-    for p in peers.values():
-        p.stop()
-    summaries = {n: await t for n, t in tasks.items()}
+    summaries: dict[str, dict[str, Any]] = {}
+    codes: dict[str, int] = {}
+    for n, p in peers.items():
+        codes[n], summaries[n] = await loop.run_in_executor(None, p.stop)
     relay_summaries = {}
     for key, relay in relays.items():
         relay.close()
@@ -199,10 +198,61 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
         plan, names, summaries, relay_summaries, {k: read_log(out / f"relay-{k[0]}-{k[1]}.jsonl") for k in relays}
     )
     report["timed_out"] = timed_out
+    report["exit_codes"] = codes
+    report["ok"] = report["ok"] and all(c == 0 for c in codes.values())
     report["wall_s"] = round(time.monotonic() - started, 2)
     report["ok"] = report["ok"] and not timed_out
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+class BandProcess:
+    """One ``nmp-peer band`` subprocess; its status lines (stderr) are read as they come."""
+
+    def __init__(self, args: list[str], stderr_path: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nmp_peer.cli", "band", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.stderr_path = stderr_path
+        self.lines: list[str] = []
+        self._out: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stdout, self._out), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def ended(self, remotes: int) -> bool:
+        """The last status line says every remote's stream was played to its end."""
+        return bool(self.lines) and self.lines[-1].count(" ended") == remotes
+
+    def stop(self) -> tuple[int, dict[str, Any]]:
+        """SIGTERM (unless it ended), then its exit code and JSON summary ({} if none)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        for t in self._readers:
+            t.join(5)
+        self.stderr_path.write_text("".join(self.lines), encoding="utf-8")
+        try:
+            return code, json.loads("".join(self._out))
+        except json.JSONDecodeError:
+            return code, {}
 
 
 def _pan(index: int, n: int) -> float:
