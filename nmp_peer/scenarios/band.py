@@ -147,11 +147,13 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
     via: dict[tuple[str, str], Endpoint] = {}
     """(listener, remote): where the listener sends to (and hears) the remote: the pair's relay."""
     for a, b in combinations(names, 2):
+        # The relay forwards to the peer that starts first (a): the other (b) is side A,
+        # learned from its first datagram, so nothing is forwarded to a port not yet bound.
         relay = Relay(
             Endpoint("127.0.0.1", 0),
-            Endpoint("127.0.0.1", ports[b]),
-            plan.links.get((a, b)),
+            Endpoint("127.0.0.1", ports[a]),
             plan.links.get((b, a)),
+            plan.links.get((a, b)),
             log=out / f"relay-{a}-{b}.jsonl",
         )
         await relay.start()
@@ -177,6 +179,10 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
         if key_path is not None:
             args += ["--key-file", str(key_path)]
         peers[n] = BandProcess(args, out / f"{n}.stderr")
+        # The next one starts once this one listens (its first status line comes after it bound
+        # its socket): a relay never forwards to a port not yet bound.
+        while not peers[n].lines and peers[n].process.poll() is None and time.monotonic() - started < plan.timeout_s:
+            await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + plan.timeout_s
     timed_out = False
@@ -255,6 +261,25 @@ class BandProcess:
             return code, {}
 
 
+def describe(imp: Impairment | None) -> str:
+    """``loss 2 % (bernoulli), jitter 1 ms``: an impairment in a table cell."""
+    if imp is None:
+        return "clean"
+    parts = []
+    p = getattr(imp.loss, "p", None)
+    if p is not None:
+        parts.append(f"loss {100 * p:g} % ({type(imp.loss).__name__.removesuffix('Loss').lower()})")
+    elif imp.loss is not None:
+        parts.append(repr(imp.loss))
+    for name, unit in (("delay_ms", "delay"), ("jitter_ms", "jitter")):
+        if getattr(imp, name, 0.0):
+            parts.append(f"{unit} {getattr(imp, name):g} ms")
+    for name in ("reorder", "duplicate"):
+        if getattr(imp, name, 0.0):
+            parts.append(f"{name} {100 * getattr(imp, name):g} %")
+    return ", ".join(parts) or "no impairment"
+
+
 def _pan(index: int, n: int) -> float:
     return 0.0 if n <= 2 else round(-0.8 + 1.6 * index / (n - 1), 2)
 
@@ -274,7 +299,7 @@ def _report(
         for remote in summaries[n]["peers"]:
             m = remote["name"]
             pair = (n, m) if (n, m) in relays else (m, n)
-            direction = "a2b" if pair == (m, n) else "b2a"  # m sends to n
+            direction = "b2a" if pair == (m, n) else "a2b"  # m sends to n (side A is a pair's second)
             truth = link_truth(logs[pair], direction)
             impaired = plan.links.get((m, n)) is not None
             checks = {
@@ -291,7 +316,7 @@ def _report(
             all_ok &= ok
             row = {
                 "from": m,
-                "impairment": repr(plan.links.get((m, n))) if impaired else None,
+                "impairment": describe(plan.links[(m, n)]) if impaired else None,
                 "level": round(tone_level(heard, TONES_HZ[names.index(m)]), 4) if m not in plan.inputs else None,
                 "truth": truth,
                 "checks": checks,
