@@ -333,10 +333,12 @@ def test_four_peers_each_hear_the_three_others_and_only_the_lossy_link_is_concea
             assert r["ok"], (me, r["from"], r["checks"], r["truth"])
             lossy = (r["from"], me) == ("dan", "anna")
             if lossy:
-                assert r["truth"]["lost"] > 30 and r["packets_lost"] == r["truth"]["lost"]
-                assert r["packets_concealed"] >= r["packets_lost"]
-            else:
-                assert r["packets_lost"] == 0 and r["packets_concealed"] <= r["packets_late"]
+                assert r["truth"]["lost"] > 30 and r["packets_concealed"] >= r["truth"]["lost"] - r["packets_late"]
+                if r["packets_late"] == r["resyncs"] == 0:
+                    assert r["packets_lost"] == r["truth"]["lost"]
+            else:  # nothing lost; concealed only where the (busy) machine made the receiver late
+                assert r["packets_lost"] == 0 and r["truth"]["relay_lost"] == 0
+                assert r["packets_concealed"] <= r["packets_late"] + r["underruns"]
     assert report["ok"] and report["returncode"] == 0
 
 
