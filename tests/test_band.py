@@ -381,9 +381,11 @@ def test_three_band_processes_from_a_session_file_mix_each_others_tones(tmp_path
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    session = tmp_path / "trio.toml"
+    (tmp_path / "trio.key").write_text(KEY.hex() + "\n")
+    session = tmp_path / "trio.toml"  # keyed: a handshake per pair and direction, the key file beside it
     session.write_text(
-        "".join(f'[[peer]]\nname = "{n}"\naddress = "127.0.0.1:{p}"\n' for n, p in zip(names, ports, strict=True))
+        '[session]\nkey_file = "trio.key"\n\n'
+        + "".join(f'[[peer]]\nname = "{n}"\naddress = "127.0.0.1:{p}"\n' for n, p in zip(names, ports, strict=True))
     )
     procs = []
     for i, n in enumerate(names):
@@ -409,6 +411,9 @@ def test_three_band_processes_from_a_session_file_mix_each_others_tones(tmp_path
             j = names.index(p["name"])
             assert tone_level(heard, TONES_HZ[j]) > 0.05, (n, p["name"])
             assert p["packets_lost"] == 0 and p["stream_ends"] == 1 and p["rtt_avg_ms"] is not None
-        assert summary["remotes"] == 2 and summary["packets_received"] == sum(
-            p["packets_received"] for p in summary["peers"]
+            assert p["handshakes"] >= 1 and p["packets_unauthenticated"] == 0
+        assert (
+            summary["encrypted"]
+            and summary["remotes"] == 2
+            and summary["packets_received"] == sum(p["packets_received"] for p in summary["peers"])
         )
