@@ -417,3 +417,62 @@ def test_three_band_processes_from_a_session_file_mix_each_others_tones(tmp_path
             and summary["remotes"] == 2
             and summary["packets_received"] == sum(p["packets_received"] for p in summary["peers"])
         )
+
+
+ROUTING = r"""
+import asyncio, json, socket, sys
+from nmp_peer.config import load_config
+from nmp_peer.live.peer import JamOptions, Peer
+from nmp_peer.live.remote import RemoteSpec
+from nmp_peer.live.transport import Endpoint
+from nmp_peer.proto.codec import Pcm16Codec
+from nmp_peer.proto.packetizer import Packetizer
+import numpy as np
+
+def port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+async def main():
+    me = port()
+    bob, carol, mallory = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    for s in (bob, carol, mallory):
+        s.bind(("127.0.0.1", 0))
+    remotes = [
+        RemoteSpec("bob", Endpoint(*bob.getsockname())),
+        RemoteSpec("carol", Endpoint(*carol.getsockname()), pan=0.5),
+    ]
+    peer = Peer(JamOptions(Endpoint("127.0.0.1", me), None, None, None, "zeros", load_config(None).playout(),
+                           remotes=remotes, out_channels=2))
+    snap0 = peer.snapshot()
+    run = asyncio.get_running_loop().create_task(peer.run())
+    await asyncio.sleep(0.3)
+    pk = Packetizer(Pcm16Codec(), 1)
+    for i in range(20):
+        bob.sendto(pk.packetize(np.zeros((512, 1), np.float32)).serialize(), ("127.0.0.1", me))
+    mallory.sendto(pk.packetize(np.zeros((512, 1), np.float32)).serialize(), ("127.0.0.1", me))
+    await asyncio.sleep(0.5)
+    snap = peer.snapshot()
+    peer.stop()
+    summary = await run
+    print(json.dumps({"snap0": snap0, "snap": snap, "summary": summary}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_each_datagram_goes_to_the_remote_it_came_from_and_the_snapshot_lists_the_remotes() -> None:
+    """A band of three: bob's packets reach bob's stream only, a third address's none
+    (counted foreign at the top); ``Peer.snapshot()`` has a dict per remote, by name."""
+    r = subprocess.run([sys.executable, "-c", ROUTING], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert [p["name"] for p in out["snap0"]["peers"]] == ["bob", "carol"]
+    bob, carol = out["snap"]["peers"]
+    assert bob["packets_received"] == 20 and carol["packets_received"] == 0
+    assert carol["pan"] == 0.5 and bob["level_db"] is not None
+    s = out["summary"]
+    assert s["packets_foreign"] == 1 and s["packets_received"] == 20 and s["remotes"] == 2
+    assert [p["name"] for p in s["peers"]] == ["bob", "carol"] and s["peers"][0]["pings_sent"] >= 1
