@@ -223,8 +223,8 @@ def scenarios_band(
     link: Annotated[
         list[str] | None,
         typer.Option(
-            help="FROM:TO:LOSS[:JITTER_MS] — that direction's impairment (repeat; the others are clean). "
-            "Default: a different loss on each direction into the first peer."
+            help="FROM:TO:LOSS[:JITTER_MS[:DUPLICATE]]: that direction's impairment (repeat; the others "
+            "are clean). Default: every direction its own (1-6 % loss, 0-2 ms jitter, some duplicates)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the impairments (each link its own, derived).")] = 0,
@@ -243,20 +243,27 @@ def scenarios_band(
         raise UserError(f"--peers must be 2..{len(NAMES)}, got {peers}")
     names = list(NAMES[:peers])
     links: dict[tuple[str, str], Impairment | None] = {}
-    specs = link if link else [f"{m}:{names[0]}:{0.02 * (k + 1):g}:{k}" for k, m in enumerate(names[1:])]
+    if link:
+        specs = link
+    else:  # every direction its own: 1..6 % loss, 0..2 ms of jitter, 1 % duplicates on every fourth
+        pairs = [(a, b) for a in names for b in names if a != b]
+        specs = [
+            f"{a}:{b}:{0.01 * (1 + k % 6):g}:{k % 3}:{0.01 if k % 4 == 3 else 0:g}" for k, (a, b) in enumerate(pairs)
+        ]
     for k, text in enumerate(specs):
         parts = text.split(":")
         try:
             src, dst, loss = parts[0], parts[1], float(parts[2])
             jitter = float(parts[3]) if len(parts) > 3 else 0.0
+            duplicate = float(parts[4]) if len(parts) > 4 else 0.0
         except (IndexError, ValueError):
-            raise UserError(f"--link {text!r} is not FROM:TO:LOSS[:JITTER_MS]") from None
-        if src not in names or dst not in names or src == dst or len(parts) > 4:
+            raise UserError(f"--link {text!r} is not FROM:TO:LOSS[:JITTER_MS[:DUPLICATE]]") from None
+        if src not in names or dst not in names or src == dst or len(parts) > 5:
             raise UserError(f"--link {text!r}: FROM and TO are two of {', '.join(names)}")
-        if not 0.0 <= loss <= 1.0 or not 0.0 <= jitter < 1000.0:
-            raise UserError(f"--link {text!r}: loss is 0..1 and jitter 0..1000 ms")
+        if not (0.0 <= loss <= 1.0 and 0.0 <= jitter < 1000.0 and 0.0 <= duplicate <= 1.0):
+            raise UserError(f"--link {text!r}: loss and duplicate are 0..1, jitter 0..1000 ms")
         s = seed * 1000 + k + 1
-        links[(src, dst)] = Impairment(BernoulliLoss(loss, seed=s), jitter_ms=jitter, seed=s)
+        links[(src, dst)] = Impairment(BernoulliLoss(loss, seed=s), jitter_ms=jitter, duplicate=duplicate, seed=s)
     if codec not in ("pcm16", "opus"):
         raise UserError(f"--codec is pcm16 or opus, not {codec!r}")
     plan = BandPlan(
