@@ -63,6 +63,7 @@ def test_the_wheel_carries_every_shipped_config_and_module(tmp_path: Path) -> No
         "nmp_peer/conf/lan.toml",
         "nmp_peer/conf/wan.toml",
         "nmp_peer/conf/scenarios.toml",
+        "nmp_peer/conf/band/quartet.toml",
         "nmp_peer/conf/train/bin2bin_v2.toml",
         "nmp_peer/conf/train/experiments/bin2bin_v2_cpu_noadv.toml",
     } <= configs

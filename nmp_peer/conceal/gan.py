@@ -78,6 +78,8 @@ to exact zero: where the LP prediction has gone silent, the inverse FFT leaves r
 noise (~1e-17) that no one hears, but that keeps digital silence from being silence
 (PLCMOS, for one, scored a bass clip a whole point lower for it)."""
 MODEL_FILE = "bin2bin_v2.onnx"
+MAX_BATCH = 8
+"""Chunks per network call with a model whose batch axis is dynamic (a band's 7 streams, mono)."""
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -271,6 +273,10 @@ class GanConcealer(Concealer):
         self.front = SpectralFrontEnd(REFINE_FROM_HZ)
         self._chunk = np.empty(CHUNK_SAMPLES, np.float32)
         self._lock = threading.Lock()
+        batch = self.session.get_inputs()[0].shape[0]
+        self.max_batch = batch if isinstance(batch, int) and batch > 0 else MAX_BATCH
+        """Chunks one network call takes: the model's batch axis (1 for a fixed one; a
+        dynamic one: ``MAX_BATCH``); ``stages_batch`` and the shared worker use it."""
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
         return final_stage(self.stages(history, burst_index))
@@ -314,6 +320,43 @@ class GanConcealer(Concealer):
             if hook is not None:
                 hook("synthesis")
             return out
+
+    def stages_batch(self, histories: list[np.ndarray], burst_indices: list[int]) -> Iterator[list[np.ndarray]]:
+        """``stages`` of several concealments at once (a band's streams that lost a packet in the
+        same block): every LPC prediction first, then the refinement of all of them in as few
+        network calls as ``max_batch`` allows. Each result is the one ``stages`` gives."""
+        hists = []
+        for h in histories:
+            hist = np.asarray(h, dtype=np.float32)
+            hists.append(hist[:, None] if hist.ndim == 1 else hist)
+        lps = [self.lpc.conceal(h, b) for h, b in zip(hists, burst_indices, strict=True)]
+        yield lps
+        outs = [lp.copy() for lp in lps]
+        with self._lock:
+            items = []  # (job, channel, chunk) of every chunk loud enough to refine
+            for j, (hist, lp) in enumerate(zip(hists, lps, strict=True)):
+                for ch in range(hist.shape[1]):
+                    chunk = np.zeros(CHUNK_SAMPLES, np.float32)
+                    tail = hist[-CHUNK_CONTEXT_SAMPLES:, ch]
+                    chunk[CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail
+                    chunk[CHUNK_CONTEXT_SAMPLES:] = lp[:, ch]
+                    np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+                    gap = chunk[CHUNK_CONTEXT_SAMPLES:]
+                    if float(np.sqrt(np.mean(np.square(gap, dtype=np.float64)))) >= REFINE_MIN_RMS:
+                        items.append((j, ch, chunk))
+            for start in range(0, len(items), self.max_batch):
+                part = items[start : start + self.max_batch]
+                feature, gap_spec, gain = self.front.analyze(np.stack([c for _, _, c in part]), self.input_from_frame)
+                refined = self.session.run(None, {self._input: feature[:, None]})[0]
+                preds = self.front.synthesize(refined[:, 0], gap_spec, gain)
+                for (j, ch, _), pred in zip(part, preds, strict=True):
+                    lp = lps[j][:, ch].astype(np.float32)
+                    if not np.all(np.isfinite(pred)):
+                        continue
+                    out = self.front.crossfade(lp, pred)
+                    out[np.abs(out) < SILENCE_FLOOR] = 0.0
+                    outs[j][:, ch] = np.clip(out, -1.0, 1.0, out=out)
+        yield outs
 
     def set_stage_hook(self, hook: StageHook | None) -> None:
         self.stage_hook = hook

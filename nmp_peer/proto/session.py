@@ -108,6 +108,11 @@ def handshake_mac_key(psk: bytes) -> bytes:
     return _hkdf(psk, 32, None, b"nmp-peer v2 handshake")
 
 
+def probe_mac_key(psk: bytes) -> bytes:
+    """The key of the round-trip probes' tags (``wire.Probe``): not the handshake's, not any stream's."""
+    return _hkdf(psk, 32, None, b"nmp-peer v2 round-trip probe")
+
+
 def stream_key(psk: bytes, shared: bytes, stream_id: int, initiator_nonce: bytes, responder_nonce: bytes) -> bytes:
     """The key of one session's sender-to-receiver direction."""
     info = b"nmp-peer v2 audio, sender to receiver, stream " + stream_id.to_bytes(4, "big")
@@ -352,6 +357,7 @@ class Session:
 
     def __init__(self, psk: bytes, *, encrypt: bool = True, rekey_after: int = REKEY_AFTER_PACKETS) -> None:
         self.mac_key = handshake_mac_key(psk)
+        self.probe_key = probe_mac_key(psk)
         self.instance = int.from_bytes(os.urandom(4), "big")
         self.outbound = Outbound(psk, self.mac_key, self.instance, encrypt=encrypt, rekey_after=rekey_after)
         self.inbound = Inbound(psk, self.mac_key, self.instance)

@@ -36,7 +36,6 @@ from nmp_peer.receiver.drift import LOOKAHEAD, read_block
 from nmp_peer.receiver.fifo import StreamFifo, raised_cosine
 from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 from nmp_peer.receiver.latency import Action, LatencyController, LatencyPolicy
-from nmp_peer.receiver.snapshot import LevelMeter
 from nmp_peer.receiver.stats import Stats
 
 
@@ -72,7 +71,10 @@ class PlayoutEngine:
         *,
         threaded: bool = False,
         stats: Stats | None = None,
+        worker: ThreadedWorker | None = None,
     ) -> None:
+        """``worker``: a threaded worker of a shared thread (a band's streams share one,
+        ``ConcealThread.lane``); else one of its own (``threaded``) or inline."""
         self.config = config or PlayoutConfig()
         self.concealer = concealer
         self.stats = stats or Stats()
@@ -80,7 +82,11 @@ class PlayoutEngine:
         self.jitter = JitterBuffer()
         self.controller = LatencyController(self.config.latency)
         self.fifo = StreamFifo(self.channels)
-        self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
+        self.worker: ThreadedWorker | InlineWorker
+        if worker is not None:
+            self.worker = worker
+        else:
+            self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
         self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
         self._decoders: dict[PayloadType, Decoder] = {}
         self._decoder: Decoder | None = None
@@ -125,8 +131,6 @@ class PlayoutEngine:
         event 0 = played, 1 = concealed, 2 = inserted, 3 = dropped."""
         self.slot_log: list[tuple[int, bool]] | None = None
         """When enabled (a list): (unwrapped sequence number, concealed) of every slot played."""
-        self.level: LevelMeter | None = None
-        """When enabled (a meter): the level of the blocks played, for a live monitor."""
 
     # ------------------------------------------------------------------ network side
     def push(self, packet: Packet, now: float, *, follow: bool = False) -> Arrival | None:
@@ -280,8 +284,6 @@ class PlayoutEngine:
         with self._lock:
             out = self._next_block(now)
         self.samples_out += BLOCK_FRAMES
-        if self.level is not None:
-            self.level.update(out)
         return out
 
     def _next_block(self, now: float) -> np.ndarray:

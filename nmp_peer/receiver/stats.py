@@ -96,16 +96,35 @@ class Stats:
     """Exceptions raised inside a sound-device callback: each aborts its stream and ends the jam."""
     device_close_timeouts: int = 0
     """Device streams whose close did not return in time (their audio server died): abandoned."""
+    rtt_ms: float | None = None
+    """Round-trip time to this peer, the last probe's (PING to PONG; None before the first)."""
+    rtt_min_ms: float | None = None
+    rtt_avg_ms: float | None = None
+    """Smoothed round trip (RFC 6298's SRTT: each new one weighs 1/8)."""
+    pings_sent: int = 0
+    pongs_received: int = 0
+    """PONGs that answered a PING of ours still outstanding (each gives a round trip)."""
+    pongs_unmatched: int = 0
+    """PONGs that answered no outstanding PING (too late, replayed or forged): no round trip."""
+    pings_answered: int = 0
+    """The peer's PINGs this peer answered."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
         return 1000.0 * self.latency_samples / SAMPLE_RATE
 
+    @property
+    def one_way_ms(self) -> float | None:
+        """The delay from the peer's send to our playout: half the smoothed round trip plus the
+        receive latency (the sound cards' own latency not counted)."""
+        return None if self.rtt_avg_ms is None else self.rtt_avg_ms / 2.0 + self.latency_ms
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
         d["latency_ms"] = round(self.latency_ms, 2)
+        d["one_way_ms"] = None if self.one_way_ms is None else round(self.one_way_ms, 2)
         d["block_ms"] = round(1000.0 * BLOCK_FRAMES / SAMPLE_RATE, 2)
         d.update(extra)
         for key, value in d.items():
