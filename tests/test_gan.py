@@ -288,3 +288,75 @@ def test_a_refinement_in_time_is_played_whole(gan):
     engine, _ = _play_live(gan, audio, {25}, pause_s=0.05)
     assert engine.stats.packets_concealed == 1
     assert engine.stats.concealer_partial == 0 and engine.stats.concealer_misses == 0
+
+
+def _reference():
+    from nmp_peer.conceal.gan_reference import ReferenceGanConcealer
+
+    return ReferenceGanConcealer()
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_fast_pipeline_equals_the_one_before_it(gan, channels):
+    """Issue 17's pipeline (stereo in one batched network call, the front end batched) gives
+    what the pipeline before it gives (``gan_reference``, run here), within 1e-5, on music,
+    on a stereo stream whose channels differ in level and content, and where one channel
+    is too quiet to refine or holds NaNs."""
+    reference = _reference()
+    rng = np.random.default_rng(21)
+    cases = [_history(seed=s, channels=channels) for s in range(4)]
+    if channels == 2:
+        mixed = _history(seed=8, channels=2)
+        mixed[:, 1] = 0.3 * _history(seed=9)[:, 0] + 0.01 * rng.standard_normal(CTX).astype(np.float32)
+        quiet = mixed.copy()
+        quiet[:, 0] *= 1e-4  # its LP prediction is under REFINE_MIN_RMS: LPC alone
+        broken = mixed.copy()
+        broken[::97, 1] = np.nan
+        cases += [mixed, quiet, broken]
+    compared = 0
+    for history in cases:
+        fast = list(gan.stages(history, 0))
+        ref = list(reference.stages(history, 0))
+        assert len(fast) == len(ref) == 2
+        for a, b in zip(fast, ref, strict=True):
+            assert a.shape == b.shape == (PRED, channels)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        compared += int(not np.array_equal(fast[0], fast[1]))
+    assert compared >= 3  # the refinement ran, not only the LPC stage
+
+
+def test_stereo_is_one_network_call_of_batch_two(gan):
+    """Both channels' LPC, then one analysis, ONE network call and one synthesis."""
+    seen: list[str] = []
+    gan.set_stage_hook(seen.append)
+    try:
+        gan.conceal(_history(seed=2, channels=2), 0)
+    finally:
+        gan.set_stage_hook(None)
+    assert seen == ["lpc_fit", "lpc_predict", "lpc_fit", "lpc_predict", "analysis_stft", "network", "synthesis"]
+    shape = gan.session.get_inputs()[0].shape
+    assert isinstance(shape[0], str) and shape[1:] == [1, N_BINS, N_FRAMES]  # a symbolic batch
+
+
+def test_a_batch_of_two_gives_each_item_what_a_batch_of_one_gives(gan):
+    rng = np.random.default_rng(5)
+    x = (rng.uniform(0, 1, (2, 1, N_BINS, N_FRAMES)) ** 3).astype(np.float32)
+    both = gan.session.run(None, {gan._input: x})[0]
+    for i in range(2):
+        np.testing.assert_allclose(both[i : i + 1], gan.session.run(None, {gan._input: x[i : i + 1]})[0], atol=1e-6)
+
+
+def test_a_model_with_a_fixed_batch_of_one_still_conceals_stereo(gan, tmp_path: Path):
+    """An older export (batch fixed at 1) runs once per channel, with the same result."""
+    import onnx
+
+    model = onnx.load(str(default_model_path()))
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 1
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, str(path))
+    fixed = GanConcealer(path)
+    history = _history(seed=6, channels=2)
+    np.testing.assert_allclose(fixed.conceal(history, 0), gan.conceal(history, 0), atol=1e-6)

@@ -38,11 +38,15 @@ def bench(
         bool, typer.Option("--keyed", help="Receive path: packets sealed under a session's key, as with a key file.")
     ] = False,
     calls: Annotated[int, typer.Option(help="Concealments timed (method; per variant with --vs).", min=1)] = 300,
+    channels: Annotated[
+        int, typer.Option(help="Channels per concealment (--method, --vs): 2 times a stereo stream's.", min=1, max=2)
+    ] = 1,
     vs: Annotated[
         str | None,
         typer.Option(
             help="A,B: two concealers timed run by run, interleaved, and the ratio B/A per run. Each is a "
-            "concealer's name or a model file for --method (e.g. --method gan --vs old.onnx,new.onnx)."
+            "concealer's name, reference (the gan pipeline before issue 17) or a model file for --method "
+            "(e.g. --method gan --vs old.onnx,new.onnx)."
         ),
     ] = None,
     runs: Annotated[int, typer.Option(help="With --vs: runs (the --calls split over them).", min=2)] = 10,
@@ -62,7 +66,9 @@ def bench(
             raise UserError("--vs compares two concealers: give it with --method NAME or alone")
     elif sum(x is not None for x in (path, method, codec)) != 1:
         raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
-    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed)
+    if channels != 1 and method is None and vs is None:
+        raise UserError("--channels goes with --method NAME or --vs A,B")
+    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed, channels)
     with busy_core() if busy else contextlib.nullcontext(None) as load:
         result = run()
     if load is not None and isinstance(result, dict):
@@ -81,6 +87,7 @@ def _bench_run(
     vs: str | None,
     runs: int,
     keyed: bool = False,
+    channels: int = 1,
 ) -> Callable[[], Any]:
     """The benchmark the options ask for, checked and built, ready to run."""
     from nmp_peer import bench
@@ -92,7 +99,7 @@ def _bench_run(
         if method is not None:
             _check_method(method)
         variants = [(s, bench.concealer_variant(s, method)) for s in specs]
-        return lambda: bench.bench_vs(variants, runs, calls)
+        return lambda: bench.bench_vs(variants, runs, calls, channels)
     if codec is not None:
         if codec not in ("pcm16", "opus"):
             raise UserError(f"unknown codec {codec!r}; choose pcm16 or opus")
@@ -112,7 +119,7 @@ def _bench_run(
             raise UserError(f"unknown benchmark path {path!r}; choose {', '.join(runners)}")
         return runners[path]
     _check_method(str(method))
-    return lambda: bench.bench_method(str(method), calls)
+    return lambda: bench.bench_method(str(method), calls, channels)
 
 
 def _check_method(method: str) -> None:
