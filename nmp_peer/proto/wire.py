@@ -140,8 +140,8 @@ class Packet:
         if not end and not encrypted and payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
             raise WireError(f"PCM16 payload of {length} bytes is not whole frames of {channels} channel(s)")
         stop = HEADER_BYTES + length
-        payload = bytes(data[HEADER_BYTES:stop])
-        return make_packet(payload_type, channels, stream_id, seq, timestamp, payload, bytes(data[stop:]), end, encrypted)
+        payload, tag = bytes(data[HEADER_BYTES:stop]), bytes(data[stop:])
+        return make_packet(payload_type, channels, stream_id, seq, timestamp, payload, tag, end, encrypted)
 
 
 _CONTROL_TYPES = frozenset(int(t) for t in ControlType)
