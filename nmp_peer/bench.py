@@ -430,20 +430,22 @@ def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000
     }
 
 
-def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
-    """CPU of a real-time loopback jam (both ends of one direction, zeros concealer), % of one core."""
-    import asyncio
-
+def bench_jam(seconds: float = 10.0, event_loop: str = "asyncio") -> dict[str, Any]:
+    """CPU of a real-time loopback jam (both ends of one direction, zeros concealer), % of one
+    core, on the named event loop (``nmp_peer.live.eventloop``: asyncio or uvloop)."""
+    from nmp_peer.live import eventloop
     from nmp_peer.netsim.impair import Impairment
     from nmp_peer.netsim.loopback import run_loopback
 
     audio = _test_signal(int(seconds * SAMPLE_RATE))
-    asyncio.run(run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True))  # warm up
+    warm = run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True)
+    eventloop.run(warm, event_loop)
     wall, cpu = time.perf_counter(), time.process_time()
-    result = asyncio.run(run_loopback(audio, Impairment(), concealer="zeros", realtime=True))
+    result = eventloop.run(run_loopback(audio, Impairment(), concealer="zeros", realtime=True), event_loop)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
         "path": "jam",
+        "event_loop": event_loop,
         "seconds": round(wall, 2),
         "cpu_percent_of_one_core": round(100 * cpu / wall, 2),
         "packets": result.stats["packets_sent"],

@@ -53,6 +53,9 @@ def bench(
     busy: Annotated[
         bool, typer.Option("--busy", help="Keep another core busy (a spinning process) while measuring.")
     ] = False,
+    event_loop: Annotated[
+        str, typer.Option(help="With --path jam: the event loop, asyncio | uvloop (the [uvloop] extra).")
+    ] = "asyncio",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
 ) -> None:
     """Benchmarks on one thread; prints one JSON object. Times are wall-clock percentiles with
@@ -68,7 +71,9 @@ def bench(
         raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
     if channels != 1 and method is None and vs is None:
         raise UserError("--channels goes with --method NAME or --vs A,B")
-    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed, channels)
+    if event_loop != "asyncio" and path != "jam":
+        raise UserError("--event-loop goes with --path jam")
+    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed, channels, event_loop)
     with busy_core() if busy else contextlib.nullcontext(None) as load:
         result = run()
     if load is not None and isinstance(result, dict):
@@ -88,6 +93,7 @@ def _bench_run(
     runs: int,
     keyed: bool = False,
     channels: int = 1,
+    event_loop: str = "asyncio",
 ) -> Callable[[], Any]:
     """The benchmark the options ask for, checked and built, ready to run."""
     from nmp_peer import bench
@@ -112,11 +118,15 @@ def _bench_run(
     if path is not None:
         runners: dict[str, Callable[[], Any]] = {
             "receive": lambda: bench.bench_receive(packets, keyed=keyed),
-            "jam": bench.bench_jam,
+            "jam": lambda: bench.bench_jam(event_loop=event_loop),
             "flood": bench.bench_flood,
         }
         if path not in runners:
             raise UserError(f"unknown benchmark path {path!r}; choose {', '.join(runners)}")
+        if path == "jam":
+            from nmp_peer.live.eventloop import loop_factory
+
+            loop_factory(event_loop)  # an unknown or missing loop: one line now, not after the warm-up
         return runners[path]
     _check_method(str(method))
     return lambda: bench.bench_method(str(method), calls, channels)
