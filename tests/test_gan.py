@@ -360,3 +360,67 @@ def test_a_model_with_a_fixed_batch_of_one_still_conceals_stereo(gan, tmp_path: 
     fixed = GanConcealer(path)
     history = _history(seed=6, channels=2)
     np.testing.assert_allclose(fixed.conceal(history, 0), gan.conceal(history, 0), atol=1e-6)
+
+
+def _with_depth_to_space(model):
+    """The shipped graph with each two-step interleave (``export.two_step_depth_to_space``)
+    put back as the DCR ``DepthToSpace`` it replaced, and its Relu back after it: the
+    generator as it was exported before issue 17."""
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    drop: set[int] = set()
+    replace: dict[int, list] = {}
+    for node in graph.node:
+        if node.op_type != "Reshape" or not node.input[1].endswith("_2step_s4"):
+            continue
+        chain = [node]
+        while len(chain) < 5:
+            chain.append(producer[chain[-1].input[0]])
+        source = chain[-1].input[0]  # the first Reshape's input: the phases' Concat
+        concat = producer[source]
+        relus = [producer[x] for x in concat.input]
+        assert all(r.op_type == "Relu" for r in relus)
+        joined = source + "_unrelu"
+        restored = [
+            helper.make_node("Concat", [r.input[0] for r in relus], [joined], axis=1),
+            helper.make_node("DepthToSpace", [joined], [node.output[0] + "_d2s"], blocksize=2, mode="DCR"),
+            helper.make_node("Relu", [node.output[0] + "_d2s"], list(node.output)),
+        ]
+        drop |= {id(n) for n in [*chain, concat, *relus]}
+        replace[id(chain[-1])] = restored
+    nodes = []
+    for node in graph.node:
+        if id(node) in replace:
+            nodes += replace[id(node)]
+        elif id(node) not in drop:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if "_2step_" not in t.name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return len(replace)
+
+
+def test_the_shipped_graph_gives_what_the_depth_to_space_one_gave(gan, tmp_path: Path):
+    """The interleaves rewritten as two one-axis transposes (and the Relus moved onto the
+    phases) move values, nothing else: the old graph's outputs, bit for bit, through the
+    reference pipeline."""
+    import onnx
+
+    from nmp_peer.conceal.gan_reference import ReferenceGanConcealer
+
+    model = onnx.load(str(default_model_path()))
+    assert _with_depth_to_space(model) == 4
+    onnx.checker.check_model(model)
+    path = tmp_path / "depth_to_space.onnx"
+    onnx.save(model, str(path))
+    assert sum(n.op_type == "DepthToSpace" for n in model.graph.node) == 4
+    old = ReferenceGanConcealer(path)
+    for seed, channels in ((0, 1), (1, 2), (2, 2)):
+        history = _history(seed=seed, channels=channels)
+        np.testing.assert_allclose(gan.conceal(history, 0), old.conceal(history, 0), rtol=0, atol=1e-5)
+    x = (np.random.default_rng(3).uniform(0, 1, (2, 1, N_BINS, N_FRAMES)) ** 3).astype(np.float32)
+    np.testing.assert_array_equal(gan.session.run(None, {gan._input: x})[0], old.session.run(None, {old._input: x})[0])
