@@ -152,7 +152,7 @@ def two_step_depth_to_space(model: Any) -> int:
         if shape is None or attrs.get("blocksize") != 2 or attrs.get("mode", b"DCR") != b"DCR" or None in shape[1:]:
             nodes.append(node)
             continue
-        c4, h, w = (int(d) for d in shape[1:])
+        c4, h, w = (int(d or 0) for d in shape[1:])  # all known (checked above)
         c = c4 // 4
         name = node.output[0] + "_2step"
         source, output = node.input[0], list(node.output)
