@@ -454,6 +454,96 @@ def bench_jam(seconds: float = 10.0, event_loop: str = "asyncio") -> dict[str, A
     }
 
 
+def bench_monitor(seconds: float = 10.0, remotes: int = 7, pages: int = 2) -> dict[str, Any]:
+    """The web monitor's cost on the event loop it shares with the jam: snapshots of ``remotes``
+    streams built and published ``SNAPSHOT_HZ`` times a second, each sent to ``pages``
+    WebSocket clients (real ones, on their own thread and loop: their CPU is not counted).
+    ``loop_cpu_percent_of_one_core`` is the CPU time of the server's thread over the wall time."""
+    import asyncio
+    import threading
+
+    import aiohttp
+
+    from nmp_peer.live.monitor import SNAPSHOT_HZ, Monitor, MonitorConfig, SnapshotBoard, publish_every
+    from nmp_peer.receiver.snapshot import LevelMeter, make_snapshot, peer_snapshot, self_snapshot
+    from nmp_peer.receiver.stats import Stats
+
+    streams = [Stats() for _ in range(remotes)]
+    meters = [LevelMeter() for _ in range(remotes + 1)]
+    rng = np.random.default_rng(0)
+    block = (0.1 * rng.standard_normal((BLOCK_FRAMES, 1))).astype(np.float32)
+    build_ns: list[int] = []
+    t0 = time.monotonic()
+
+    def build() -> dict[str, Any]:
+        for i, s in enumerate(streams):  # what the receivers would have counted meanwhile
+            s.packets_received += 4
+            s.packets_lost += int(rng.random() < 0.05)
+            s.buffer_depth_packets = 2.0 + rng.random()
+            meters[i].update(block)
+        start = time.perf_counter_ns()
+        peers = [peer_snapshot(f"peer{i}", f"10.0.0.{i}:50000", s, meters[i], 20.0) for i, s in enumerate(streams)]
+        snap = make_snapshot(time.monotonic() - t0, self_snapshot("me", streams[0], meters[-1]), peers)
+        build_ns.append(time.perf_counter_ns() - start)
+        return snap
+
+    received = [0] * pages
+    sizes: list[int] = []
+
+    async def page(url: str, i: int, stop: threading.Event) -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            while not stop.is_set():
+                msg = await ws.receive(timeout=1.0)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    return
+                received[i] += 1
+                sizes.append(len(msg.data))
+
+    async def run() -> dict[str, Any]:
+        board = SnapshotBoard()
+        monitor = Monitor(MonitorConfig("127.0.0.1", 0), board)
+        await monitor.start()
+        publisher = asyncio.get_running_loop().create_task(publish_every(board, build))
+        stop = threading.Event()
+        url = f"http://127.0.0.1:{monitor.port}/ws"
+        watchers = threading.Thread(
+            target=lambda: asyncio.run(_gather(*(page(url, i, stop) for i in range(pages)))), daemon=True
+        )
+        watchers.start()
+        while monitor.clients < pages:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # warm up
+        seq0, got0, wall, cpu = board.seq, list(received), time.perf_counter(), time.thread_time()
+        await asyncio.sleep(seconds)
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        seq1, got1 = board.seq, list(received)
+        stop.set()
+        publisher.cancel()
+        await monitor.close()
+        watchers.join(10.0)
+        return {
+            "path": "monitor",
+            "remotes": remotes,
+            "pages": pages,
+            "seconds": round(wall, 2),
+            "snapshot_hz_target": SNAPSHOT_HZ,
+            "snapshots_per_s": round((seq1 - seq0) / wall, 2),
+            "messages_per_s_per_page": round(min(b - a for a, b in zip(got0, got1, strict=True)) / wall, 2),
+            "message_bytes": int(np.median(sizes)) if sizes else 0,
+            "build_us_p50": round(float(np.percentile(build_ns, 50)) / 1000, 1),
+            "loop_cpu_percent_of_one_core": round(100 * cpu / wall, 2),
+            "machine": MACHINE,
+        }
+
+    return asyncio.run(run())
+
+
+async def _gather(*aws: Any) -> None:
+    import asyncio
+
+    await asyncio.gather(*aws)
+
+
 def opus_quality(clips: list[str], bitrates: list[int], seconds: float = 8.0) -> list[dict[str, Any]]:
     """Quality of clean Opus transmission (no loss) against the original, per bitrate: the
     lab's ViSQOL and the SNR of the aligned decode, averaged over the clips."""

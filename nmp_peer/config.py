@@ -69,8 +69,11 @@ class BufferSection(_Section):
 
 class ConcealSection(_Section):
     method: str = "lpc"
-    fade_after_ms: float = Field(50.0, ge=0, le=10_000)
-    fade_ms: float = Field(25.0, gt=0, le=10_000)
+    fade_after_ms: float | None = Field(None, ge=0, le=10_000)
+    """A burst's concealment starts fading to silence after this long; unset: the
+    concealer's own measured policy (``Concealer.fade_after_ms``)."""
+    fade_ms: float | None = Field(None, gt=0, le=10_000)
+    """Length of that fade; unset: the concealer's own."""
     chain_bursts: bool = True
 
     @field_validator("method")

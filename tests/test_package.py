@@ -68,6 +68,7 @@ def test_the_wheel_carries_every_shipped_config_and_module(tmp_path: Path) -> No
     } <= configs
     assert configs <= names, sorted(configs - names)
     assert "nmp_peer/conceal/models/bin2bin_v2.onnx" in names
+    assert "nmp_peer/live/monitor.html" in names  # the web monitor's page
     modules = {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert modules <= names, sorted(modules - names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -18,7 +18,8 @@ def bench(
         str | None,
         typer.Option(
             help="receive: parse + jitter buffer + playout per packet; jam: CPU of a real-time loopback jam; "
-            "flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s)."
+            "flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s); "
+            "monitor: CPU of the web monitor on the jam's event loop (7 streams, 2 pages)."
         ),
     ] = None,
     method: Annotated[
@@ -120,6 +121,7 @@ def _bench_run(
             "receive": lambda: bench.bench_receive(packets, keyed=keyed),
             "jam": lambda: bench.bench_jam(event_loop=event_loop),
             "flood": bench.bench_flood,
+            "monitor": bench.bench_monitor,
         }
         if path not in runners:
             raise UserError(f"unknown benchmark path {path!r}; choose {', '.join(runners)}")

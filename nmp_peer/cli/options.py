@@ -111,6 +111,37 @@ def build_encoder(cfg: Any) -> tuple[Any, int]:
     return encoder, 0
 
 
+# -- the live web monitor (jam, and every command that runs a live session) -----------------------
+
+MonitorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--monitor",
+        help="Serve a live web monitor on HOST:PORT (e.g. 127.0.0.1:8080; port 0: any free one). "
+        "An address other than a loopback one needs --monitor-key-file.",
+    ),
+]
+MonitorKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--monitor-key-file",
+        help="A token file (16+ characters, e.g. openssl rand -hex 16) that every monitor request must carry: "
+        "open the page as http://HOST:PORT/?key=TOKEN.",
+    ),
+]
+
+
+def monitor_config(monitor: str | None, key_file: Path | None) -> Any:
+    """The monitor's ``MonitorConfig`` (None without ``--monitor``); a non-loopback address without a key is refused."""
+    if monitor is None:
+        if key_file is not None:
+            raise UserError("--monitor-key-file needs --monitor HOST:PORT")
+        return None
+    from nmp_peer.live.monitor import MonitorConfig
+
+    return MonitorConfig.parse(monitor, key_file)
+
+
 # -- impairments (loopback, impair) ------------------------------------------------------------------
 
 LossOpt = Annotated[float, typer.Option(help="Packet loss rate, 0..1.", callback=between(0.0, 1.0))]

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from nmp_peer.cli.options import ConcealerOpt, ConfigOpt, build_config, build_encoder, positive
+from nmp_peer.cli.options import (
+    ConcealerOpt,
+    ConfigOpt,
+    MonitorKeyFileOpt,
+    MonitorOpt,
+    build_config,
+    build_encoder,
+    monitor_config,
+    positive,
+)
 from nmp_peer.errors import UserError
 from nmp_peer.jsonio import write_json
 
@@ -40,6 +49,8 @@ def jam(
     codec: Annotated[
         str | None, typer.Option(help="What this peer sends: pcm16 | opus (default: the config's). It plays either.")
     ] = None,
+    monitor: MonitorOpt = None,
+    monitor_key_file: MonitorKeyFileOpt = None,
 ) -> None:
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
     from rich.console import Console
@@ -49,6 +60,7 @@ def jam(
     from nmp_peer.live.transport import Endpoint
     from nmp_peer.proto.security import load_key
 
+    watch = monitor_config(monitor, monitor_key_file)
     cfg = build_config(config, concealer, codec=codec)
     listen = listen or cfg.network.listen
     peer = peer or cfg.network.peer
@@ -74,6 +86,7 @@ def jam(
         pin=cfg.security.pin,
         repin_after_s=cfg.security.repin_after_s,
         codec=encoder,
+        monitor=watch,
     )
     jam = Peer(options)
     summary = eventloop.run(jam.run(), cfg.live.event_loop)

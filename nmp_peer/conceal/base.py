@@ -52,6 +52,12 @@ class Concealer(ABC):
     """True for the codec's own concealment (Opus PLC/FEC): the engine takes the decoder's
     output for a lost slot instead of calling ``conceal``, which then serves only streams
     whose codec has none (PCM)."""
+    fade_after_ms: float = 50.0
+    """The long-burst policy: the concealment of a burst starts fading to silence after
+    this long (the playout engine performs it; ``[conceal] fade_after_ms`` overrides it).
+    Each concealer keeps what measured best for it (docs/results/long-bursts.md)."""
+    fade_ms: float = 25.0
+    """Length of that fade to silence; after it the buffer pauses until audio arrives."""
     recovery_fade_samples: int = 128
     """Length of the raised-cosine crossfade from the prediction's tail into the first
     packet that arrives after a gap (the engine performs it)."""

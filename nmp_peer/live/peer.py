@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.conceal import make_concealer
 from nmp_peer.live.devices import POLL_S, DeviceFailure, DeviceStreams
+from nmp_peer.live.monitor import Monitor, MonitorConfig, SnapshotBoard, publish_every
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
@@ -33,6 +36,7 @@ from nmp_peer.proto.session import Session
 from nmp_peer.proto.wire import Packet
 from nmp_peer.receiver.gate import REPIN_AFTER_S, PinMode, ReceiveGate
 from nmp_peer.receiver.playout import PlayoutConfig, PlayoutEngine
+from nmp_peer.receiver.snapshot import LevelMeter, make_snapshot, peer_snapshot, self_snapshot
 
 
 def is_audio_file(spec: str | None) -> bool:
@@ -58,6 +62,8 @@ class JamOptions:
     repin_after_s: float = REPIN_AFTER_S
     codec: Any = None
     """The sender's codec (PCM16 when None); the receiver decodes whatever its peer sends."""
+    monitor: MonitorConfig | None = None
+    """Serve the live web monitor (``live.monitor``) and publish snapshots for it."""
 
 
 class Peer:
@@ -80,6 +86,11 @@ class Peer:
         """The sender takes captured blocks (before, the input callback drops them: no stream yet)."""
         self.failure: DeviceFailure | None = None
         """Why the jam ended early: a device stream stopped (the summary says it too)."""
+        self.board = SnapshotBoard()
+        """With a monitor: the latest snapshot (``receiver.snapshot``), replaced ``SNAPSHOT_HZ`` times a second."""
+        self.input_level: LevelMeter | None = None
+        if options.monitor is not None:  # meter what is sent and what is played
+            self.input_level, self.engine.level = LevelMeter(), LevelMeter()
         self.source: np.ndarray | None = None
         if options.input is not None and is_audio_file(options.input):
             self.source, _ = read_audio(options.input, channels=channels)
@@ -116,7 +127,11 @@ class Peer:
         peer_addr = self.options.peer.resolve()
         closers: list[Callable[[], None]] = []
         sock: UdpSocket | None = None
+        monitor = None if self.options.monitor is None else Monitor(self.options.monitor, self.board)
         try:
+            if monitor is not None:
+                await monitor.start()
+                print(f"nmp-peer jam: {monitor.announcement}", file=sys.stderr, flush=True)
             self._open_devices(loop)
             sock = await UdpSocket.bind(self.options.listen)
             freeze_heap()
@@ -129,6 +144,8 @@ class Peer:
                 tasks.append(loop.create_task(self._handshake(sock, peer_addr)))
             if self.devices.opened:
                 tasks.append(loop.create_task(self._watch_devices(wake)))
+            if monitor is not None:
+                tasks.append(loop.create_task(publish_every(self.board, self.snapshot)))
             try:
                 tasks.append(loop.create_task(self._capture(sock, peer_addr)))
                 tasks.append(loop.create_task(self._playout(closers)))
@@ -149,6 +166,8 @@ class Peer:
                 close()
             if sock is not None:
                 sock.close()
+            if monitor is not None:
+                await monitor.close()
             self.engine.close()
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -233,6 +252,8 @@ class Peer:
         return None if sealed is None else sealed.serialize()
 
     async def _send(self, sock: UdpSocket, addr: tuple[str, int], block: np.ndarray) -> None:
+        if self.input_level is not None:
+            self.input_level.update(block)
         data = self._seal(self.packetizer.packetize(block))
         if data is None:  # no session yet (or the peer restarted): nobody could open it
             self.engine.stats.packets_unsent += 1
@@ -363,6 +384,13 @@ class Peer:
             if self.session is not None and not self.session.outbound.established:
                 line += " | no session yet: is the peer up, with the same key?"
             self.options.status(line)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the monitor shows now (``receiver.snapshot``): this peer and its one remote."""
+        stats, o = self.engine.stats, self.options
+        me = self_snapshot(socket.gethostname(), stats, self.input_level)
+        remote = peer_snapshot("peer", str(o.peer), stats, self.engine.level)
+        return make_snapshot(time.monotonic() - self._t0, me, [remote])
 
 
 def _exit_on_next_signal() -> None:

@@ -36,6 +36,7 @@ from nmp_peer.receiver.drift import LOOKAHEAD, read_block
 from nmp_peer.receiver.fifo import StreamFifo, raised_cosine
 from nmp_peer.receiver.jitter import Arrival, JitterBuffer
 from nmp_peer.receiver.latency import Action, LatencyController, LatencyPolicy
+from nmp_peer.receiver.snapshot import LevelMeter
 from nmp_peer.receiver.stats import Stats
 
 
@@ -43,9 +44,11 @@ from nmp_peer.receiver.stats import Stats
 class PlayoutConfig:
     channels: int = 1
     latency: LatencyPolicy = field(default_factory=LatencyPolicy)
-    fade_after_ms: float = 50.0
-    """Concealment of a burst starts fading to silence after this long."""
-    fade_ms: float = 25.0
+    fade_after_ms: float | None = None
+    """Concealment of a burst starts fading to silence after this long; None: the
+    concealer's own policy (``Concealer.fade_after_ms``)."""
+    fade_ms: float | None = None
+    """Length of that fade; None: the concealer's own (``Concealer.fade_ms``)."""
     decode_ahead_blocks: int = 1
     """Packets already in the buffer are decoded up to this many blocks before the reader
     needs them, so a gap right after them is seen, and its concealment started, that much
@@ -105,8 +108,11 @@ class PlayoutEngine:
         continues (the faded ones would step down at every seam)."""
         context = max(self.concealer.context_samples, self.fallback.context_samples)
         self._unfaded_blocks = -(-context // BLOCK_FRAMES)
-        self._fade_start = self.config.fade_after_ms * SAMPLE_RATE / 1000.0
-        self._fade_len = max(1.0, self.config.fade_ms * SAMPLE_RATE / 1000.0)
+        self.fade_after_ms = concealer.fade_after_ms if self.config.fade_after_ms is None else self.config.fade_after_ms
+        self.fade_ms = concealer.fade_ms if self.config.fade_ms is None else self.config.fade_ms
+        """The long-burst policy in force: the config's where it sets one, else the concealer's."""
+        self._fade_start = self.fade_after_ms * SAMPLE_RATE / 1000.0
+        self._fade_len = max(1.0, self.fade_ms * SAMPLE_RATE / 1000.0)
         self._recovery = raised_cosine(concealer.recovery_fade_samples)
         self._splice_fade = raised_cosine(128)
         self.samples_out = 0
@@ -119,6 +125,8 @@ class PlayoutEngine:
         event 0 = played, 1 = concealed, 2 = inserted, 3 = dropped."""
         self.slot_log: list[tuple[int, bool]] | None = None
         """When enabled (a list): (unwrapped sequence number, concealed) of every slot played."""
+        self.level: LevelMeter | None = None
+        """When enabled (a meter): the level of the blocks played, for a live monitor."""
 
     # ------------------------------------------------------------------ network side
     def push(self, packet: Packet, now: float, *, follow: bool = False) -> Arrival | None:
@@ -272,6 +280,8 @@ class PlayoutEngine:
         with self._lock:
             out = self._next_block(now)
         self.samples_out += BLOCK_FRAMES
+        if self.level is not None:
+            self.level.update(out)
         return out
 
     def _next_block(self, now: float) -> np.ndarray:
