@@ -156,5 +156,9 @@ class ReferenceGanConcealer(Concealer):
         self.lpc.set_stage_hook(hook)
 
     def warm_up(self, channels: int = 1) -> None:
+        """The fast concealer's warm-up (LPC, session), then this path's own first calls."""
         self.fast.warm_up(channels)
-        self.conceal(np.zeros((self.context_samples, channels), np.float32) + 0.1, 0)
+        t = np.arange(self.context_samples, dtype=np.float32)
+        tone = 0.1 * np.sin(2 * np.pi * 440.0 / 44_100 * t) + 0.01 * np.sin(2 * np.pi * 3000.0 / 44_100 * t)
+        for _ in range(3):
+            self.conceal(np.repeat(tone[:, None], channels, axis=1), 0)
