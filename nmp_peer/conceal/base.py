@@ -26,6 +26,15 @@ StageHook = Callable[[str], None]
 """Called as ``hook(stage)`` each time a concealer finishes a named stage of its work."""
 
 
+HOLD_MS = 400.0
+"""The measured long-burst policy of ``lpc``, ``gan`` and ``repeat``: conceal for 400 ms,
+then fade to silence over ``HOLD_FADE_MS`` (silent 0.5 s into an outage). Chosen on the
+validation sets (docs/results/long-bursts.md): 50/25, 200/100, 400/100 and 800/200 were
+measured; ViSQOL, PLCMOS and LSD rise up to 400/100 for all three, and nothing measured
+differs between 400/100 and 800/200, so the shorter cap is kept."""
+HOLD_FADE_MS = 100.0
+
+
 def final_stage(stages: Iterator[np.ndarray]) -> np.ndarray:
     """Run a concealer's stages to the end and return the last (best) prediction."""
     result: np.ndarray | None = None
@@ -55,7 +64,9 @@ class Concealer(ABC):
     fade_after_ms: float = 50.0
     """The long-burst policy: the concealment of a burst starts fading to silence after
     this long (the playout engine performs it; ``[conceal] fade_after_ms`` overrides it).
-    Each concealer keeps what measured best for it (docs/results/long-bursts.md)."""
+    Each concealer keeps what measured best for it (``HOLD_MS``/``HOLD_FADE_MS`` for
+    ``lpc``, ``gan`` and ``repeat``: docs/results/long-bursts.md); one that was not
+    measured keeps this short fade."""
     fade_ms: float = 25.0
     """Length of that fade to silence; after it the buffer pauses until audio arrives."""
     recovery_fade_samples: int = 128

@@ -47,7 +47,7 @@ import numpy as np
 import scipy.fft
 
 from nmp_peer import SAMPLE_RATE
-from nmp_peer.conceal.base import Concealer, StageHook, final_stage
+from nmp_peer.conceal.base import HOLD_FADE_MS, HOLD_MS, Concealer, StageHook, final_stage
 from nmp_peer.conceal.lpc import LpcConcealer
 
 CHUNK_SAMPLES = 4096
@@ -231,6 +231,8 @@ class GanConcealer(Concealer):
     """
 
     name = "gan"
+    fade_after_ms = HOLD_MS
+    fade_ms = HOLD_FADE_MS
     context_samples = 3584
     predict_samples = PREDICT_SAMPLES
 
