@@ -112,6 +112,11 @@ class SecuritySection(_Section):
     ended or was silent this long."""
 
 
+class LiveSection(_Section):
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop ``nmp-peer jam`` runs on; uvloop needs the ``[uvloop]`` extra."""
+
+
 class Config(_Section):
     audio: AudioSection = AudioSection()
     buffer: BufferSection = BufferSection()
@@ -119,6 +124,7 @@ class Config(_Section):
     network: NetworkSection = NetworkSection()
     security: SecuritySection = SecuritySection()
     opus: OpusSection = OpusSection()
+    live: LiveSection = LiveSection()
 
     def encoder(self, channels: int | None = None) -> Any:
         """The sender's codec: PCM16, or an Opus encoder stream with the [opus] settings."""

@@ -237,9 +237,9 @@ def dynamic_batch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_batched_gan_call_gives_each_stream_what_its_own_call_gives(dynamic_batch_model: Path) -> None:
     from nmp_peer.conceal.gan import GanConcealer
 
-    fixed = GanConcealer()
+    fixed = GanConcealer()  # each stream on its own: the shipped model, called per concealment
     batched = GanConcealer(dynamic_batch_model)
-    assert fixed.max_batch == 1 and batched.max_batch > 1
+    assert batched.max_batch > 1
     histories = [np.ascontiguousarray(music_like(0.2, seed=s)[-3584:]).astype(np.float32) for s in (1, 2, 3)]
     histories.append(np.zeros_like(histories[0]))  # silence: not refined, as in stages
     stages = list(batched.stages_batch(histories, [0, 1, 0, 0]))

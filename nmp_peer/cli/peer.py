@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +55,7 @@ def jam(
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
     from rich.console import Console
 
+    from nmp_peer.live import eventloop
     from nmp_peer.live.peer import JamOptions, Peer
     from nmp_peer.live.transport import Endpoint
     from nmp_peer.proto.security import load_key
@@ -89,7 +89,7 @@ def jam(
         monitor=watch,
     )
     jam = Peer(options)
-    summary = asyncio.run(jam.run())
+    summary = eventloop.run(jam.run(), cfg.live.event_loop)
     write_json(None, summary)
     if stats is not None:
         write_json(stats, summary)
@@ -148,6 +148,7 @@ def band(
     from rich.console import Console
 
     from nmp_peer.bandfile import load_band, parse_peer_option
+    from nmp_peer.live import eventloop
     from nmp_peer.live.peer import MAX_REMOTES, JamOptions, Peer
     from nmp_peer.live.transport import Endpoint
     from nmp_peer.proto.security import load_key
@@ -226,7 +227,7 @@ def band(
         monitor=watch,
     )
     member = Peer(options)
-    summary = asyncio.run(member.run())
+    summary = eventloop.run(member.run(), cfg.live.event_loop)
     write_json(None, summary)
     if stats is not None:
         write_json(stats, summary)

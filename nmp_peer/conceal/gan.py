@@ -126,13 +126,14 @@ class SpectralFrontEnd:
         self.inverse_window_sum = (1.0 / wss).astype(np.float32)
         fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(CROSSFADE_SAMPLES) + 0.5) / CROSSFADE_SAMPLES)
         self.fade_in = fade.astype(np.float32)
-        self._padded = np.empty(CHUNK_SAMPLES + 2 * PAD, np.float32)
-        self._frames = np.empty((N_FRAMES, N_FFT), np.float32)
+        # scratch for up to two chunks (the runtime's mono and stereo calls)
+        self._padded = np.empty((2, CHUNK_SAMPLES + 2 * PAD), np.float32)
+        self._frames = np.empty((2, N_FRAMES, N_FFT), np.float32)
 
     def _frames_of(self, padded: np.ndarray, first: int = 0) -> np.ndarray:
         """Windowed frames ``first..255`` ``(B, 256 - first, 511)`` of padded chunks ``(B, 4606)``."""
         view = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, first * HOP :: HOP]
-        out = self._frames[None, first:] if padded.shape[0] == 1 else None
+        out = self._frames[: padded.shape[0], first:] if padded.shape[0] <= 2 else None
         return np.multiply(view, self.window, out=out)
 
     def _features_of(self, frames: np.ndarray, gain: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -149,9 +150,9 @@ class SpectralFrontEnd:
         return out, spec
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] == 1:
-            return _reflect_into(x[0], self._padded)[None]
-        return np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")
+        if x.shape[0] > 2 or x.shape[1] != CHUNK_SAMPLES:  # training's batches
+            return np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")
+        return _reflect_into(x, self._padded[: x.shape[0]])
 
     def analyze(self, chunks: np.ndarray, first_frame: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features ``(B, 256 bins, 256 frames)`` float32, gap STFT ``(B, 79, 256)`` complex64,
@@ -213,11 +214,11 @@ class SpectralFrontEnd:
 
 
 def _reflect_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``np.pad(x, PAD, mode="reflect")`` for one chunk, written into ``out``."""
-    n = len(x)
-    out[PAD : PAD + n] = x
-    out[:PAD] = x[PAD:0:-1]
-    out[PAD + n :] = x[n - 2 : n - 2 - PAD : -1]
+    """``np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")`` for chunks ``(B, n)``, written into ``out``."""
+    n = x.shape[1]
+    out[:, PAD : PAD + n] = x
+    out[:, :PAD] = x[:, PAD:0:-1]
+    out[:, PAD + n :] = x[:, n - 2 : n - 2 - PAD : -1]
     return out
 
 
@@ -226,7 +227,9 @@ class GanConcealer(Concealer):
 
     One warm onnxruntime session (graph optimisation ALL, ``threads`` intra-op threads)
     is made at construction. Stateless between calls like every concealer; scratch
-    buffers are reused under a lock. Channels are concealed one by one.
+    buffers are reused under a lock. The channels of a stream are refined together: their
+    LPC predictions, then one front end pass and ONE network call of batch ``channels``
+    (the model's batch dimension is symbolic), not a pass per channel.
     """
 
     name = "gan"
@@ -270,10 +273,12 @@ class GanConcealer(Concealer):
             raise ValueError(
                 f"{path}: the model outputs {frames} frames, expected {N_FRAMES - GAP_FRAME} or {N_FRAMES}"
             )
-        self.front = SpectralFrontEnd(REFINE_FROM_HZ)
-        self._chunk = np.empty(CHUNK_SAMPLES, np.float32)
-        self._lock = threading.Lock()
         batch = self.session.get_inputs()[0].shape[0]
+        self._fixed_batch = batch if isinstance(batch, int) else None
+        """None: the model takes any batch (the shipped one); else the one batch size it takes."""
+        self.front = SpectralFrontEnd(REFINE_FROM_HZ)
+        self._chunk_buffers: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else MAX_BATCH
         """Chunks one network call takes: the model's batch axis (1 for a fixed one; a
         dynamic one: ``MAX_BATCH``); ``stages_batch`` and the shared worker use it."""
@@ -287,39 +292,59 @@ class GanConcealer(Concealer):
             hist = hist[:, None]
         lp = self.lpc.conceal(hist, burst_index)
         yield lp
-        out = lp.copy()
-        for ch in range(hist.shape[1]):
-            out[:, ch] = self.refine(hist[:, ch], lp[:, ch])
-        yield out
+        yield self.refine(hist, lp)
 
     def refine(self, history: np.ndarray, lp: np.ndarray) -> np.ndarray:
-        """The refined 1024 samples for one channel, given its LP prediction."""
+        """The refined ``(1024, channels)`` samples, given the LP prediction of every channel:
+        the channels loud enough to refine go through the front end and ONE network call
+        together (a batch of that many), the others keep their LP prediction."""
         with self._lock:
-            chunk = self._chunk
+            channels = lp.shape[1]
+            chunks = self._chunks(channels)
             tail = history[-CHUNK_CONTEXT_SAMPLES:]
-            chunk[: CHUNK_CONTEXT_SAMPLES - len(tail)] = 0.0
-            chunk[CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail
-            chunk[CHUNK_CONTEXT_SAMPLES:] = lp
-            np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            gap_rms = float(np.sqrt(np.mean(np.square(chunk[CHUNK_CONTEXT_SAMPLES:], dtype=np.float64))))
-            if gap_rms < REFINE_MIN_RMS:  # silence included: silence in, silence out
-                return lp.astype(np.float32)
+            chunks[:, : CHUNK_CONTEXT_SAMPLES - len(tail)] = 0.0
+            chunks[:, CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail.T
+            chunks[:, CHUNK_CONTEXT_SAMPLES:] = lp.T
+            np.nan_to_num(chunks, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            gap = chunks[:, CHUNK_CONTEXT_SAMPLES:]
+            gap_rms = np.sqrt(np.mean(np.square(gap, dtype=np.float64), axis=1))
+            loud = np.flatnonzero(gap_rms >= REFINE_MIN_RMS)  # silence included: silence in, silence out
+            out = np.array(lp, np.float32)
+            if len(loud) == 0:
+                return out
+            batch = chunks if len(loud) == channels else chunks[loud]
             hook = self.stage_hook
-            feature, gap_spec, gain = self.front.analyze(chunk, self.input_from_frame)
+            feature, gap_spec, gain = self.front.analyze(batch, self.input_from_frame)
             if hook is not None:
                 hook("analysis_stft")
-            refined = self.session.run(None, {self._input: feature[:, None]})[0]
+            refined = self._run(feature)
             if hook is not None:
                 hook("network")
-            pred = self.front.synthesize(refined[:, 0], gap_spec, gain)[0]
-            if not np.all(np.isfinite(pred)):
-                return lp.astype(np.float32)
-            out = self.front.crossfade(lp.astype(np.float32), pred)
-            out[np.abs(out) < SILENCE_FLOOR] = 0.0
-            out = np.clip(out, -1.0, 1.0, out=out)
+            pred = self.front.synthesize(refined, gap_spec, gain)
+            for row, ch in enumerate(loud):
+                if not np.all(np.isfinite(pred[row])):
+                    continue  # that channel keeps its LP prediction
+                mixed = self.front.crossfade(lp[:, ch], pred[row])
+                mixed[np.abs(mixed) < SILENCE_FLOOR] = 0.0
+                out[:, ch] = np.clip(mixed, -1.0, 1.0, out=mixed)
             if hook is not None:
                 hook("synthesis")
             return out
+
+    def _chunks(self, channels: int) -> np.ndarray:
+        """The scratch chunks ``(channels, 4096)``, made once per channel count."""
+        chunks = self._chunk_buffers.get(channels)
+        if chunks is None:
+            chunks = self._chunk_buffers[channels] = np.empty((channels, CHUNK_SAMPLES), np.float32)
+        return chunks
+
+    def _run(self, feature: np.ndarray) -> np.ndarray:
+        """The generator on features ``(B, 256, 256)``: refined gap frames ``(B, 256, 79)``; one
+        call of batch B (a model exported with a fixed batch of 1 is called once per item)."""
+        x = feature[:, None]
+        if self._fixed_batch is None or self._fixed_batch == len(x):
+            return self.session.run(None, {self._input: x})[0][:, 0]
+        return np.concatenate([self.session.run(None, {self._input: x[i : i + 1]})[0][:, 0] for i in range(len(x))])
 
     def stages_batch(self, histories: list[np.ndarray], burst_indices: list[int]) -> Iterator[list[np.ndarray]]:
         """``stages`` of several concealments at once (a band's streams that lost a packet in the
@@ -347,8 +372,7 @@ class GanConcealer(Concealer):
             for start in range(0, len(items), self.max_batch):
                 part = items[start : start + self.max_batch]
                 feature, gap_spec, gain = self.front.analyze(np.stack([c for _, _, c in part]), self.input_from_frame)
-                refined = self.session.run(None, {self._input: feature[:, None]})[0]
-                preds = self.front.synthesize(refined[:, 0], gap_spec, gain)
+                preds = self.front.synthesize(self._run(feature), gap_spec, gain)
                 for (j, ch, _), pred in zip(part, preds, strict=True):
                     lp = lps[j][:, ch].astype(np.float32)
                     if not np.all(np.isfinite(pred)):

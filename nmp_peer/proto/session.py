@@ -60,6 +60,7 @@ from nmp_peer.proto.wire import (
     Packet,
     PayloadType,
     WireError,
+    make_packet,
 )
 
 NONCE_BYTES = 16
@@ -191,7 +192,7 @@ class StreamCipher:
         if not packet.end and packet.payload_type is PayloadType.PCM16 and len(payload) % (2 * packet.channels):
             return None  # sealed by a broken sender: not whole frames
         p = packet
-        return Packet(p.payload_type, p.channels, p.stream_id, p.seq, p.timestamp, payload, b"", p.end)
+        return make_packet(p.payload_type, p.channels, p.stream_id, p.seq, p.timestamp, payload, b"", p.end, False)
 
 
 class Outbound:

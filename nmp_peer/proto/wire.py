@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 
 MAGIC = b"NM"
@@ -127,14 +127,13 @@ class Packet:
             raise WireError(f"bad magic {magic!r}")
         if version != VERSION:
             raise WireError(f"unsupported version {version}")
-        try:
-            payload_type = PayloadType(ptype)
-        except ValueError:
+        payload_type = _PAYLOAD_TYPES.get(ptype)
+        if payload_type is None:
             if ptype in _CONTROL_TYPES:
-                raise WireError(f"a handshake message (type {ptype:#04x}), not audio") from None
+                raise WireError(f"a handshake message (type {ptype:#04x}), not audio")
             if ptype in _PROBE_TYPES:
-                raise WireError(f"a round-trip probe (type {ptype:#04x}), not audio") from None
-            raise WireError(f"unknown payload type {ptype}") from None
+                raise WireError(f"a round-trip probe (type {ptype:#04x}), not audio")
+            raise WireError(f"unknown payload type {ptype}")
         if not 1 <= channels <= MAX_CHANNELS:
             raise WireError(f"bad channel count {channels}")
         if flags & ~(FLAG_TAG | FLAG_END | FLAG_ENC):
@@ -151,11 +150,54 @@ class Packet:
         if not end and not encrypted and payload_type is PayloadType.PCM16 and (length == 0 or length % (2 * channels)):
             raise WireError(f"PCM16 payload of {length} bytes is not whole frames of {channels} channel(s)")
         stop = HEADER_BYTES + length
-        payload = bytes(data[HEADER_BYTES:stop])
-        return cls(payload_type, channels, stream_id, seq, timestamp, payload, bytes(data[stop:]), end, encrypted)
+        payload, tag = bytes(data[HEADER_BYTES:stop]), bytes(data[stop:])
+        return make_packet(payload_type, channels, stream_id, seq, timestamp, payload, tag, end, encrypted)
 
 
 _CONTROL_TYPES = frozenset(int(t) for t in ControlType)
+_PAYLOAD_TYPES = {int(t): t for t in PayloadType}
+_PACKET_FIELDS = ("payload_type", "channels", "stream_id", "seq", "timestamp", "payload", "tag", "end", "encrypted")
+if tuple(f.name for f in fields(Packet)) != _PACKET_FIELDS:  # pragma: no cover - a field added above
+    raise ImportError("make_packet must set every field of Packet")
+_new_packet = object.__new__
+(
+    _set_payload_type,
+    _set_channels,
+    _set_stream_id,
+    _set_seq,
+    _set_timestamp,
+    _set_payload,
+    _set_tag,
+    _set_end,
+    _set_encrypted,
+) = (getattr(Packet, name).__set__ for name in _PACKET_FIELDS)
+
+
+def make_packet(
+    payload_type: PayloadType,
+    channels: int,
+    stream_id: int,
+    seq: int,
+    timestamp: int,
+    payload: bytes,
+    tag: bytes,
+    end: bool,
+    encrypted: bool,
+) -> Packet:
+    """``Packet(...)`` with every field given, for the receive path: the same frozen object,
+    made through its slots (a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, a third of a parse's time). The caller has checked the values."""
+    p = _new_packet(Packet)
+    _set_payload_type(p, payload_type)
+    _set_channels(p, channels)
+    _set_stream_id(p, stream_id)
+    _set_seq(p, seq)
+    _set_timestamp(p, timestamp)
+    _set_payload(p, payload)
+    _set_tag(p, tag)
+    _set_end(p, end)
+    _set_encrypted(p, encrypted)
+    return p
 
 
 def control_type(data: bytes) -> ControlType | None:
