@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,12 +53,8 @@ def jam(
     monitor_key_file: MonitorKeyFileOpt = None,
 ) -> None:
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
-    from rich.console import Console
 
-    from nmp_peer.live import eventloop
-    from nmp_peer.live.peer import JamOptions, Peer
     from nmp_peer.live.transport import Endpoint
-    from nmp_peer.proto.security import load_key
 
     watch = monitor_config(monitor, monitor_key_file)
     cfg = build_config(config, concealer, codec=codec)
@@ -68,33 +64,18 @@ def jam(
         raise UserError(
             "jam needs the other peer's address: --peer HOST:PORT, or peer = \"HOST:PORT\" in the config's [network]"
         )
-    encoder, _ = build_encoder(cfg)
-    key_path = key_file or cfg.security.key_file
-    key = load_key(key_path) if key_path else None
-    console = Console(stderr=True)
-    options = JamOptions(
+    _run_peer(
+        cfg,
+        key_file or cfg.security.key_file,
+        stats,
+        quiet,
         listen=Endpoint.parse(listen),
         peer=Endpoint.parse(peer),
         input=input,
         output=output,
-        concealer=cfg.conceal.method,
-        playout=cfg.playout(),
         duration_s=duration,
-        status=None if quiet else (lambda line: console.print(line, highlight=False, soft_wrap=True)),
-        key=key,
-        encrypt=cfg.security.encrypt,
-        pin=cfg.security.pin,
-        repin_after_s=cfg.security.repin_after_s,
-        codec=encoder,
         monitor=watch,
     )
-    jam = Peer(options)
-    summary = eventloop.run(jam.run(), cfg.live.event_loop)
-    write_json(None, summary)
-    if stats is not None:
-        write_json(stats, summary)
-    if jam.failure is not None:  # a device stopped: the summary above, then one line and exit code 74
-        raise jam.failure
 
 
 def devices() -> None:
@@ -145,13 +126,9 @@ def band(
     The two-host `jam` is the same session with one remote."""
     from dataclasses import replace
 
-    from rich.console import Console
-
     from nmp_peer.bandfile import load_band, parse_peer_option
-    from nmp_peer.live import eventloop
-    from nmp_peer.live.peer import MAX_REMOTES, JamOptions, Peer
+    from nmp_peer.live.peer import MAX_REMOTES
     from nmp_peer.live.transport import Endpoint
-    from nmp_peer.proto.security import load_key
     from nmp_peer.receiver.mixer import MixError
 
     watch = monitor_config(monitor, monitor_key_file)
@@ -204,32 +181,49 @@ def band(
     except MixError as exc:
         raise UserError(str(exc)) from None
     cfg = build_config(config or band_config, concealer, codec=codec)
-    encoder, _ = build_encoder(cfg)
-    key_path = key_file or band_key or cfg.security.key_file
-    key = load_key(key_path) if key_path else None
-    console = Console(stderr=True)
-    options = JamOptions(
+    _run_peer(
+        cfg,
+        key_file or band_key or cfg.security.key_file,
+        stats,
+        quiet,
         listen=Endpoint.parse(listen),
         peer=None,
         remotes=remotes,
         out_channels=1 if mono else 2,
         input=input,
         output=output,
+        duration_s=duration,
+        monitor=watch,
+    )
+
+
+def _run_peer(cfg: Any, key_path: str | Path | None, stats: Path | None, quiet: bool, **session: Any) -> None:
+    """Run one peer (a duo's jam or a band's member) with the config's concealer, playout,
+    codec, security and event loop; print its JSON summary (and write it to ``stats``).
+    A device that stopped: the summary, then one line and exit code 74."""
+    from rich.console import Console
+
+    from nmp_peer.live import eventloop
+    from nmp_peer.live.peer import JamOptions, Peer
+    from nmp_peer.proto.security import load_key
+
+    encoder, _ = build_encoder(cfg)
+    console = Console(stderr=True)
+    options = JamOptions(
         concealer=cfg.conceal.method,
         playout=cfg.playout(),
-        duration_s=duration,
         status=None if quiet else (lambda line: console.print(line, highlight=False, soft_wrap=True)),
-        key=key,
+        key=load_key(key_path) if key_path else None,
         encrypt=cfg.security.encrypt,
         pin=cfg.security.pin,
         repin_after_s=cfg.security.repin_after_s,
         codec=encoder,
-        monitor=watch,
+        **session,
     )
-    member = Peer(options)
-    summary = eventloop.run(member.run(), cfg.live.event_loop)
+    peer = Peer(options)
+    summary = eventloop.run(peer.run(), cfg.live.event_loop)
     write_json(None, summary)
     if stats is not None:
         write_json(stats, summary)
-    if member.failure is not None:
-        raise member.failure
+    if peer.failure is not None:
+        raise peer.failure
