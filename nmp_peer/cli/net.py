@@ -230,6 +230,9 @@ def scenarios_band(
     seed: Annotated[int, typer.Option(help="Seed of the impairments (each link its own, derived).")] = 0,
     key_file: Annotated[Path | None, typer.Option(help="A pre-shared key for the whole band.")] = None,
     codec: Annotated[str, typer.Option(help="What every peer sends: pcm16 | opus.")] = "pcm16",
+    config: Annotated[
+        str, typer.Option(help="The peers' config: a shipped name (default, lan, wan) or a TOML file.")
+    ] = "wan",
 ) -> None:
     """A band on loopback: every pair of peers through its own relay, a report per listener.
 
@@ -237,6 +240,7 @@ def scenarios_band(
     from nmp_peer.netsim.impair import Impairment
     from nmp_peer.netsim.loss import BernoulliLoss
     from nmp_peer.proto.security import load_key
+    from nmp_peer.config import load_config
     from nmp_peer.scenarios.band import NAMES, BandPlan, run_band, write_markdown
 
     if not 2 <= peers <= len(NAMES):
@@ -266,6 +270,7 @@ def scenarios_band(
         links[(src, dst)] = Impairment(BernoulliLoss(loss, seed=s), jitter_ms=jitter, duplicate=duplicate, seed=s)
     if codec not in ("pcm16", "opus"):
         raise UserError(f"--codec is pcm16 or opus, not {codec!r}")
+    load_config(config)  # a bad one ends here in one line, not in every peer
     plan = BandPlan(
         out,
         names,
@@ -274,6 +279,7 @@ def scenarios_band(
         concealer=concealer,
         key=load_key(key_file) if key_file else None,
         codec=codec,
+        config=config,
     )
     report = asyncio.run(run_band(plan))
     write_markdown(report, out / "report.md")

@@ -70,6 +70,9 @@ class Concealer(ABC):
     measured keeps this short fade."""
     fade_ms: float = 25.0
     """Length of that fade to silence; after it the buffer pauses until audio arrives."""
+    stage_count: int = 1
+    """How many predictions ``stages`` yields. The shared worker thread collects a job's end
+    as soon as its last one is in, instead of letting it wait behind other streams' work."""
     recovery_fade_samples: int = 128
     """Length of the raised-cosine crossfade from the prediction's tail into the first
     packet that arrives after a gap (the engine performs it)."""
