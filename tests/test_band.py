@@ -333,6 +333,22 @@ def test_the_shared_thread_batches_streams_when_the_concealer_can() -> None:
         thread.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_concealment_threads_run_nicer_than_the_audio_path() -> None:
+    from nmp_peer.conceal.worker import BACKGROUND_NICE
+
+    thread = ConcealThread()
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _wait(lambda: all(t.native_id is not None for t in thread._threads))
+        for t in thread._threads:
+            assert t.native_id is not None
+            _wait(lambda t=t: os.getpriority(os.PRIO_PROCESS, t.native_id) != mine)
+            assert os.getpriority(os.PRIO_PROCESS, t.native_id) == min(19, mine + BACKGROUND_NICE)
+    finally:
+        thread.close()
+
+
 @pytest.fixture(scope="module")
 def dynamic_batch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped generator with its batch axis made dynamic (the same weights)."""

@@ -407,7 +407,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             "",
             f"Own tone in the mix: {listener['own_tone_level']} (it does not hear itself). "
             f"Sends {listener['upload_kbit_s']} kbit/s, receives {listener['download_kbit_s']} kbit/s "
-            "(audio datagrams with their IPv4 and UDP headers, from the relays' logs).",
+            "(audio datagrams with their IPv4 and UDP headers, from the relays' logs). "
+            f"Output ticks a packet or more late: {listener['summary'].get('output_ticks_late')} "
+            f"(latest {listener['summary'].get('output_late_max_ms')} ms after its time).",
             "",
             "| from | impairment | tone | received | lost (relay) | late | concealed | partial | latency ms "
             "| rtt ms | one-way ms | ok |",
