@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.mixer import Mixer, MixError, Strip
 from nmp_peer.receiver.roundtrip import RoundTrip
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.scenarios.band import TONES_HZ, tone, tone_level
+from nmp_peer.scenarios.band import TONES_HZ, BandProcess, tone, tone_level
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))
@@ -474,33 +473,33 @@ def test_four_peers_each_hear_the_three_others_and_only_the_lossy_link_is_concea
     assert report["ok"] and report["returncode"] == 0
 
 
-class BandProcess:
-    """An ``nmp-peer band`` subprocess whose status lines (stderr) are read as they come."""
+@pytest.mark.slow
+def test_four_peers_across_network_namespaces_each_link_its_own_impairment(tmp_path: Path) -> None:
+    """A namespace per peer and one for the relays: every direction its own loss, jitter and
+    duplicates (the default links), each listener's counters equal to its relays' logs."""
+    from nmp_peer.scenarios.backends.netns import list_namespaces, netns_unavailable
 
-    def __init__(self, args: list[str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "nmp_peer.cli", "band", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        self.out: list[str] = []
-        for stream, into in ((self.process.stderr, self.lines), (self.process.stdout, self.out)):
-            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
-
-    def all_ended(self, remotes: int) -> bool:
-        last = self.lines[-1] if self.lines else ""
-        return last.count(" ended") == remotes
-
-    def stop(self) -> tuple[int, dict[str, Any]]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        time.sleep(0.2)
-        return code, json.loads("".join(self.out))
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(f"network namespaces unavailable: {reason}")
+    before = set(list_namespaces())
+    report = _scenario(tmp_path, "--network", "netns", "--peers", "4", "--seconds", "8", "--seed", "5")
+    assert not report["timed_out"] and report["network"] == "netns" and len(report["namespaces"]) == 5
+    assert set(list_namespaces()) == before  # all removed
+    impairments = set()
+    for listener in report["listeners"]:
+        me = listener["listener"]
+        assert listener["own_tone_level"] < 0.005, me
+        for r in listener["remotes"]:
+            assert r["level"] > 0.03, (me, r["from"])
+            assert r["ok"], (me, r["from"], r["checks"], r["truth"])
+            assert r["truth"]["relay_lost"] > 0  # every link is lossy, and its receiver counted it
+            impairments.add(r["impairment"])
+        # each remote is heard through the relay namespace's address on this peer's own link
+        addresses = {p["address"].rsplit(":", 1)[0] for p in listener["summary"]["peers"]}
+        assert len(addresses) == 1 and addresses.pop().startswith("198.18.")
+    assert len(impairments) >= 6  # the directions differ
+    assert report["ok"] and report["returncode"] == 0
 
 
 @pytest.mark.slow
@@ -524,10 +523,10 @@ def test_three_band_processes_from_a_session_file_mix_each_others_tones(tmp_path
         write_audio(tmp_path / f"{n}.wav", tone(TONES_HZ[i], 3.0))
         args = ["--session", str(session), "--name", n, "--input", str(tmp_path / f"{n}.wav")]
         args += ["--output", str(tmp_path / f"{n}-hears.wav"), "--duration", "120", "--config", "wan"]
-        procs.append(BandProcess(args))
+        procs.append(BandProcess(args, tmp_path / f"{n}.stderr"))
     try:
         deadline = time.monotonic() + 90
-        while not all(p.all_ended(2) for p in procs):
+        while not all(p.ended(2) for p in procs):
             assert time.monotonic() < deadline and all(p.process.poll() is None for p in procs), [
                 "".join(p.lines[-3:]) for p in procs
             ]

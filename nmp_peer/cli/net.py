@@ -233,14 +233,19 @@ def scenarios_band(
     config: Annotated[
         str, typer.Option(help="The peers' config: a shipped name (default, lan, wan) or a TOML file.")
     ] = "wan",
+    network: Annotated[
+        str, typer.Option(help="loopback (127.0.0.1) | netns (a network namespace per peer; needs root).")
+    ] = "loopback",
 ) -> None:
-    """A band on loopback: every pair of peers through its own relay, a report per listener.
+    """A band on loopback or across network namespaces: every pair of peers through its own
+    relay, a report per listener.
 
     Exit code 1 when a listener's counters disagree with a relay's log."""
+    from nmp_peer.config import load_config
     from nmp_peer.netsim.impair import Impairment
     from nmp_peer.netsim.loss import BernoulliLoss
     from nmp_peer.proto.security import load_key
-    from nmp_peer.config import load_config
+    from nmp_peer.scenarios.backends.netns import netns_unavailable
     from nmp_peer.scenarios.band import NAMES, BandPlan, run_band, write_markdown
 
     if not 2 <= peers <= len(NAMES):
@@ -271,6 +276,10 @@ def scenarios_band(
     if codec not in ("pcm16", "opus"):
         raise UserError(f"--codec is pcm16 or opus, not {codec!r}")
     load_config(config)  # a bad one ends here in one line, not in every peer
+    if network not in ("loopback", "netns"):
+        raise UserError(f"--network is loopback or netns, not {network!r}")
+    if network == "netns" and (reason := netns_unavailable()):
+        raise UserError(f"--network netns: {reason}")
     plan = BandPlan(
         out,
         names,
@@ -280,6 +289,7 @@ def scenarios_band(
         key=load_key(key_file) if key_file else None,
         codec=codec,
         config=config,
+        network=network,
     )
     report = asyncio.run(run_band(plan))
     write_markdown(report, out / "report.md")
