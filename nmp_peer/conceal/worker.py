@@ -20,8 +20,9 @@ packet of a burst thus gets a whole block more time, at the cost of one concealm
 that goes unused whenever the packet arrives.
 
 A band receives N - 1 streams: their workers share one :class:`ConcealThread` (one
-concealer, one model session, one thread for all of them), which runs the work of
-several streams stage by stage and, with a model that takes a batch, in one call.
+concealer, one model session, and two threads for all of them: one for first stages,
+one for any), which runs the work of several streams stage by stage, the most urgent
+first, and, with a model that takes a batch, in one call.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class ConcealThread:
             thread.start()
 
     def lane(self, concealer: Concealer, chain: bool = True) -> ThreadedWorker:
-        """A worker for one more stream, served by this thread."""
+        """A worker for one more stream, served by these threads."""
         return ThreadedWorker(concealer, chain, thread=self)
 
     def _add(self, lane: ThreadedWorker) -> None:
@@ -330,7 +331,7 @@ class ThreadedWorker:
     ``chained`` counts the requests that found their guess.
 
     ``thread``: the :class:`ConcealThread` that computes them, shared with other streams'
-    workers (a band); without one, the worker has a thread of its own (a duo).
+    workers (a band); without one, the worker has a ``ConcealThread`` of its own (a duo).
 
     A concealer that raises does not stop the thread, and is not hidden either: ``errors``
     counts the exceptions and ``last_error`` holds the latest one as text (type and
