@@ -39,7 +39,7 @@ from nmp_peer import BLOCK_FRAMES
 from nmp_peer.conceal.base import Concealer, final_stage
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: it holds arrays
 class _Job:
     slot: int
     history: np.ndarray
@@ -121,7 +121,7 @@ def _lower_priority(nice: int) -> None:
         pass
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: its jobs hold arrays
 class _Work:
     """Jobs advanced together by one stage iterator: one job's ``stages``, or a batch's
     ``stages_batch`` (which yields the list of its jobs' results per stage)."""
