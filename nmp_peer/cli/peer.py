@@ -41,6 +41,15 @@ def jam(
     codec: Annotated[
         str | None, typer.Option(help="What this peer sends: pcm16 | opus (default: the config's). It plays either.")
     ] = None,
+    device_period: Annotated[
+        int | None, typer.Option(help="Sound-device frames per callback (default: the config's; 0: the device's own).")
+    ] = None,
+    device_rate: Annotated[
+        int | None, typer.Option(help="Sound-device sample rate (default: the config's; 0: the device's default).")
+    ] = None,
+    device_latency: Annotated[
+        str | None, typer.Option(help="Sound-device latency: low | high | milliseconds (default: the config's).")
+    ] = None,
 ) -> None:
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
     from rich.console import Console
@@ -50,6 +59,19 @@ def jam(
     from nmp_peer.proto.security import load_key
 
     cfg = build_config(config, concealer, codec=codec)
+    if device_period is not None or device_rate is not None or device_latency is not None:
+        from nmp_peer.config import Config, ConfigError, first_error
+
+        data = cfg.model_dump()
+        for name, value in (("period", device_period), ("rate", device_rate), ("latency", device_latency)):
+            if value is not None:
+                data["device"][name] = value
+        try:
+            cfg = Config.model_validate(data)
+        except ValueError as exc:  # pydantic's ValidationError
+            from pydantic import ValidationError
+
+            raise ConfigError(first_error(exc) if isinstance(exc, ValidationError) else str(exc)) from None
     listen = listen or cfg.network.listen
     peer = peer or cfg.network.peer
     if not peer:
@@ -74,6 +96,7 @@ def jam(
         pin=cfg.security.pin,
         repin_after_s=cfg.security.repin_after_s,
         codec=encoder,
+        devices=cfg.device.settings(),
     )
     jam = Peer(options)
     summary = asyncio.run(jam.run())

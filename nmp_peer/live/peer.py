@@ -25,7 +25,7 @@ import numpy as np
 from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.conceal import make_concealer
-from nmp_peer.live.devices import POLL_S, DeviceFailure, DeviceStreams
+from nmp_peer.live.devices import POLL_S, DeviceEdge, DeviceFailure, DeviceSettings, DeviceStreams
 from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
@@ -58,6 +58,8 @@ class JamOptions:
     repin_after_s: float = REPIN_AFTER_S
     codec: Any = None
     """The sender's codec (PCM16 when None); the receiver decodes whatever its peer sends."""
+    devices: DeviceSettings = DeviceSettings()
+    """Sound devices: period, rate and latency (config ``[device]``)."""
 
 
 class Peer:
@@ -248,24 +250,30 @@ class Peer:
     def _open_devices(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open and start the sound-card streams (before the socket exists, so nothing piles up).
 
-        Until the stream starts the output callback plays silence, and the input callback
-        drops what it captures until the sender runs (``_capturing``)."""
+        Until the stream starts the output callback plays silence, and captured blocks are
+        dropped until the sender runs (``_capturing``). Re-blocking, resampling and the
+        device clock are the device edge's (``live.devices.DeviceEdge``)."""
         o, channels = self.options, self.packetizer.channels
-        if o.input is not None and self.source is None:
+        wants_input = o.input is not None and self.source is None
+        wants_output = o.output is not None and not is_audio_file(o.output)
+        if not (wants_input or wants_output):
+            return
+        deliver = None
+        if wants_input:
             self._captured = asyncio.Queue(maxsize=64)
-            self.devices.open("input", o.input, channels, self._input_callback(loop, self._captured))
-        if o.output is not None and not is_audio_file(o.output):
-            self.devices.open("output", o.output, channels, self._output_callback())
+            deliver = self._deliver(loop, self._captured)
+        edge = DeviceEdge(self.devices, o.devices, channels, lambda t: (t - self._t0) * SAMPLE_RATE)
+        edge.open(o.input if wants_input else None, o.output if wants_output else None, self.engine, deliver)
 
-    def _input_callback(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[np.ndarray]) -> Callable[..., None]:
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[np.ndarray]
+    ) -> Callable[[np.ndarray], None]:
+        """Hands each captured block to the sender (called from PortAudio's thread)."""
         stats = self.engine.stats
 
-        def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        def deliver(block: np.ndarray) -> None:
             if not self._capturing:
                 return
-            if status.input_overflow:
-                stats.device_input_overflows += 1
-            block = indata.copy()
 
             def put() -> None:
                 if queue.full():  # the sender fell 64 blocks behind: this one is not sent
@@ -275,17 +283,7 @@ class Peer:
 
             loop.call_soon_threadsafe(put)
 
-        return callback
-
-    def _output_callback(self) -> Callable[..., None]:
-        stats, engine, now = self.engine.stats, self.engine, self.now
-
-        def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
-            if status.output_underflow:
-                stats.device_output_underflows += 1
-            outdata[:] = engine.next_block(now())
-
-        return callback
+        return deliver
 
     async def _watch_devices(self, wake: asyncio.Event) -> None:
         """Ends the jam with a DeviceFailure once a stream stopped: woken by its finished callback,
