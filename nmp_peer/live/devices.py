@@ -400,17 +400,20 @@ class DeviceEdge:
                 self._out_latency = max(0.0, dac - current) if dac else 0.0
             observed = (dac + host - current) if dac else host + self._out_latency
             jumped = clock.tick(frames, observed)
-            if jumped and clock.jumps:  # the device stalled: the reader fell behind the arrivals
-                stats.device_clock_jumps = clock.jumps
-                engine.skip_to_start_depth()
             stats.device_clock_outliers = clock.outliers
             lead_s = self._out_latency + self._extra_frames / self.rate
             stats.device_output_latency_ms = 1000.0 * lead_s
+            stalled = jumped and clock.jumps > stats.device_clock_jumps
 
             def produce(lead: int) -> np.ndarray:
+                nonlocal stalled
                 delay = rs.delay() if rs is not None else 0.0
-                deadline = clock.time_of(clock.frames + lead + delay) - lead_s
-                block = engine.next_block(self.host_to_now(deadline))
+                deadline = self.host_to_now(clock.time_of(clock.frames + lead + delay) - lead_s)
+                if stalled:  # the device jumped ahead: the reader fell behind the arrivals
+                    stats.device_clock_jumps = clock.jumps
+                    engine.skip_stall(deadline)
+                    stalled = False
+                block = engine.next_block(deadline)
                 return rs(block) if rs is not None else block
 
             outdata[:] = reblock.pull(frames, produce)

@@ -247,20 +247,20 @@ class PlayoutEngine:
             if ext >= jb.next_seq:
                 self.controller.observe(ref - skip * BLOCK_FRAMES)
 
-    def skip_to_start_depth(self) -> int:
-        """The output clock jumped ahead (a device stall or xrun: the reader fell behind the
-        arrivals): keep only the newest buffered packets that fit in the start depth, as at
-        the first read. Returns how many were skipped (counted in ``packets_skipped``)."""
+    def skip_stall(self, now: float) -> int:
+        """The output clock jumped ahead to ``now`` (a device stall or xrun: the reader fell
+        behind the arrivals by the blocks it did not read): skip the oldest buffered packets
+        for those blocks, so that the newest ones play with the depth the stream had before,
+        as at the first read. Returns how many were skipped (counted in ``packets_skipped``)."""
         with self._lock:
-            if not self._reading or self._burst or self.jitter.ended:
+            if not self._reading or self._burst or self.jitter.ended or not self._ticked:
                 return 0
             jb = self.jitter
             n = 0
             while jb.has(jb.next_seq + n):
                 n += 1
-            buffered = self.fifo.end - self._read_pos + n * BLOCK_FRAMES
-            excess = buffered - self.controller.start_latency_samples() + self.config.latency.deadband_samples / 2
-            skip = min(n - 1, math.floor(excess / BLOCK_FRAMES))
+            behind = (now - self._tick_now) / self._ratio - BLOCK_FRAMES
+            skip = min(n - 1, math.floor(behind / BLOCK_FRAMES + 0.5))
             if skip <= 0:
                 return 0
             self.worker.cancel()
