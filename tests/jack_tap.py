@@ -28,6 +28,8 @@ def find_ports(client: jack.Client, wait_s: float) -> tuple[jack.Port | None, ja
     while True:
         ins = [p for p in client.get_ports(is_input=True, is_audio=True) if p.name.startswith("PortAudio")]
         outs = [p for p in client.get_ports(is_output=True, is_audio=True) if p.name.startswith("PortAudio")]
+        if ins and outs:
+            return ins[0], outs[0]
         if ins or outs or time.monotonic() > deadline:
             time.sleep(0.5)  # the other direction's stream may open a moment later
             ins = [p for p in client.get_ports(is_input=True, is_audio=True) if p.name.startswith("PortAudio")]
@@ -54,7 +56,7 @@ def main() -> None:
     parser.add_argument("clip")
     parser.add_argument("out")
     parser.add_argument("--seconds-after", type=float, default=1.0, help="Recording kept after the clip ended.")
-    parser.add_argument("--lead-in", type=float, default=1.0, help="Seconds between connecting and playing.")
+    parser.add_argument("--lead-in", type=float, default=0.5, help="Seconds between connecting and playing.")
     parser.add_argument("--wait", type=float, default=60.0, help="How long to wait for the peer's ports.")
     args = parser.parse_args()
     clip = np.load(args.clip).astype(np.float32).reshape(-1)
@@ -99,6 +101,7 @@ def main() -> None:
         capture, playback = port_latency("system:capture_1", "capture"), port_latency("system:playback_1", "playback")
         time.sleep(args.lead_in)
         go.set()
+        print(json.dumps({"playing": True}), flush=True)
         finished = done.wait(timeout=len(clip) / rate + args.seconds_after + 60)
     np.savez(args.out, recorded=recorded[:total])
     print(

@@ -132,3 +132,129 @@ def test_a_second_ctrl_c_exits_at_once_while_a_frozen_server_holds_the_close(
         a.kill()
         b.kill()
     assert code == 130
+
+
+# ---------------------------------------------------------------- jams with a JACK client at B's ports
+#
+# A JACK client (``tests/jack_tap.py``) plays a clip into B's input port and records B's
+# output port in the same cycles. The tap stands in for the sound card: what it plays
+# reaches B as the card's capture would (JACK reports that the capture port's data is
+# ``capture_latency`` frames old), and what it records it gets one period after B wrote it,
+# where the card would play it ``playback_latency`` frames after (as JACK reports). So the
+# latency a musician would hear through a card with those latencies is the tap's lag plus
+# ``capture_latency + playback_latency - period``.
+
+
+@pytest.fixture
+def jack_at(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A private JACK server at ``request.param`` = (rate, period)."""
+    from jack_server import start_jack
+
+    rate, period = request.param
+    yield from start_jack(tmp_path, rate=rate, period=period)
+
+
+def start_tap(server: JackServer, tmp_path: Path, clip: np.ndarray, after_s: float) -> subprocess.Popen[str]:
+    np.save(tmp_path / "tap_clip.npy", clip)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "jack_tap.py"), str(tmp_path / "tap_clip.npy"), str(tmp_path / "tap.npz")]
+        + ["--seconds-after", str(after_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server.env,
+    )
+
+
+def tap_playing(tap: subprocess.Popen[str]) -> None:
+    assert tap.stdout is not None
+    line = tap.stdout.readline()
+    assert line.strip() == '{"playing": true}', (line, tap.poll())
+
+
+def tap_result(tap: subprocess.Popen[str], tmp_path: Path) -> tuple[dict, np.ndarray]:
+    out, err = tap.communicate(timeout=120)
+    assert tap.returncode == 0, err
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["finished"] and info["input_port"] and info["output_port"], info
+    return info, np.load(tmp_path / "tap.npz")["recorded"]
+
+
+def lag_of(recorded: np.ndarray, clip: np.ndarray) -> int:
+    """Where ``clip`` starts in ``recorded`` (the cross-correlation's peak)."""
+    from scipy.signal import correlate
+
+    c = correlate(recorded, clip, mode="full", method="fft")
+    return int(np.argmax(c)) - (len(clip) - 1)
+
+
+def exact_blocks(recorded: np.ndarray, clip: np.ndarray, lag: int, search: int = 16 * 512) -> int:
+    """How many of the clip's 512-sample blocks are in the recording bit-exact, each within
+    ``search`` samples of ``lag`` (a glitch may move the lag by a block or a few)."""
+    exact = 0
+    for k in range(len(clip) // 512):
+        block = clip[k * 512 : (k + 1) * 512]
+        lo = max(0, lag + k * 512 - search)
+        window = recorded[lo : lag + (k + 1) * 512 + search]
+        j = int(np.argmax(np.abs(block)))
+        if len(window) < 512 or block[j] == 0:
+            continue
+        candidates = np.flatnonzero(window[j : len(window) - 511 + j] == block[j])
+        exact += any(np.array_equal(window[i : i + 512], block) for i in candidates)
+    return exact
+
+
+def events(summary: dict) -> int:
+    """What the peer counted that may change what it plays: each may cost a few blocks of exactness."""
+    keys = ("device_output_underflows", "device_input_overflows", "packets_concealed", "blocks_inserted")
+    keys += ("blocks_dropped", "packets_skipped", "device_clock_jumps", "capture_queue_drops")
+    return sum(int(summary[k]) for k in keys) + int(summary["blocks_resampled"])
+
+
+def stop_all(*jams: JamProcess) -> list[dict]:
+    summaries = []
+    for jam in jams:
+        code, summary, err = jam.stop()
+        assert code == 0, err
+        summaries.append(summary)
+    return summaries
+
+
+LOOP_PERIODS = [(44100, 128), (44100, 512), (44100, 1024)]
+
+
+@pytest.mark.parametrize("jack_at", LOOP_PERIODS, ids=lambda p: f"period{p[1]}", indirect=True)
+def test_a_device_peer_reports_the_latency_measured_through_its_own_loop(jack_at: JackServer, tmp_path: Path) -> None:
+    """B sends to itself (``--peer`` its own address): the tap's clip goes JACK → B's capture →
+    UDP → B's jitter buffer → B's output → JACK. The recording is the clip, bit-exact (but
+    where B or JACK counted a glitch), and B's ``latency_ms`` (capture device + measured
+    depth + output device) is the measured delay, to within one block."""
+    port = free_port()
+    b = JamProcess(
+        ["--listen", f"127.0.0.1:{port}", "--peer", f"127.0.0.1:{port}", "--input", "0", "--output", "0"],
+        env=jack_at.env,
+    )
+    try:
+        clip = music_like(4.0)[:, 0]
+        tap = start_tap(jack_at, tmp_path, clip, after_s=1.0)
+        info, recorded = tap_result(tap, tmp_path)
+        (summary,) = stop_all(b)
+    finally:
+        b.kill()
+    period, rate = info["period"], info["rate"]
+    assert (summary["device_period"], summary["device_rate"]) == (period, rate) == (jack_at.period, 44100)
+    lag = lag_of(recorded, clip)
+    exact, blocks = exact_blocks(recorded, clip, lag), len(clip) // 512
+    glitches = events(summary) + info["jack_xruns"]
+    keys = ("latency_ms", "buffer_latency_ms", "target_latency_ms", "device_clock_jumps", "device_clock_outliers")
+    keys += ("packets_skipped", "packets_late", "blocks_inserted", "blocks_dropped", "device_output_underflows")
+    print(f"period {period}: lag {lag}, exact blocks {exact}/{blocks}, glitches {glitches}", {k: summary[k] for k in keys})
+    # Each glitch counted (a JACK xrun, an underflow, a concealment...) may cost a few blocks.
+    assert exact >= blocks - glitches * 2 * -(-max(period, 512) // 512), (exact, glitches)
+    # The latency over the last second: a glitch earlier may have moved it.
+    tail, start = clip[-rate:], max(0, lag + len(clip) - 2 * rate)
+    lag_tail = lag_of(recorded[start:], tail) + start - (len(clip) - rate)
+    measured_ms = 1000.0 * (lag_tail + info["capture_latency"] + info["playback_latency"] - period) / rate
+    print(f"measured {measured_ms:.2f} ms (last second), reported {summary['latency_ms']} ms")
+    assert abs(summary["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (summary["latency_ms"], measured_ms)
+    assert summary["target_latency_ms"] > 0 and summary["buffer_latency_ms"] > 0
