@@ -248,7 +248,8 @@ def test_a_device_peer_reports_the_latency_measured_through_its_own_loop(jack_at
     glitches = events(summary) + info["jack_xruns"]
     keys = ("latency_ms", "buffer_latency_ms", "target_latency_ms", "device_clock_jumps", "device_clock_outliers")
     keys += ("packets_skipped", "packets_late", "blocks_inserted", "blocks_dropped", "device_output_underflows")
-    print(f"period {period}: lag {lag}, exact blocks {exact}/{blocks}, glitches {glitches}", {k: summary[k] for k in keys})
+    print(f"period {period}: lag {lag}, exact blocks {exact}/{blocks}, glitches {glitches}")
+    print({k: summary[k] for k in keys})
     # Each glitch counted (a JACK xrun, an underflow, a concealment...) may cost a few blocks.
     assert exact >= blocks - glitches * 2 * -(-max(period, 512) // 512), (exact, glitches)
     # The latency over the last second: a glitch earlier may have moved it.
@@ -258,3 +259,100 @@ def test_a_device_peer_reports_the_latency_measured_through_its_own_loop(jack_at
     print(f"measured {measured_ms:.2f} ms (last second), reported {summary['latency_ms']} ms")
     assert abs(summary["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (summary["latency_ms"], measured_ms)
     assert summary["target_latency_ms"] > 0 and summary["buffer_latency_ms"] > 0
+
+
+TWO_PEER_JAMS = [("default", 512), ("lan", 512), ("wan", 512), ("default", 128), ("default", 1024)]
+
+
+def two_peer_jam(
+    server: JackServer, tmp_path: Path, config: str, relay: list[str] | None = None
+) -> tuple[dict, dict, dict, np.ndarray, np.ndarray, np.ndarray, dict | None]:
+    """B on the JACK server's devices, A with files (its clip starts once it hears B), both
+    with ``--config config``; optionally through ``nmp-peer impair`` (``relay``: its options).
+    The tap plays B's clip into B's input and records B's output. Returns A's and B's
+    summaries, the tap's info, the recording, A's clip, what A heard, and the relay's summary."""
+    pa, pb, pr = free_port(), free_port(), free_port()
+    # The tap's clip starts with 4 s of silence: A starts (and listens) after the tap plays.
+    a_clip = music_like(3.0, seed=1)
+    b_clip = np.concatenate([np.zeros(4 * 44100, np.float32), music_like(3.0, seed=2)[:, 0]])
+    write_audio(tmp_path / "a.wav", a_clip)
+    to_b, to_a = (f"127.0.0.1:{pr}", f"127.0.0.1:{pr}") if relay is not None else (f"127.0.0.1:{pb}", f"127.0.0.1:{pa}")
+    relay_proc = None
+    if relay is not None:
+        relay_proc = subprocess.Popen(
+            [sys.executable, "-m", "nmp_peer.cli", "impair", "--listen", f"127.0.0.1:{pr}"]
+            + ["--forward", f"127.0.0.1:{pb}", *relay],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    b = JamProcess(
+        ["--listen", f"127.0.0.1:{pb}", "--peer", to_a, "--input", "0", "--output", "0", "--config", config],
+        env=server.env,
+    )
+    a: JamProcess | None = None
+    try:
+        b.wait_for("B up", lambda: b.status_lines() > 0, timeout_s=120)
+        tap = start_tap(server, tmp_path, b_clip, after_s=3.0)
+        tap_playing(tap)
+        a = JamProcess(
+            ["--listen", f"127.0.0.1:{pa}", "--peer", to_b, "--input", str(tmp_path / "a.wav")]
+            + ["--output", str(tmp_path / "a_heard.wav"), "--config", config]
+        )
+        info, recorded = tap_result(tap, tmp_path)
+        a_summary, b_summary = stop_all(a, b)
+        relay_summary = None
+        if relay_proc is not None:
+            relay_proc.send_signal(signal.SIGTERM)
+            out, err = relay_proc.communicate(timeout=30)
+            assert relay_proc.returncode == 0, err
+            relay_summary = json.loads(out)
+    finally:
+        for jam in (a, b):
+            if jam is not None:
+                jam.kill()
+        if relay_proc is not None and relay_proc.poll() is None:
+            relay_proc.kill()
+    from nmp_peer.audio_io import read_audio
+
+    heard, _ = read_audio(tmp_path / "a_heard.wav")
+    return a_summary, b_summary, info, recorded, a_clip[:, 0], heard[:, 0], relay_summary
+
+
+@pytest.mark.parametrize(
+    ("config", "jack_at"),
+    [(c, (44100, p)) for c, p in TWO_PEER_JAMS],
+    ids=[f"{c}-period{p}" for c, p in TWO_PEER_JAMS],
+    indirect=["jack_at"],
+)
+def test_two_peers_one_on_jack_hear_each_other_bit_exact_on_a_clean_link(
+    config: str, jack_at: JackServer, tmp_path: Path
+) -> None:
+    """A (files) ↔ B (JACK devices) on 127.0.0.1: what B plays into JACK is A's clip and what A
+    writes is the tap's clip, both bit-exact after alignment but where a glitch was counted;
+    nothing is lost; with ``lan`` nothing arrives late."""
+    a, b, info, recorded, a_clip, heard, _ = two_peer_jam(jack_at, tmp_path, config)
+    period = info["period"]
+    per_glitch = 2 * -(-max(period, 512) // 512)
+    b_clip = np.load(tmp_path / "tap_clip.npy")[4 * 44100 :]
+    results = {}
+    for name, played, clip, glitches in (
+        ("B plays A", recorded, a_clip, events(b) + info["jack_xruns"]),
+        (
+            "A hears B",
+            heard,
+            b_clip,
+            events(a) + b["device_input_overflows"] + b["capture_queue_drops"] + info["jack_xruns"],
+        ),
+    ):
+        lag = lag_of(played, clip)
+        exact, blocks = exact_blocks(played, clip, lag), len(clip) // 512
+        results[name] = (exact, blocks, glitches)
+        print(f"{config} period {period}: {name}: exact blocks {exact}/{blocks}, glitches {glitches}")
+    keys = ("latency_ms", "buffer_latency_ms", "target_latency_ms", "packets_late", "packets_lost", "blocks_inserted")
+    print("A", {k: a[k] for k in keys}, "B", {k: b[k] for k in keys}, "xruns", info["jack_xruns"])
+    for name, (exact, blocks, glitches) in results.items():
+        assert exact >= blocks - glitches * per_glitch, (name, exact, blocks, glitches)
+    assert a["packets_lost"] == b["packets_lost"] == 0, (a, b)
+    if config == "lan" and not (events(b) + events(a) + info["jack_xruns"]):
+        assert a["packets_late"] == b["packets_late"] == 0, (a, b)
