@@ -356,3 +356,71 @@ def test_two_peers_one_on_jack_hear_each_other_bit_exact_on_a_clean_link(
     assert a["packets_lost"] == b["packets_lost"] == 0, (a, b)
     if config == "lan" and not (events(b) + events(a) + info["jack_xruns"]):
         assert a["packets_late"] == b["packets_late"] == 0, (a, b)
+
+
+@pytest.mark.parametrize("jack_at", [(44100, 512)], ids=["period512"], indirect=True)
+def test_with_one_percent_loss_through_the_relay_the_device_peer_counts_the_relays_drops(
+    jack_at: JackServer, tmp_path: Path
+) -> None:
+    """A ↔ ``nmp-peer impair`` (1 % loss both ways) ↔ B on JACK: B's ``packets_lost`` is the
+    relay's A→B drops of audio after the first packet it delivered (B listens first; A's
+    stream ends with end notices, so nothing is in doubt); A, stopped while B still sends,
+    counts B→A's drops but for those in the last few blocks before it stopped."""
+    from nmp_peer.netsim.relaylog import LOST_ACTIONS, read_log
+
+    log = tmp_path / "relay.jsonl"
+    a, b, info, recorded, a_clip, heard, relay = two_peer_jam(
+        jack_at, tmp_path, "default", relay=["--loss", "0.01", "--seed", "5", "--log", str(log)]
+    )
+    assert relay is not None
+    records = read_log(log)
+
+    def drops(direction: str) -> int:
+        audio = [r for r in records if r["dir"] == direction and not r["end"] and r["action"] != "no-peer"]
+        first = next(i for i, r in enumerate(audio) if r["action"] not in LOST_ACTIONS)
+        return sum(r["action"] in LOST_ACTIONS for r in audio[first:])
+
+    a2b, b2a = drops("a2b"), drops("b2a")
+    print(f"relay drops a2b {a2b} b2a {b2a}; B lost {b['packets_lost']}, A lost {a['packets_lost']}")
+    assert a2b >= 1 and b2a >= 1, (a2b, b2a)  # ~4 s at 86 packets/s each way, 1 %: a few each
+    assert b["packets_lost"] == a2b, (b["packets_lost"], a2b)
+    assert b2a - 2 <= a["packets_lost"] <= b2a, (a["packets_lost"], b2a)
+    assert b["packets_concealed"] >= b["packets_lost"] - b["lost_while_paused"]
+    # What B played is A's clip, bit-exact but for the concealed blocks (and counted glitches).
+    lag = lag_of(recorded, a_clip)
+    exact, blocks = exact_blocks(recorded, a_clip, lag), len(a_clip) // 512
+    assert exact >= blocks - 2 * (events(b) + info["jack_xruns"]), (exact, blocks)
+
+
+@pytest.mark.parametrize("jack_at", [(48000, 512)], ids=["48kHz"], indirect=True)
+def test_a_48_khz_server_works_resampled_at_the_device_edge(jack_at: JackServer, tmp_path: Path) -> None:
+    """A 48 kHz JACK server (most interfaces run at 48 kHz): B resamples at the device edge, both
+    ways; looped onto itself the tap's clip comes back clean (resampled twice: not bit-exact,
+    but far above any glitch), with the latency B reports to within one block."""
+    port = free_port()
+    b = JamProcess(
+        ["--listen", f"127.0.0.1:{port}", "--peer", f"127.0.0.1:{port}", "--input", "0", "--output", "0"],
+        env=jack_at.env,
+    )
+    try:
+        clip = music_like(3.0)[:, 0]  # played as 48 kHz audio
+        tap = start_tap(jack_at, tmp_path, clip, after_s=1.0)
+        info, recorded = tap_result(tap, tmp_path)
+        (summary,) = stop_all(b)
+    finally:
+        b.kill()
+    rate, period = info["rate"], info["period"]
+    assert rate == 48000 and summary["device_rate"] == 48000 and summary["device_period"] == period
+    lag = lag_of(recorded, clip)
+    seg = recorded[lag : lag + len(clip)].astype(np.float64)
+    ref = clip[: len(seg)].astype(np.float64)
+    snr = 10 * np.log10(np.sum(ref**2) / max(np.sum((seg - ref) ** 2), 1e-20))
+    measured_ms = 1000.0 * (lag + info["capture_latency"] + info["playback_latency"] - period) / rate
+    glitches = events(summary) + info["jack_xruns"]
+    print(
+        f"48 kHz: SNR {snr:.1f} dB, glitches {glitches}, measured {measured_ms:.2f} ms, reported {summary['latency_ms']}"
+    )
+    if not glitches:
+        assert snr > 40.0, snr
+    assert snr > 10.0, snr  # the clip, not noise, whatever the glitches
+    assert abs(summary["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (summary["latency_ms"], measured_ms)
