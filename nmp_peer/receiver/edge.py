@@ -13,7 +13,9 @@ is a divisor or a multiple of 512 adds nothing at all.
 locked, by a second-order delay-locked loop (as JACK's and PortAudio's own), to the
 times the device reports for its buffers (``outputBufferDacTime``/``inputBufferAdcTime``
 mapped to the host clock), not to when a callback happened to run: callbacks may come
-in pairs or late, the device's buffer times step evenly. A single observation far off
+in pairs or late, the device's buffer times step evenly (and where a host API's buffer
+times move with a late callback, as PortAudio's JACK one does, the loop follows the
+earliest observations, not their mean). A single observation far off
 the prediction (a callback run late on a busy machine) is set aside; two in a row that
 agree are a jump (an xrun, a stalled server): the loop re-locks there and says so, so the
 playout can start clean again.
@@ -92,6 +94,10 @@ class OutputReblocker:
         return data[:frames]
 
 
+EARLY_GAIN = 16.0
+"""How much more an observation earlier than predicted corrects the loop than a later one:
+with callbacks late by up to J, the loop locks about J/5 after the earliest instead of J/2."""
+
 JUMP_MIN_S = 0.004
 """A device time more than this (or three quarters of a period, if longer) from the loop's
 prediction is an outlier: a callback run late, or a jump (an xrun, a stalled server)."""
@@ -160,6 +166,10 @@ class DeviceClock:
         self._candidate = None
         omega = 2.0 * math.pi * self.bandwidth_hz * frames * self._per_frame
         b, c = math.sqrt(2.0) * omega, omega * omega
+        if e < 0:
+            # A callback is only ever late, never early (and PortAudio's buffer times move with
+            # it): follow the earliest ones, the device's own schedule, not their mean.
+            b, c = min(0.5, EARLY_GAIN * b), EARLY_GAIN * c
         self._t = self._next + b * e
         period = frames * self._per_frame + c * e
         # The device's rate is within 1 % of its nominal one, whatever the jitter said.
