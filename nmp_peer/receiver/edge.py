@@ -98,9 +98,13 @@ EARLY_GAIN = 16.0
 """How much more an observation earlier than predicted corrects the loop than a later one:
 with callbacks late by up to J, the loop locks about J/5 after the earliest instead of J/2."""
 
-JUMP_MIN_S = 0.004
+JUMP_MIN_S = 0.02
 """A device time more than this (or three quarters of a period, if longer) from the loop's
-prediction is an outlier: a callback run late, or a jump (an xrun, a stalled server)."""
+prediction is an outlier: a callback run late, or a jump (a stalled server). Callbacks run
+a few milliseconds late in bursts on a busy machine; a stalled server's jump is persistent."""
+
+JUMP_AGREE = 3
+"""Outliers in a row that agree on where the device now is, to be a jump."""
 
 
 class DeviceClock:
@@ -131,6 +135,7 @@ class DeviceClock:
         self.outliers = 0
         """Observations set aside as outliers (a callback run late, the first of a jump)."""
         self._candidate: float | None = None
+        self._agree = 0
 
     @property
     def locked(self) -> bool:
@@ -153,17 +158,20 @@ class DeviceClock:
         self.error_s = e
         limit = max(JUMP_MIN_S, 0.75 * frames / self.rate)
         if abs(e) > limit:
-            # One late callback is not the device's time: coast on the prediction. Two in a row
-            # that agree on where the device now is are a jump: re-lock there.
+            # A late callback is not the device's time: coast on the prediction. JUMP_AGREE in
+            # a row that agree on where the device now is are a jump: re-lock there.
             if self._candidate is not None and abs(e - self._candidate) < limit / 2:
+                self._agree += 1
+            else:
+                self._candidate, self._agree = e, 1
+            if self._agree >= JUMP_AGREE:
                 self.jumps += 1
                 return self._lock(frames, observed)
-            self._candidate = e
             self.outliers += 1
             self._t = self._next
             self._next = self._t + frames * self._per_frame
             return False
-        self._candidate = None
+        self._candidate, self._agree = None, 0
         omega = 2.0 * math.pi * self.bandwidth_hz * frames * self._per_frame
         b, c = math.sqrt(2.0) * omega, omega * omega
         if e < 0:
@@ -181,7 +189,7 @@ class DeviceClock:
     def _lock(self, frames: int, observed: float) -> bool:
         self._t = observed
         self._next = observed + frames * self._per_frame
-        self._candidate = None
+        self._candidate, self._agree = None, 0
         self.error_s = 0.0
         return True
 
