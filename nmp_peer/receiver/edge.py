@@ -94,9 +94,9 @@ class OutputReblocker:
         return data[:frames]
 
 
-EARLY_GAIN = 16.0
+EARLY_GAIN = 64.0
 """How much more an observation earlier than predicted corrects the loop than a later one:
-with callbacks late by up to J, the loop locks about J/5 after the earliest instead of J/2."""
+with callbacks late by up to J, the loop locks about J/9 after the earliest instead of J/2."""
 
 JUMP_MIN_S = 0.02
 """A device time more than this (or three quarters of a period, if longer) from the loop's
@@ -177,7 +177,8 @@ class DeviceClock:
         if e < 0:
             # A callback is only ever late, never early (and PortAudio's buffer times move with
             # it): follow the earliest ones, the device's own schedule, not their mean.
-            b, c = min(0.5, EARLY_GAIN * b), EARLY_GAIN * c
+            b = min(0.5, EARLY_GAIN * b)
+            c = min(EARLY_GAIN * c, b * b / 2)
         self._t = self._next + b * e
         period = frames * self._per_frame + c * e
         # The device's rate is within 1 % of its nominal one, whatever the jitter said.
