@@ -4,8 +4,10 @@ peer's output port in the same cycles; saves the recording and what happened.
     python tests/jack_tap.py CLIP.npy OUT.npz [--seconds-after 1.0] [--wait 60]
 
 The peer is the server's other client whose name starts with ``PortAudio`` (an ``nmp-peer
-jam`` on JACK devices). Playing starts at one cycle boundary with recording, so the lag
-between the clip and the recording is the peer's true input-to-output latency in frames.
+jam`` on JACK devices). Playing starts at one cycle boundary with recording, so sample ``i``
+of the clip and sample ``i`` of the recording belong to the same cycle; each cycle's start
+is saved in host time (``cycle_s``), so a lag is measured in time even where the server
+lost cycles.
 Used by ``tests/test_jack.py`` and ``benchmarks/jack_device_jam.py`` in a process of its own.
 """
 
@@ -65,6 +67,9 @@ def main() -> None:
     rate, period = client.samplerate, client.blocksize
     total = len(clip) + int(args.seconds_after * rate)
     recorded = np.zeros(total + period, np.float32)
+    cycle_s = np.zeros(total // period + 2)
+    """Host time (time.monotonic) of each played cycle's start: under load the dummy driver
+    loses time (a cycle that ran late is not made up), which a count of frames would miss."""
     state = {"pos": -1, "xruns": 0}
     go, done = threading.Event(), threading.Event()
 
@@ -81,6 +86,7 @@ def main() -> None:
         if p >= total:
             done.set()
             return
+        cycle_s[p // period] = time.monotonic() - client.frames_since_cycle_start / rate
         chunk = clip[p : p + frames]
         out[: len(chunk)] = chunk
         recorded[p : p + frames] = rec.get_array()[: len(recorded) - p]
@@ -103,7 +109,7 @@ def main() -> None:
         go.set()
         print(json.dumps({"playing": True}), flush=True)
         finished = done.wait(timeout=len(clip) / rate + args.seconds_after + 60)
-    np.savez(args.out, recorded=recorded[:total])
+    np.savez(args.out, recorded=recorded[:total], cycle_s=cycle_s)
     print(
         json.dumps(
             {

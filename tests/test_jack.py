@@ -142,7 +142,8 @@ def test_a_second_ctrl_c_exits_at_once_while_a_frozen_server_holds_the_close(
 # ``capture_latency`` frames old), and what it records it gets one period after B wrote it,
 # where the card would play it ``playback_latency`` frames after (as JACK reports). So the
 # latency a musician would hear through a card with those latencies is the tap's lag plus
-# ``capture_latency + playback_latency - period``.
+# ``capture_latency + playback_latency - period``. The lag is taken in host time between
+# the cycles (a busy machine makes the dummy driver lose cycles; a card's clock does not).
 
 
 @pytest.fixture
@@ -178,6 +179,16 @@ def tap_result(tap: subprocess.Popen[str], tmp_path: Path) -> tuple[dict, np.nda
     info = json.loads(out.strip().splitlines()[-1])
     assert info["finished"] and info["input_port"] and info["output_port"], info
     return info, np.load(tmp_path / "tap.npz")["recorded"]
+
+
+def lag_s(cycle_s: np.ndarray, period: int, rate: int, played: int, recorded_at: int) -> float:
+    """Seconds from the tap playing clip sample ``played`` to recording it at ``recorded_at``."""
+    return float(
+        cycle_s[recorded_at // period]
+        + (recorded_at % period) / rate
+        - cycle_s[played // period]
+        - (played % period) / rate
+    )
 
 
 def lag_of(recorded: np.ndarray, clip: np.ndarray) -> int:
@@ -266,7 +277,9 @@ def test_a_device_peer_reports_the_latency_measured_through_its_own_loop(
     # The latency over the last second: a glitch earlier may have moved it.
     tail, start = clip[-rate:], max(0, lag + len(clip) - 2 * rate)
     lag_tail = lag_of(recorded[start:], tail) + start - (len(clip) - rate)
-    measured_ms = 1000.0 * (lag_tail + info["capture_latency"] + info["playback_latency"] - period) / rate
+    cycles = np.load(tmp_path / "tap.npz")["cycle_s"]
+    seconds = lag_s(cycles, period, rate, len(clip) - rate, len(clip) - rate + lag_tail)
+    measured_ms = 1000.0 * (seconds + (info["capture_latency"] + info["playback_latency"] - period) / rate)
     print(f"measured {measured_ms:.2f} ms (last second), reported {summary['latency_ms']} ms")
     assert abs(summary["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (summary["latency_ms"], measured_ms)
     assert summary["target_latency_ms"] > 0 and summary["buffer_latency_ms"] > 0
@@ -426,7 +439,9 @@ def test_a_48_khz_server_works_resampled_at_the_device_edge(jack_at: JackServer,
     seg = recorded[lag : lag + len(clip)].astype(np.float64)
     ref = clip[: len(seg)].astype(np.float64)
     snr = 10 * np.log10(np.sum(ref**2) / max(np.sum((seg - ref) ** 2), 1e-20))
-    measured_ms = 1000.0 * (lag + info["capture_latency"] + info["playback_latency"] - period) / rate
+    cycles = np.load(tmp_path / "tap.npz")["cycle_s"]
+    seconds = lag_s(cycles, period, rate, 0, lag)
+    measured_ms = 1000.0 * (seconds + (info["capture_latency"] + info["playback_latency"] - period) / rate)
     glitches = events(summary) + info["jack_xruns"]
     print(f"48 kHz: SNR {snr:.1f} dB, glitches {glitches}, measured {measured_ms:.2f} ms", summary["latency_ms"])
     if not glitches:

@@ -177,8 +177,10 @@ class DeviceClock:
         if e < 0:
             # A callback is only ever late, never early (and PortAudio's buffer times move with
             # it): follow the earliest ones, the device's own schedule, not their mean.
-            b = min(0.5, EARLY_GAIN * b)
-            c = min(EARLY_GAIN * c, b * b / 2)
+            # The same factor for the phase and the rate: with two, each would settle elsewhere
+            # and the rate would run off. At most the factor that keeps the phase gain at 0.5.
+            gain = min(EARLY_GAIN, 0.5 / b)
+            b, c = gain * b, gain * c
         self._t = self._next + b * e
         period = frames * self._per_frame + c * e
         # The device's rate is within 1 % of its nominal one, whatever the jitter said.
