@@ -178,8 +178,8 @@ class DeviceClock:
             # A callback is only ever late, never early (and PortAudio's buffer times move with
             # it): follow the earliest ones, the device's own schedule, not their mean.
             # The same factor for the phase and the rate: with two, each would settle elsewhere
-            # and the rate would run off. At most the factor that keeps the phase gain at 0.5.
-            gain = min(EARLY_GAIN, 0.5 / b)
+            # and the rate would run off. At most the factor that keeps the phase gain at 0.7.
+            gain = min(EARLY_GAIN, 0.7 / b)
             b, c = gain * b, gain * c
         self._t = self._next + b * e
         period = frames * self._per_frame + c * e
