@@ -4,9 +4,11 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= opus,lab,train,test,lint
-# iproute2: `ip` and `tc` for the network-namespace tests (they skip, saying so, without it)
-APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont iproute2 jackd2
+EXTRAS  ?= opus,lab,train,test,lint,uvloop
+# iproute2: `ip` and `tc` for the network-namespace tests (they skip, saying so, without it);
+# chromium: the headless browser the web monitor's test drives over its DevTools protocol (no driver needed)
+APT_PKGS := python3-venv libopus0 libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm timgm6mb-soundfont iproute2 jackd2 \
+  chromium
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP   := $(VENV)/.installed
 

@@ -136,12 +136,24 @@ def busy_core() -> Iterator[dict[str, Any]]:
         report["loadavg_1min"] = round(os.getloadavg()[0], 2)
 
 
+REFERENCE_VARIANT = "reference"
+"""The ``--vs`` variant that names the GAN pipeline as it was before issue 17 (speed):
+``nmp_peer.conceal.gan_reference``, what the fast one is tested to equal."""
+
+
 def concealer_variant(spec: str, method: str | None) -> Concealer:
-    """A ``--vs`` variant: a concealer's name, or a model file for ``method`` (``gan``)."""
+    """A ``--vs`` variant: a concealer's name, ``reference`` (the GAN pipeline before issue
+    17, ``nmp_peer.conceal.gan_reference``), or a model file for ``method`` (``gan``)."""
     from nmp_peer.conceal import UnknownConcealerError, concealer_names, make_concealer
 
     if spec in concealer_names():
         return make_concealer(spec)
+    if spec == REFERENCE_VARIANT:
+        if method not in (None, "gan"):
+            raise UnknownConcealerError(f"--vs {REFERENCE_VARIANT} is the gan pipeline's reference, not {method}'s")
+        from nmp_peer.conceal.gan_reference import ReferenceGanConcealer
+
+        return ReferenceGanConcealer()
     if method is None:
         raise UnknownConcealerError(
             f"--vs {spec!r} is no concealer ({', '.join(concealer_names())}); "
@@ -231,11 +243,22 @@ def _bench_drift_read(calls: int = 2000) -> float:
     return round(float(np.percentile(times, 50)) * 1e6, 3)
 
 
-def bench_method(method: str, calls: int = 300) -> dict[str, Any]:
-    """Time per concealed packet of one concealer, called as the engine calls it."""
+def bench_method(method: str, calls: int = 300, channels: int = 1) -> dict[str, Any]:
+    """Time per concealed packet (all ``channels``) of one concealer, called as the engine calls it."""
     from nmp_peer.conceal import make_concealer
 
-    return bench_concealer(make_concealer(method), calls)
+    return bench_concealer(make_concealer(method), calls, channels)
+
+
+def _bench_audio(channels: int) -> np.ndarray:
+    """Ten seconds of the test signal; a second channel is the first at 0.7 of its level
+    with other noise (alike, as stereo music is, but not the same)."""
+    audio = _test_signal(SAMPLE_RATE * 10)
+    if channels == 1:
+        return audio
+    return np.concatenate(
+        [audio] + [0.7 * _test_signal(SAMPLE_RATE * 10, seed=k) for k in range(1, channels)], axis=1
+    ).astype(np.float32)
 
 
 def _concealer_calls(
@@ -259,22 +282,22 @@ def _concealer_calls(
     return wall, cpu
 
 
-def _timed_concealer(concealer: Concealer) -> StageTimes:
-    concealer.warm_up()
+def _timed_concealer(concealer: Concealer, channels: int = 1) -> StageTimes:
+    concealer.warm_up(channels)
     stages = StageTimes()
     concealer.set_stage_hook(stages)
     return stages
 
 
-def bench_concealer(concealer: Concealer, calls: int = 300) -> dict[str, Any]:
+def bench_concealer(concealer: Concealer, calls: int = 300, channels: int = 1) -> dict[str, Any]:
     """``bench_method`` for a concealer already made (another model file, say). With the
     stages the concealer reports (``Concealer.set_stage_hook``), under ``stages``."""
-    stages = _timed_concealer(concealer)
+    stages = _timed_concealer(concealer, channels)
     try:
-        wall, cpu = _concealer_calls(concealer, _test_signal(SAMPLE_RATE * 10), calls, 0, stages)
+        wall, cpu = _concealer_calls(concealer, _bench_audio(channels), calls, 0, stages)
     finally:
         concealer.set_stage_hook(None)
-    result = {"method": concealer.name, **_timings(wall, cpu, "ms")}
+    result = {"method": concealer.name, "channels": channels, **_timings(wall, cpu, "ms")}
     if stages.calls:
         result["stages"] = stages.summary(cpu)
     return result
@@ -297,7 +320,9 @@ def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, floa
     return float(x[k - 1]), float(x[n - k]), float(coverage)
 
 
-def bench_vs(variants: Sequence[tuple[str, Concealer]], runs: int = 10, calls: int = 300) -> dict[str, Any]:
+def bench_vs(
+    variants: Sequence[tuple[str, Concealer]], runs: int = 10, calls: int = 300, channels: int = 1
+) -> dict[str, Any]:
     """Two concealers timed run by run, interleaved (A B, B A, A B, ...), each run on the
     same histories for both: the ratio B/A of their median time in each run, and the median
     of those ratios with a distribution-free 95 % interval. A machine that slows down or
@@ -306,8 +331,8 @@ def bench_vs(variants: Sequence[tuple[str, Concealer]], runs: int = 10, calls: i
     if len(variants) != 2:
         raise ValueError("bench_vs compares two variants")
     per_run = max(1, calls // runs)
-    audio = _test_signal(SAMPLE_RATE * 10)
-    hooks = [_timed_concealer(c) for _, c in variants]
+    audio = _bench_audio(channels)
+    hooks = [_timed_concealer(c, channels) for _, c in variants]
     wall: list[list[int]] = [[], []]
     cpu: list[list[int]] = [[], []]
     ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
@@ -324,7 +349,12 @@ def bench_vs(variants: Sequence[tuple[str, Concealer]], runs: int = 10, calls: i
     finally:
         for _, c in variants:
             c.set_stage_hook(None)
-    result: dict[str, Any] = {"vs": [name for name, _ in variants], "runs": runs, "calls_per_run": per_run}
+    result: dict[str, Any] = {
+        "vs": [name for name, _ in variants],
+        "channels": channels,
+        "runs": runs,
+        "calls_per_run": per_run,
+    }
     for v, key in ((0, "a"), (1, "b")):
         entry = {"variant": variants[v][0], "method": variants[v][1].name, **_timings(wall[v], cpu[v], "ms")}
         entry.pop("machine")
@@ -400,26 +430,118 @@ def bench_codec(codec: str = "opus", packets: int = 2000, bitrate: int = 128_000
     }
 
 
-def bench_jam(seconds: float = 10.0) -> dict[str, Any]:
-    """CPU of a real-time loopback jam (both ends of one direction, zeros concealer), % of one core."""
-    import asyncio
-
+def bench_jam(seconds: float = 10.0, event_loop: str = "asyncio") -> dict[str, Any]:
+    """CPU of a real-time loopback jam (both ends of one direction, zeros concealer), % of one
+    core, on the named event loop (``nmp_peer.live.eventloop``: asyncio or uvloop)."""
+    from nmp_peer.live import eventloop
     from nmp_peer.netsim.impair import Impairment
     from nmp_peer.netsim.loopback import run_loopback
 
     audio = _test_signal(int(seconds * SAMPLE_RATE))
-    asyncio.run(run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True))  # warm up
+    warm = run_loopback(audio[: SAMPLE_RATE // 2], Impairment(), concealer="zeros", realtime=True)
+    eventloop.run(warm, event_loop)
     wall, cpu = time.perf_counter(), time.process_time()
-    result = asyncio.run(run_loopback(audio, Impairment(), concealer="zeros", realtime=True))
+    result = eventloop.run(run_loopback(audio, Impairment(), concealer="zeros", realtime=True), event_loop)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
         "path": "jam",
+        "event_loop": event_loop,
         "seconds": round(wall, 2),
         "cpu_percent_of_one_core": round(100 * cpu / wall, 2),
         "packets": result.stats["packets_sent"],
         "packets_concealed": result.stats["packets_concealed"],
         "machine": MACHINE,
     }
+
+
+def bench_monitor(seconds: float = 10.0, remotes: int = 7, pages: int = 2) -> dict[str, Any]:
+    """The web monitor's cost on the event loop it shares with the jam: snapshots of ``remotes``
+    streams built and published ``SNAPSHOT_HZ`` times a second, each sent to ``pages``
+    WebSocket clients (real ones, on their own thread and loop: their CPU is not counted).
+    ``loop_cpu_percent_of_one_core`` is the CPU time of the server's thread over the wall time."""
+    import asyncio
+    import threading
+
+    import aiohttp
+
+    from nmp_peer.live.monitor import SNAPSHOT_HZ, Monitor, MonitorConfig, SnapshotBoard, publish_every
+    from nmp_peer.receiver.snapshot import LevelMeter, make_snapshot, peer_snapshot, self_snapshot
+    from nmp_peer.receiver.stats import Stats
+
+    streams = [Stats() for _ in range(remotes)]
+    meters = [LevelMeter() for _ in range(remotes + 1)]
+    rng = np.random.default_rng(0)
+    block = (0.1 * rng.standard_normal((BLOCK_FRAMES, 1))).astype(np.float32)
+    build_ns: list[int] = []
+    t0 = time.monotonic()
+
+    def build() -> dict[str, Any]:
+        for i, s in enumerate(streams):  # what the receivers would have counted meanwhile
+            s.packets_received += 4
+            s.packets_lost += int(rng.random() < 0.05)
+            s.buffer_depth_packets = 2.0 + rng.random()
+            meters[i].update(block)
+        start = time.perf_counter_ns()
+        peers = [peer_snapshot(f"peer{i}", f"10.0.0.{i}:50000", s, meters[i], 20.0) for i, s in enumerate(streams)]
+        snap = make_snapshot(time.monotonic() - t0, self_snapshot("me", streams[0], meters[-1]), peers)
+        build_ns.append(time.perf_counter_ns() - start)
+        return snap
+
+    received = [0] * pages
+    sizes: list[int] = []
+
+    async def page(url: str, i: int, stop: threading.Event) -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            while not stop.is_set():
+                msg = await ws.receive(timeout=1.0)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    return
+                received[i] += 1
+                sizes.append(len(msg.data))
+
+    async def run() -> dict[str, Any]:
+        board = SnapshotBoard()
+        monitor = Monitor(MonitorConfig("127.0.0.1", 0), board)
+        await monitor.start()
+        publisher = asyncio.get_running_loop().create_task(publish_every(board, build))
+        stop = threading.Event()
+        url = f"http://127.0.0.1:{monitor.port}/ws"
+        watchers = threading.Thread(
+            target=lambda: asyncio.run(_gather(*(page(url, i, stop) for i in range(pages)))), daemon=True
+        )
+        watchers.start()
+        while monitor.clients < pages:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # warm up
+        seq0, got0, wall, cpu = board.seq, list(received), time.perf_counter(), time.thread_time()
+        await asyncio.sleep(seconds)
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        seq1, got1 = board.seq, list(received)
+        stop.set()
+        publisher.cancel()
+        await monitor.close()
+        watchers.join(10.0)
+        return {
+            "path": "monitor",
+            "remotes": remotes,
+            "pages": pages,
+            "seconds": round(wall, 2),
+            "snapshot_hz_target": SNAPSHOT_HZ,
+            "snapshots_per_s": round((seq1 - seq0) / wall, 2),
+            "messages_per_s_per_page": round(min(b - a for a, b in zip(got0, got1, strict=True)) / wall, 2),
+            "message_bytes": int(np.median(sizes)) if sizes else 0,
+            "build_us_p50": round(float(np.percentile(build_ns, 50)) / 1000, 1),
+            "loop_cpu_percent_of_one_core": round(100 * cpu / wall, 2),
+            "machine": MACHINE,
+        }
+
+    return asyncio.run(run())
+
+
+async def _gather(*aws: Any) -> None:
+    import asyncio
+
+    await asyncio.gather(*aws)
 
 
 def opus_quality(clips: list[str], bitrates: list[int], seconds: float = 8.0) -> list[dict[str, Any]]:

@@ -69,8 +69,11 @@ class BufferSection(_Section):
 
 class ConcealSection(_Section):
     method: str = "lpc"
-    fade_after_ms: float = Field(50.0, ge=0, le=10_000)
-    fade_ms: float = Field(25.0, gt=0, le=10_000)
+    fade_after_ms: float | None = Field(None, ge=0, le=10_000)
+    """A burst's concealment starts fading to silence after this long; unset: the
+    concealer's own measured policy (``Concealer.fade_after_ms``)."""
+    fade_ms: float | None = Field(None, gt=0, le=10_000)
+    """Length of that fade; unset: the concealer's own."""
     chain_bursts: bool = True
 
     @field_validator("method")
@@ -151,6 +154,11 @@ class DeviceSection(_Section):
         return DeviceSettings(period=self.period, rate=self.rate, latency=latency)
 
 
+class LiveSection(_Section):
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop ``nmp-peer jam`` runs on; uvloop needs the ``[uvloop]`` extra."""
+
+
 class Config(_Section):
     audio: AudioSection = AudioSection()
     buffer: BufferSection = BufferSection()
@@ -159,6 +167,7 @@ class Config(_Section):
     security: SecuritySection = SecuritySection()
     opus: OpusSection = OpusSection()
     device: DeviceSection = DeviceSection()
+    live: LiveSection = LiveSection()
 
     def encoder(self, channels: int | None = None) -> Any:
         """The sender's codec: PCM16, or an Opus encoder stream with the [opus] settings."""

@@ -61,6 +61,27 @@ def test_vs_interleaves_two_variants_and_gives_a_ratio_per_run() -> None:
         assert ratio["ci"][0] <= ratio["median"] <= ratio["ci"][1]
 
 
+def test_stereo_times_both_channels_in_each_call() -> None:
+    result = bench_concealer(make_concealer("gan"), calls=3, channels=2)
+    assert result["channels"] == 2 and result["n"] == 3 and list(result["stages"]) == GAN_STAGES
+
+
+@pytest.mark.slow
+def test_vs_the_reference_pipeline_in_stereo_on_the_command_line() -> None:
+    """``reference`` is the GAN pipeline before issue 17 (``gan_reference``), a variant of its own."""
+    r = subprocess.run(
+        [*CLI, "bench", "--method", "gan", "--vs", "reference,gan", "--channels", "2", "--runs", "2", "--calls", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["channels"] == 2 and d["a"]["method"] == "gan-reference" and d["b"]["method"] == "gan"
+    assert list(d["a"]["stages"]) == list(d["b"]["stages"]) == GAN_STAGES
+    assert len(d["cpu_ratio_b_over_a"]["per_run"]) == 2
+
+
 @pytest.mark.slow
 def test_bench_busy_and_vs_on_the_command_line() -> None:
     """The spinner ends with the bench (else its inherited stderr would hold the pipe open),
@@ -88,6 +109,8 @@ def test_bench_busy_and_vs_on_the_command_line() -> None:
         (["--method", "lpc", "--vs", "lpc,x.onnx"], "runs no model file"),
         (["--method", "gan", "--vs", "lpc,missing.onnx"], "not found"),
         (["--path", "receive", "--vs", "lpc,gan"], "--vs compares two concealers"),
+        (["--path", "receive", "--channels", "2"], "--channels goes with"),
+        (["--method", "lpc", "--vs", "reference,lpc"], "reference"),
     ],
 )
 def test_bench_mistakes_are_one_line(args: list[str], fragment: str) -> None:

@@ -87,9 +87,11 @@ def test_smooth_concealment_is_clean_and_cutting_to_silence_clicks(loss) -> None
     assert ratios["zeros"][0] > CLICK_ABOVE and ratios["zeros"][1] >= 3, ratios
 
 
-@pytest.mark.parametrize("concealer", ["lpc", "repeat"])
-def test_the_burst_fade_to_silence_is_click_free(concealer: str) -> None:
-    """A 220 Hz tone, then a long gap: the engine conceals, fades out after 50 ms, goes silent.
+@pytest.mark.parametrize("concealer", ["lpc", "repeat", "gan"])
+def test_a_two_second_outage_fades_to_silence_click_free_and_recovers(concealer: str) -> None:
+    """A 220 Hz tone, a 2-s gap, the tone again: the engine conceals for the concealer's
+    own long-burst policy, fades out, stays silent, and plays the packets exactly again
+    once they come back (after the one recovery crossfade).
 
     Each concealment continues the burst's unfaded concealment, and only its output is
     faded: a prediction from the faded history stepped down at every block seam."""
@@ -102,14 +104,28 @@ def test_the_burst_fade_to_silence_is_click_free(concealer: str) -> None:
     engine = PlayoutEngine(
         make_concealer(concealer), PlayoutConfig(latency=LatencyPolicy(mode="fixed", depth_packets=2))
     )
+    before, gap, after = 100, round(2.0 * SAMPLE_RATE / BLOCK_FRAMES), 40
+    total = before + gap + after
     packetizer = Packetizer(Pcm16Codec(), 1)
-    tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(100 * BLOCK_FRAMES) / SAMPLE_RATE)).astype(np.float32)[:, None]
+    t = np.arange(total * BLOCK_FRAMES) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[:, None]
+    sent = Pcm16Codec().decode(Pcm16Codec().encode(tone), 1)  # what the packets carry (16 bits)
     out = []
-    for k in range(120):
-        if k < 100:
-            engine.push(packetizer.packetize(tone[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES]), float(k * BLOCK_FRAMES))
+    for k in range(total):
+        packet = packetizer.packetize(tone[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES])
+        if not before <= k < before + gap:
+            engine.push(packet, float(k * BLOCK_FRAMES))
         out.append(engine.next_block(float(k * BLOCK_FRAMES))[:, 0])
     y = np.concatenate(out).astype(np.float64)
-    assert np.abs(y[-5 * BLOCK_FRAMES :]).max() == 0.0  # faded out
+    b = BLOCK_FRAMES
+    # the playout delay: the one lag at which the output before the gap is the packets' audio
+    delay = next(d for d in range(4 * b) if np.array_equal(y[4 * b : before * b], sent[4 * b - d : before * b - d, 0]))
+    policy_ms = engine.fade_after_ms + engine.fade_ms
+    quiet_from = (before + 1) * b + delay + round(policy_ms * SAMPLE_RATE / 1000)
+    assert policy_ms <= 1500.0  # the cap: well inside the 2 s
+    assert quiet_from < (before + gap) * b + delay - 10 * b
+    assert np.abs(y[quiet_from : (before + gap) * b + delay]).max() == 0.0  # faded out, silent
     clicks = find_clicks(y)
     assert len(clicks.positions) == 0, (clicks.positions, clicks.ratios)
+    back = (before + gap + 1) * b + delay  # after the first packet back (crossfaded in): the same delay, exact
+    np.testing.assert_array_equal(y[back:], sent[back - delay : len(y) - delay, 0])

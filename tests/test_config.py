@@ -148,6 +148,7 @@ def test_jam_without_a_peer_anywhere_says_so_in_one_line() -> None:
         ("[buffer]\nmin_depth_packets = 9\nmax_depth_packets = 3\n", "min_depth_packets must not exceed"),
         ("[conceal]\nmethod = 'magic'\n", "unknown concealer 'magic'"),
         ("[audio]\nchannels = 3\n", "audio.channels"),
+        ("[live]\nevent_loop = 'tokio'\n", "live.event_loop"),
         ("[nonsense]\nx = 1\n", "nonsense: unknown key"),
         ("[buffer\n", "not valid TOML"),
     ],

@@ -288,3 +288,139 @@ def test_a_refinement_in_time_is_played_whole(gan):
     engine, _ = _play_live(gan, audio, {25}, pause_s=0.05)
     assert engine.stats.packets_concealed == 1
     assert engine.stats.concealer_partial == 0 and engine.stats.concealer_misses == 0
+
+
+def _reference():
+    from nmp_peer.conceal.gan_reference import ReferenceGanConcealer
+
+    return ReferenceGanConcealer()
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_fast_pipeline_equals_the_one_before_it(gan, channels):
+    """Issue 17's pipeline (stereo in one batched network call, the front end batched) gives
+    what the pipeline before it gives (``gan_reference``, run here), within 1e-5, on music,
+    on a stereo stream whose channels differ in level and content, and where one channel
+    is too quiet to refine or holds NaNs."""
+    reference = _reference()
+    rng = np.random.default_rng(21)
+    cases = [_history(seed=s, channels=channels) for s in range(4)]
+    if channels == 2:
+        mixed = _history(seed=8, channels=2)
+        mixed[:, 1] = 0.3 * _history(seed=9)[:, 0] + 0.01 * rng.standard_normal(CTX).astype(np.float32)
+        quiet = mixed.copy()
+        quiet[:, 0] *= 1e-4  # its LP prediction is under REFINE_MIN_RMS: LPC alone
+        broken = mixed.copy()
+        broken[::97, 1] = np.nan
+        cases += [mixed, quiet, broken]
+    compared = 0
+    for history in cases:
+        fast = list(gan.stages(history, 0))
+        ref = list(reference.stages(history, 0))
+        assert len(fast) == len(ref) == 2
+        for a, b in zip(fast, ref, strict=True):
+            assert a.shape == b.shape == (PRED, channels)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        compared += int(not np.array_equal(fast[0], fast[1]))
+    assert compared >= 3  # the refinement ran, not only the LPC stage
+
+
+def test_stereo_is_one_network_call_of_batch_two(gan):
+    """Both channels' LPC, then one analysis, ONE network call and one synthesis."""
+    seen: list[str] = []
+    gan.set_stage_hook(seen.append)
+    try:
+        gan.conceal(_history(seed=2, channels=2), 0)
+    finally:
+        gan.set_stage_hook(None)
+    assert seen == ["lpc_fit", "lpc_predict", "lpc_fit", "lpc_predict", "analysis_stft", "network", "synthesis"]
+    shape = gan.session.get_inputs()[0].shape
+    assert isinstance(shape[0], str) and shape[1:] == [1, N_BINS, N_FRAMES]  # a symbolic batch
+
+
+def test_a_batch_of_two_gives_each_item_what_a_batch_of_one_gives(gan):
+    rng = np.random.default_rng(5)
+    x = (rng.uniform(0, 1, (2, 1, N_BINS, N_FRAMES)) ** 3).astype(np.float32)
+    both = gan.session.run(None, {gan._input: x})[0]
+    for i in range(2):
+        np.testing.assert_allclose(both[i : i + 1], gan.session.run(None, {gan._input: x[i : i + 1]})[0], atol=1e-6)
+
+
+def test_a_model_with_a_fixed_batch_of_one_still_conceals_stereo(gan, tmp_path: Path):
+    """An older export (batch fixed at 1) runs once per channel, with the same result."""
+    import onnx
+
+    model = onnx.load(str(default_model_path()))
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 1
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, str(path))
+    fixed = GanConcealer(path)
+    history = _history(seed=6, channels=2)
+    np.testing.assert_allclose(fixed.conceal(history, 0), gan.conceal(history, 0), atol=1e-6)
+
+
+def _with_depth_to_space(model):
+    """The shipped graph with each two-step interleave (``export.two_step_depth_to_space``)
+    put back as the DCR ``DepthToSpace`` it replaced, and its Relu back after it: the
+    generator as it was exported before issue 17."""
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    drop: set[int] = set()
+    replace: dict[int, list] = {}
+    for node in graph.node:
+        if node.op_type != "Reshape" or not node.input[1].endswith("_2step_s4"):
+            continue
+        chain = [node]
+        while len(chain) < 5:
+            chain.append(producer[chain[-1].input[0]])
+        source = chain[-1].input[0]  # the first Reshape's input: the phases' Concat
+        concat = producer[source]
+        relus = [producer[x] for x in concat.input]
+        assert all(r.op_type == "Relu" for r in relus)
+        joined = source + "_unrelu"
+        restored = [
+            helper.make_node("Concat", [r.input[0] for r in relus], [joined], axis=1),
+            helper.make_node("DepthToSpace", [joined], [node.output[0] + "_d2s"], blocksize=2, mode="DCR"),
+            helper.make_node("Relu", [node.output[0] + "_d2s"], list(node.output)),
+        ]
+        drop |= {id(n) for n in [*chain, concat, *relus]}
+        replace[id(chain[-1])] = restored
+    nodes = []
+    for node in graph.node:
+        if id(node) in replace:
+            nodes += replace[id(node)]
+        elif id(node) not in drop:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if "_2step_" not in t.name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return len(replace)
+
+
+def test_the_shipped_graph_gives_what_the_depth_to_space_one_gave(gan, tmp_path: Path):
+    """The interleaves rewritten as two one-axis transposes (and the Relus moved onto the
+    phases) move values, nothing else: the old graph's outputs, bit for bit, through the
+    reference pipeline."""
+    import onnx
+
+    from nmp_peer.conceal.gan_reference import ReferenceGanConcealer
+
+    model = onnx.load(str(default_model_path()))
+    assert _with_depth_to_space(model) == 4
+    onnx.checker.check_model(model)
+    path = tmp_path / "depth_to_space.onnx"
+    onnx.save(model, str(path))
+    assert sum(n.op_type == "DepthToSpace" for n in model.graph.node) == 4
+    old = ReferenceGanConcealer(path)
+    for seed, channels in ((0, 1), (1, 2), (2, 2)):
+        history = _history(seed=seed, channels=channels)
+        np.testing.assert_allclose(gan.conceal(history, 0), old.conceal(history, 0), rtol=0, atol=1e-5)
+    x = (np.random.default_rng(3).uniform(0, 1, (2, 1, N_BINS, N_FRAMES)) ** 3).astype(np.float32)
+    np.testing.assert_array_equal(gan.session.run(None, {gan._input: x})[0], old.session.run(None, {old._input: x})[0])

@@ -14,6 +14,8 @@ import pytest
 from conftest import music_like
 
 from nmp_peer.audio_io import write_audio
+from nmp_peer.conceal.lpc import LpcConcealer
+from nmp_peer.conceal.simple import ZerosConcealer
 from nmp_peer.lab.report import mean_ci
 from nmp_peer.lab.run import Setting, category_of, loss_mask
 
@@ -229,15 +231,19 @@ def test_lab_rows_carry_metrics_by_burst_length(tmp_path: Path) -> None:
     assert [zeros[f"lost_packets_burst_{g}"] for g in ("1", "2-3", "4-6", "7-16", "17-50")] == [1, 3, 0, 0, 30]
     assert ">50" not in {k.rsplit("_", 1)[1] for k in zeros if "_burst_" in k}
     assert zeros["snr_burst_1"] == pytest.approx(0.0, abs=1e-6) and math.isnan(zeros["lsd_burst_4-6"])
-    # LPC predicts one packet well (~8 dB here); the default fade (after 50 ms, over 25)
+    # with no fade given, each concealer's own long-burst policy
+    assert (lpc["fade_after_ms"], lpc["fade_ms"]) == (LpcConcealer.fade_after_ms, LpcConcealer.fade_ms)
+    assert (zeros["fade_after_ms"], zeros["fade_ms"]) == (ZerosConcealer.fade_after_ms, ZerosConcealer.fade_ms)
+    # LPC predicts one packet well (~8 dB here); a short fade (after 50 ms, over 25)
     # silences most of a 30-packet burst (~33 dB)
-    assert lpc["lsd_burst_17-50"] > lpc["lsd_burst_1"] + 10.0
-    assert lpc["fade_after_ms"] == 50.0
+    short = run_job(Job(str(clip), "c", setting, ("lpc",), ("snr", "lsd"), 0, None, None, 50.0, 25.0))[0]
+    assert short["fade_after_ms"] == 50.0 and short["fade_ms"] == 25.0
+    assert short["lsd_burst_17-50"] > short["lsd_burst_1"] + 10.0
     # a longer fade reaches the playout: the prediction goes on, and the level with it (~11 dB)
     held = run_job(Job(str(clip), "c", setting, ("lpc",), ("snr", "lsd"), 0, None, None, 1000.0, 100.0))[0]
     assert held["fade_after_ms"] == 1000.0 and held["fade_ms"] == 100.0
-    assert held["lsd_burst_17-50"] < lpc["lsd_burst_17-50"] - 10.0
-    assert held["lsd_burst_1"] == pytest.approx(lpc["lsd_burst_1"])  # a one-packet burst never fades
+    assert held["lsd_burst_17-50"] < short["lsd_burst_17-50"] - 10.0
+    assert held["lsd_burst_1"] == pytest.approx(short["lsd_burst_1"])  # a one-packet burst never fades
 
 
 def test_report_has_the_burst_length_table() -> None:

@@ -63,11 +63,13 @@ def test_the_wheel_carries_every_shipped_config_and_module(tmp_path: Path) -> No
         "nmp_peer/conf/lan.toml",
         "nmp_peer/conf/wan.toml",
         "nmp_peer/conf/scenarios.toml",
+        "nmp_peer/conf/band/quartet.toml",
         "nmp_peer/conf/train/bin2bin_v2.toml",
         "nmp_peer/conf/train/experiments/bin2bin_v2_cpu_noadv.toml",
     } <= configs
     assert configs <= names, sorted(configs - names)
     assert "nmp_peer/conceal/models/bin2bin_v2.onnx" in names
+    assert "nmp_peer/live/monitor.html" in names  # the web monitor's page
     modules = {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     assert modules <= names, sorted(modules - names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -83,6 +83,12 @@ def test_train_resume_export_and_run(data_dir: Path, tmp_path: Path):
     history = music_like(0.2, seed=3)[-gan.context_samples :]
     out_gan = gan.conceal(history, 0)
     assert out_gan.shape == (1024, 1) and np.all(np.isfinite(out_gan))
+    # the batch is symbolic: a stereo packet is one call of batch 2 (parity above covers batches too)
+    assert isinstance(gan.session.get_inputs()[0].shape[0], str)
+    stereo = np.ascontiguousarray(music_like(0.2, channels=2, seed=5)[-gan.context_samples :])
+    both = gan.conceal(stereo, 0)
+    for ch in range(2):
+        np.testing.assert_allclose(both[:, ch], gan.conceal(stereo[:, ch : ch + 1], 0)[:, 0], atol=1e-6)
 
 
 @pytest.mark.slow

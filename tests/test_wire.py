@@ -78,3 +78,20 @@ def test_mutated_packets_raise_only_wire_error(flips, cut) -> None:
     except WireError:
         return
     assert parsed.serialize() == datagram
+
+
+def test_a_parsed_packet_is_the_frozen_dataclass_its_fields_make():
+    """Parsing builds packets through their slots (``make_packet``): equal, hashing alike and
+    as frozen as ``Packet(...)``, every field set."""
+    import dataclasses
+
+    from nmp_peer.proto.wire import make_packet
+
+    made = Packet(PayloadType.PCM16, 2, 7, 9, 11, b"\x01\x02\x03\x04", b"", False, False)
+    parsed = Packet.parse(made.serialize())
+    assert parsed == made and hash(parsed) == hash(made) and type(parsed) is Packet
+    assert dataclasses.astuple(parsed) == dataclasses.astuple(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.seq = 10  # type: ignore[misc]
+    fast = make_packet(PayloadType.OPUS, 1, 3, 4, 5, b"x", b"t" * 16, True, True)
+    assert fast == Packet(PayloadType.OPUS, 1, 3, 4, 5, b"x", b"t" * 16, True, True)

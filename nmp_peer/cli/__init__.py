@@ -2,7 +2,7 @@
 failure of the environment (a sound device that stopped) in one line and exit code 74.
 
 One module per command group, each a set of plain functions registered here, in the
-order ``nmp-peer --help`` lists them: ``peer`` (jam, devices), ``offline`` (loopback,
+order ``nmp-peer --help`` lists them: ``peer`` (jam, band, devices), ``offline`` (loopback,
 conceal, demo), ``lab`` (lab, clips), ``bench`` (bench, model-info) and ``net`` (impair,
 the scenarios group). The options several commands share, and the checks behind them,
 are in ``options``.
@@ -27,6 +27,7 @@ app = typer.Typer(
     help="nmp-peer: networked music performance with causal packet-loss concealment.",
 )
 app.command()(peer.jam)
+app.command()(peer.band)
 app.command()(offline.loopback)
 app.command()(offline.conceal)
 app.command()(lab.lab)
@@ -44,6 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     explicit, so that a bug (any other exception, a bare ``ValueError`` included) ends in a
     traceback and a non-zero exit code instead of passing for a user mistake."""
     from nmp_peer.audio_io import AudioFileError
+    from nmp_peer.bandfile import BandFileError
     from nmp_peer.conceal import UnknownConcealerError
     from nmp_peer.conceal.gan import ModelNotFoundError
     from nmp_peer.config import ConfigError
@@ -58,6 +60,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (
         UserError,
         ConfigError,
+        BandFileError,
         AudioFileError,
         EndpointError,
         DeviceError,

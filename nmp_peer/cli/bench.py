@@ -18,7 +18,8 @@ def bench(
         str | None,
         typer.Option(
             help="receive: parse + jitter buffer + playout per packet; jam: CPU of a real-time loopback jam; "
-            "flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s)."
+            "flood: the garbage flood rate at which a real peer's stream first loses a packet (about 45 s); "
+            "monitor: CPU of the web monitor on the jam's event loop (7 streams, 2 pages)."
         ),
     ] = None,
     method: Annotated[
@@ -38,17 +39,24 @@ def bench(
         bool, typer.Option("--keyed", help="Receive path: packets sealed under a session's key, as with a key file.")
     ] = False,
     calls: Annotated[int, typer.Option(help="Concealments timed (method; per variant with --vs).", min=1)] = 300,
+    channels: Annotated[
+        int, typer.Option(help="Channels per concealment (--method, --vs): 2 times a stereo stream's.", min=1, max=2)
+    ] = 1,
     vs: Annotated[
         str | None,
         typer.Option(
             help="A,B: two concealers timed run by run, interleaved, and the ratio B/A per run. Each is a "
-            "concealer's name or a model file for --method (e.g. --method gan --vs old.onnx,new.onnx)."
+            "concealer's name, reference (the gan pipeline before issue 17) or a model file for --method "
+            "(e.g. --method gan --vs old.onnx,new.onnx)."
         ),
     ] = None,
     runs: Annotated[int, typer.Option(help="With --vs: runs (the --calls split over them).", min=2)] = 10,
     busy: Annotated[
         bool, typer.Option("--busy", help="Keep another core busy (a spinning process) while measuring.")
     ] = False,
+    event_loop: Annotated[
+        str, typer.Option(help="With --path jam: the event loop, asyncio | uvloop (the [uvloop] extra).")
+    ] = "asyncio",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (the only format).")] = True,
 ) -> None:
     """Benchmarks on one thread; prints one JSON object. Times are wall-clock percentiles with
@@ -62,7 +70,11 @@ def bench(
             raise UserError("--vs compares two concealers: give it with --method NAME or alone")
     elif sum(x is not None for x in (path, method, codec)) != 1:
         raise UserError("give exactly one of --path receive, --method NAME or --codec NAME")
-    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed)
+    if channels != 1 and method is None and vs is None:
+        raise UserError("--channels goes with --method NAME or --vs A,B")
+    if event_loop != "asyncio" and path != "jam":
+        raise UserError("--event-loop goes with --path jam")
+    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed, channels, event_loop)
     with busy_core() if busy else contextlib.nullcontext(None) as load:
         result = run()
     if load is not None and isinstance(result, dict):
@@ -81,6 +93,8 @@ def _bench_run(
     vs: str | None,
     runs: int,
     keyed: bool = False,
+    channels: int = 1,
+    event_loop: str = "asyncio",
 ) -> Callable[[], Any]:
     """The benchmark the options ask for, checked and built, ready to run."""
     from nmp_peer import bench
@@ -92,7 +106,7 @@ def _bench_run(
         if method is not None:
             _check_method(method)
         variants = [(s, bench.concealer_variant(s, method)) for s in specs]
-        return lambda: bench.bench_vs(variants, runs, calls)
+        return lambda: bench.bench_vs(variants, runs, calls, channels)
     if codec is not None:
         if codec not in ("pcm16", "opus"):
             raise UserError(f"unknown codec {codec!r}; choose pcm16 or opus")
@@ -105,14 +119,19 @@ def _bench_run(
     if path is not None:
         runners: dict[str, Callable[[], Any]] = {
             "receive": lambda: bench.bench_receive(packets, keyed=keyed),
-            "jam": bench.bench_jam,
+            "jam": lambda: bench.bench_jam(event_loop=event_loop),
             "flood": bench.bench_flood,
+            "monitor": bench.bench_monitor,
         }
         if path not in runners:
             raise UserError(f"unknown benchmark path {path!r}; choose {', '.join(runners)}")
+        if path == "jam":
+            from nmp_peer.live.eventloop import loop_factory
+
+            loop_factory(event_loop)  # an unknown or missing loop: one line now, not after the warm-up
         return runners[path]
     _check_method(str(method))
-    return lambda: bench.bench_method(str(method), calls)
+    return lambda: bench.bench_method(str(method), calls, channels)
 
 
 def _check_method(method: str) -> None:

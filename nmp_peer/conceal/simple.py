@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nmp_peer import BLOCK_FRAMES
-from nmp_peer.conceal.base import Concealer
+from nmp_peer.conceal.base import HOLD_FADE_MS, HOLD_MS, Concealer
 
 
 class ZerosConcealer(Concealer):
@@ -31,6 +31,8 @@ class RepeatConcealer(Concealer):
 
     name = "repeat"
     context_samples = 2 * BLOCK_FRAMES
+    fade_after_ms = HOLD_MS
+    fade_ms = HOLD_FADE_MS
 
     def __init__(self, seam_fade_samples: int = 32) -> None:
         self.seam_fade_samples = seam_fade_samples
@@ -54,6 +56,8 @@ class OpusPlcConcealer(RepeatConcealer):
 
     name = "opus-plc"
     codec_native = True
+    fade_after_ms = Concealer.fade_after_ms  # the baselines keep the short fade (not measured)
+    fade_ms = Concealer.fade_ms
 
 
 class OpusFecConcealer(RepeatConcealer):
@@ -61,3 +65,5 @@ class OpusFecConcealer(RepeatConcealer):
 
     name = "opus-fec"
     codec_native = True
+    fade_after_ms = Concealer.fade_after_ms
+    fade_ms = Concealer.fade_ms

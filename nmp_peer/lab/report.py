@@ -204,6 +204,19 @@ def write_rows(rows: Sequence[dict[str, Any]], out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(clean, indent=1))
 
 
+def _fades_text(meta: dict[str, Any]) -> str:
+    """The long-burst policy of each method, as the report's first lines state it."""
+    fades: dict[str, list[float]] = meta.get("fades", {})
+    if not fades:
+        return "a burst fades to silence as each concealer's policy says"
+    policies = {(a, f) for a, f in fades.values()}
+    if len(policies) == 1:
+        ((a, f),) = policies
+        return f"a burst fades to silence after {a:g} ms over {f:g} ms"
+    each = ", ".join(f"{m} {a:g}/{f:g}" for m, (a, f) in fades.items())
+    return f"a burst fades to silence after / over (ms): {each}"
+
+
 def write_report(
     rows: Sequence[dict[str, Any]], out: Path, metric_names: Sequence[str], meta: dict[str, Any], plots: Sequence[str]
 ) -> Path:
@@ -213,8 +226,7 @@ def write_report(
         "",
         f"Command: `{meta.get('command', '')}`  ",
         f"Clips: {meta.get('clips')} from `{meta.get('clips_dir')}` ({meta.get('audio_s', 0):.0f} s of audio), "
-        f"methods: {', '.join(meta.get('methods', []))}, seed {meta.get('seed')}; a burst fades to silence "
-        f"after {meta.get('fade_after_ms', 50.0):g} ms over {meta.get('fade_ms', 25.0):g} ms.  ",
+        f"methods: {', '.join(meta.get('methods', []))}, seed {meta.get('seed')}; {_fades_text(meta)}.  ",
         f"Wall time {meta.get('wall_s', 0):.1f} s with {meta.get('jobs')} worker(s); concealment alone ran at "
         f"{meta.get('sim_realtime', 0):.0f}× real time per worker (mean over jobs).",
         "",
@@ -438,8 +450,7 @@ def write_lab_report(
         "audio_s": sum(r["seconds"] for r in rows if r["method"] == methods[0]),
         "methods": list(methods),
         "seed": seed,
-        "fade_after_ms": (playout or PlayoutConfig()).fade_after_ms,
-        "fade_ms": (playout or PlayoutConfig()).fade_ms,
+        "fades": {r["method"]: [r["fade_after_ms"], r["fade_ms"]] for r in rows},
         "wall_s": wall_s,
         "jobs": jobs,
         "sim_realtime": float(np.mean([r["realtime_factor"] for r in rows])),

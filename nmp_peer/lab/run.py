@@ -79,7 +79,8 @@ class Job:
     key: bytes | None = None
     """Keyed: every packet sealed and opened as a keyed jam does (the results are the same)."""
     fade_after_ms: float | None = None
-    """The playout's ``fade_after_ms`` and ``fade_ms`` (``[conceal]`` in a config); None: the default."""
+    """The playout's ``fade_after_ms`` and ``fade_ms`` (``[conceal]`` in a config); None: each
+    concealer's own long-burst policy."""
     fade_ms: float | None = None
 
     def playout(self) -> PlayoutConfig | None:
@@ -87,11 +88,7 @@ class Job:
         if self.fade_after_ms is None and self.fade_ms is None:
             return None
         base = PlayoutConfig(channels=1) if self.setting.jitter_ms > 0 else offline_config(1)
-        return replace(
-            base,
-            fade_after_ms=base.fade_after_ms if self.fade_after_ms is None else self.fade_after_ms,
-            fade_ms=base.fade_ms if self.fade_ms is None else self.fade_ms,
-        )
+        return replace(base, fade_after_ms=self.fade_after_ms, fade_ms=self.fade_ms)
 
 
 def find_clips(folder: Path) -> list[Path]:
@@ -130,6 +127,8 @@ class TimedConcealer(Concealer):
         self.context_samples = inner.context_samples
         self.predict_samples = inner.predict_samples
         self.recovery_fade_samples = inner.recovery_fade_samples
+        self.fade_after_ms = inner.fade_after_ms
+        self.fade_ms = inner.fade_ms
         self.seconds: list[float] = []
 
     def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
@@ -204,8 +203,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "loss": job.setting.loss,
             "burst": job.setting.burst,
             "method": method,
-            "fade_after_ms": effective.fade_after_ms,
-            "fade_ms": effective.fade_ms,
+            "fade_after_ms": concealer.fade_after_ms if effective.fade_after_ms is None else effective.fade_after_ms,
+            "fade_ms": concealer.fade_ms if effective.fade_ms is None else effective.fade_ms,
             "seconds": round(len(ref) / SAMPLE_RATE, 3),
             "lost_packets": int(lost.sum()),
             "loss_rate": round(float(lost.mean()), 4),

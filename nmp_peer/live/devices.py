@@ -20,7 +20,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -102,7 +102,7 @@ class DeviceStreams:
         self,
         kind: Kind,
         spec: str,
-        channels: int,
+        channels: int | tuple[int, int],
         callback: Callable[..., None],
         *,
         samplerate: float = SAMPLE_RATE,
@@ -110,7 +110,8 @@ class DeviceStreams:
         latency: str | float = "low",
     ) -> Any:
         """Open and start a float32 stream (``duplex``: one stream for input and output of the
-        same device); DeviceError if PortAudio refuses. Returns the stream."""
+        same device, ``channels`` then (in, out) or one for both); DeviceError if PortAudio
+        refuses. Returns the stream."""
         import sounddevice as sd
 
         cls = {"input": sd.InputStream, "output": sd.OutputStream, "duplex": sd.Stream}[kind]
@@ -282,6 +283,11 @@ class DeviceEdge:
     samples) only timestamps arrivals. The latencies this adds are measured into the stats:
     ``device_input_latency_ms`` (ADC of a block's first sample until the block is handed on)
     and ``device_output_latency_ms`` (a block's deadline until its first frame's DAC time).
+
+    ``channels`` is the stream's (the input's), ``out_channels`` the output's (a band may mix
+    mono streams to stereo; None: the same). ``latency_stats`` are further counters (a band's
+    remotes) that get the two measured device latencies too, so that each remote's
+    ``latency_ms`` counts the sound cards as a duo's does.
     """
 
     def __init__(
@@ -291,11 +297,16 @@ class DeviceEdge:
         channels: int,
         host_to_now: Callable[[float], float],
         host_clock: Callable[[], float] = time.monotonic,
+        *,
+        out_channels: int | None = None,
+        latency_stats: Sequence[Stats] = (),
     ) -> None:
         self.streams = streams
         self.stats = streams.stats
         self.settings = settings
         self.channels = channels
+        self.out_channels = out_channels or channels
+        self.latency_stats = tuple(latency_stats)
         self.host_to_now = host_to_now
         self.host_clock = host_clock
         self.rate = 0.0
@@ -312,27 +323,33 @@ class DeviceEdge:
         self,
         input_spec: str | None,
         output_spec: str | None,
-        engine: Any,
+        next_block: Callable[[float], np.ndarray] | None,
+        skip_stall: Callable[[float], int] | None,
         deliver: Callable[[np.ndarray], None] | None,
     ) -> None:
         """Open the streams: one duplex stream when input and output name the same device.
-        ``deliver`` gets each captured 512-sample block (from PortAudio's thread)."""
+        ``deliver`` gets each captured 512-sample block (from PortAudio's thread);
+        ``next_block(now)`` gives the output's next 512-sample block at the engine's clock
+        ``now`` (a playout engine's ``next_block``, a band's mix), ``skip_stall(now)`` is
+        called once the output device jumped ahead (``PlayoutEngine.skip_stall``)."""
         from nmp_peer.receiver.edge import DeviceClock, InputReblocker, OutputReblocker
 
-        s, ch = self.settings, self.channels
+        s, ch, out_ch = self.settings, self.channels, self.out_channels
+        if output_spec is None:
+            next_block = None
         self.rate = float(s.rate or self._default_rate(output_spec or input_spec))
         resample = self.rate != SAMPLE_RATE
         self.stats.device_rate = int(self.rate)
         if input_spec is not None and deliver is not None:
             self._reblock_in = InputReblocker(ch)
             self._in_rs = _Resampler(self.rate, SAMPLE_RATE, ch) if resample else None
-        if output_spec is not None:
-            self._reblock_out = OutputReblocker(ch)
-            self._out_rs = _Resampler(SAMPLE_RATE, self.rate, ch) if resample else None
+        if next_block is not None:
+            self._reblock_out = OutputReblocker(out_ch)
+            self._out_rs = _Resampler(SAMPLE_RATE, self.rate, out_ch) if resample else None
             self.clock = DeviceClock(self.rate)
         kw: dict[str, Any] = {"samplerate": self.rate, "blocksize": s.period, "latency": s.latency}
         capture = self._capture(deliver) if deliver is not None else None
-        play = self._play(engine) if output_spec is not None else None
+        play = self._play(next_block, skip_stall) if next_block is not None else None
         if capture is not None and play is not None and input_spec == output_spec:
 
             def duplex(indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -340,12 +357,12 @@ class DeviceEdge:
                 play(outdata, frames, time_info, status)
 
             assert output_spec is not None
-            self.streams.open("duplex", output_spec, ch, duplex, **kw)
+            self.streams.open("duplex", output_spec, ch if ch == out_ch else (ch, out_ch), duplex, **kw)
             return
         if capture is not None and input_spec is not None:
             self.streams.open("input", input_spec, ch, capture, **kw)
         if play is not None and output_spec is not None:
-            self.streams.open("output", output_spec, ch, play, **kw)
+            self.streams.open("output", output_spec, out_ch, play, **kw)
 
     def _default_rate(self, spec: str | None) -> float:
         import sounddevice as sd
@@ -363,7 +380,7 @@ class DeviceEdge:
             self._extra_frames = frames - math.gcd(frames, BLOCK_FRAMES) if self._out_rs is None else frames - 1
 
     def _capture(self, deliver: Callable[[np.ndarray], None]) -> Callable[..., None]:
-        stats, reblock, rs = self.stats, self._reblock_in, self._in_rs
+        stats, reblock, rs, mirrors = self.stats, self._reblock_in, self._in_rs, self.latency_stats
 
         def capture(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
             if status is not None and status.input_overflow:
@@ -385,11 +402,16 @@ class DeviceEdge:
                 self._in_latency = last = last + _LATENCY_EMA * (latency - last)
                 deliver(block)
             stats.device_input_latency_ms = 1000.0 * last
+            for other in mirrors:
+                other.device_input_latency_ms = stats.device_input_latency_ms
 
         return capture
 
-    def _play(self, engine: Any) -> Callable[..., None]:
+    def _play(
+        self, next_block: Callable[[float], np.ndarray], skip_stall: Callable[[float], int] | None
+    ) -> Callable[..., None]:
         stats, reblock, rs, clock = self.stats, self._reblock_out, self._out_rs, self.clock
+        mirrors = self.latency_stats
 
         def play(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
             host = self.host_clock()
@@ -404,6 +426,8 @@ class DeviceEdge:
             stats.device_clock_outliers = clock.outliers
             lead_s = self._out_latency + self._extra_frames / self.rate
             stats.device_output_latency_ms = 1000.0 * lead_s
+            for other in mirrors:
+                other.device_output_latency_ms = stats.device_output_latency_ms
             stalled = jumped and clock.jumps > stats.device_clock_jumps
 
             def produce(lead: int) -> np.ndarray:
@@ -412,9 +436,10 @@ class DeviceEdge:
                 deadline = self.host_to_now(clock.time_of(clock.frames + lead + delay) - lead_s)
                 if stalled:  # the device jumped ahead: the reader fell behind the arrivals
                     stats.device_clock_jumps = clock.jumps
-                    engine.skip_stall(deadline)
+                    if skip_stall is not None:
+                        skip_stall(deadline)
                     stalled = False
-                block = engine.next_block(deadline)
+                block = next_block(deadline)
                 return rs(block) if rs is not None else block
 
             outdata[:] = reblock.pull(frames, produce)

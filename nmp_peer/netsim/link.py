@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.relaylog import Record, packet_ids
-from nmp_peer.proto.wire import control_type
+from nmp_peer.proto.wire import control_type, probe_type
 
 RATE_QUEUE_MS = 50.0
 """Default rate-limit queue: this much of the link rate is buffered before tail drop."""
@@ -73,6 +73,8 @@ class DirectionCounters:
     """Routed end-of-stream notices (nmp-peer packets without audio, relayed like the others)."""
     handshakes: int = 0
     """Routed handshake messages of keyed peers (not audio; of ``not_nmp``, relayed like the others)."""
+    probes: int = 0
+    """Routed round-trip probes (PING, PONG; not audio; of ``not_nmp``, relayed like the others)."""
     delivered: int = 0
     duplicated: int = 0
     reordered: int = 0
@@ -114,6 +116,7 @@ class DirectionLink:
         c.bytes_received += len(data)
         c.not_nmp += seq < 0
         c.handshakes += control_type(data) is not None
+        c.probes += probe_type(data) is not None
         c.end_notices += end
         t_ms = round(1000.0 * now_s, 3)
 

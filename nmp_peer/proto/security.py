@@ -48,6 +48,7 @@ class ReplayWindow:
 
     def __init__(self, size: int = 4096, streams: int = 4) -> None:
         self.size = size
+        self._all = (1 << size) - 1
         self._streams: OrderedDict[int, tuple[int, int]] = OrderedDict()
         """stream id → (highest sequence number seen, bitmask of the ``size`` below it)."""
         self._max_streams = streams
@@ -64,7 +65,7 @@ class ReplayWindow:
         highest, mask = state
         d = seq_delta(seq, highest)
         if d > 0:
-            mask = ((mask << d) | 1) & ((1 << self.size) - 1) if d < self.size else 1
+            mask = ((mask << d) | 1) & self._all if d < self.size else 1
             self._streams[stream_id] = (seq % SEQ_MODULUS, mask)
             return True
         if -d >= self.size or mask >> -d & 1:

@@ -60,6 +60,7 @@ from nmp_peer.proto.wire import (
     Packet,
     PayloadType,
     WireError,
+    make_packet,
 )
 
 NONCE_BYTES = 16
@@ -106,6 +107,11 @@ def _hkdf(secret: bytes, length: int, salt: bytes | None, info: bytes) -> bytes:
 
 def handshake_mac_key(psk: bytes) -> bytes:
     return _hkdf(psk, 32, None, b"nmp-peer v2 handshake")
+
+
+def probe_mac_key(psk: bytes) -> bytes:
+    """The key of the round-trip probes' tags (``wire.Probe``): not the handshake's, not any stream's."""
+    return _hkdf(psk, 32, None, b"nmp-peer v2 round-trip probe")
 
 
 def stream_key(psk: bytes, shared: bytes, stream_id: int, initiator_nonce: bytes, responder_nonce: bytes) -> bytes:
@@ -186,7 +192,7 @@ class StreamCipher:
         if not packet.end and packet.payload_type is PayloadType.PCM16 and len(payload) % (2 * packet.channels):
             return None  # sealed by a broken sender: not whole frames
         p = packet
-        return Packet(p.payload_type, p.channels, p.stream_id, p.seq, p.timestamp, payload, b"", p.end)
+        return make_packet(p.payload_type, p.channels, p.stream_id, p.seq, p.timestamp, payload, b"", p.end, False)
 
 
 class Outbound:
@@ -352,6 +358,7 @@ class Session:
 
     def __init__(self, psk: bytes, *, encrypt: bool = True, rekey_after: int = REKEY_AFTER_PACKETS) -> None:
         self.mac_key = handshake_mac_key(psk)
+        self.probe_key = probe_mac_key(psk)
         self.instance = int.from_bytes(os.urandom(4), "big")
         self.outbound = Outbound(psk, self.mac_key, self.instance, encrypt=encrypt, rekey_after=rekey_after)
         self.inbound = Inbound(psk, self.mac_key, self.instance)

@@ -18,6 +18,10 @@ The checks, in order, cheapest and surest first:
    address and port (``pin = "peer"``) or host (``pin = "host"``, for a peer behind a
    NAT); another stream or source takes over only after the pinned one ended or was
    silent for ``repin_after_s``.
+
+Round-trip probes (``wire.Probe``) pass the same checks as handshake messages (parse,
+tag with a key, rate per source; without a key, only from the configured peer): a PING
+is answered through the outbox, a PONG goes to :attr:`ReceiveGate.round_trip`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Literal
 
 from nmp_peer.proto.security import MAX_DATAGRAM_BYTES, RateLimiter
 from nmp_peer.proto.session import HandshakeError, Session
-from nmp_peer.proto.wire import Packet, WireError, control_type
+from nmp_peer.proto.wire import Packet, Probe, ProbeAuthError, ProbeType, WireError, control_type, probe_type
+from nmp_peer.receiver.roundtrip import RoundTrip
 from nmp_peer.receiver.stats import Stats
 
 PinMode = Literal["peer", "host", "any"]
@@ -66,6 +71,9 @@ class ReceiveGate:
         """Handshake answers for the configured peer (the gate never answers anyone else)."""
         self.new_stream = False
         """Set when the last admitted packet is the first of a stream the gate now follows."""
+        self.round_trip = RoundTrip(stats)
+        """Our PINGs to this peer and the round trips its PONGs measure."""
+        self._probe_key = session.probe_key if session is not None else None
 
     def admit(self, data: bytes, addr: tuple[str, int], now: float) -> Packet | None:
         s = self.stats
@@ -75,6 +83,9 @@ class ReceiveGate:
             return None
         if control_type(data) is not None:
             self._control(data, addr, now)
+            return None
+        if probe_type(data) is not None:
+            self._probe(data, addr, now)
             return None
         try:
             packet = Packet.parse(data)
@@ -106,6 +117,33 @@ class ReceiveGate:
         reply = self.session.on_control(message, now)
         if reply is not None:
             self.outbox.append(reply)
+
+    def ping(self, now: float, stream_id: int) -> bytes | None:
+        """The PING due now for the configured peer, if any (``stream_id``: ours)."""
+        probe = self.round_trip.due(now, stream_id)
+        return None if probe is None else probe.encode(self._probe_key)
+
+    def _probe(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        s = self.stats
+        try:
+            probe = Probe.decode(data, self._probe_key)
+        except ProbeAuthError:
+            s.packets_unauthenticated += 1
+            return
+        except WireError:
+            s.packets_malformed += 1
+            return
+        if self.session is None and not self._eligible(addr):
+            s.packets_foreign += 1
+            return
+        if not self._handshake_limiter.allow(addr, now):
+            s.packets_rate_limited += 1
+            return
+        if probe.kind is ProbeType.PING:
+            s.pings_answered += 1
+            self.outbox.append(probe.answer().encode(self._probe_key))
+        else:
+            self.round_trip.on_pong(probe, now)
 
     def _open(self, packet: Packet, data: bytes, addr: tuple[str, int]) -> Packet | None:
         assert self.session is not None

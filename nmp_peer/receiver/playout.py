@@ -43,9 +43,11 @@ from nmp_peer.receiver.stats import Stats
 class PlayoutConfig:
     channels: int = 1
     latency: LatencyPolicy = field(default_factory=LatencyPolicy)
-    fade_after_ms: float = 50.0
-    """Concealment of a burst starts fading to silence after this long."""
-    fade_ms: float = 25.0
+    fade_after_ms: float | None = None
+    """Concealment of a burst starts fading to silence after this long; None: the
+    concealer's own policy (``Concealer.fade_after_ms``)."""
+    fade_ms: float | None = None
+    """Length of that fade; None: the concealer's own (``Concealer.fade_ms``)."""
     decode_ahead_blocks: int = 1
     """Packets already in the buffer are decoded up to this many blocks before the reader
     needs them, so a gap right after them is seen, and its concealment started, that much
@@ -69,7 +71,10 @@ class PlayoutEngine:
         *,
         threaded: bool = False,
         stats: Stats | None = None,
+        worker: ThreadedWorker | None = None,
     ) -> None:
+        """``worker``: a threaded worker of a shared thread (a band's streams share one,
+        ``ConcealThread.lane``); else one of its own (``threaded``) or inline."""
         self.config = config or PlayoutConfig()
         self.concealer = concealer
         self.stats = stats or Stats()
@@ -77,7 +82,11 @@ class PlayoutEngine:
         self.jitter = JitterBuffer()
         self.controller = LatencyController(self.config.latency)
         self.fifo = StreamFifo(self.channels)
-        self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
+        self.worker: ThreadedWorker | InlineWorker
+        if worker is not None:
+            self.worker = worker
+        else:
+            self.worker = ThreadedWorker(concealer, self.config.chain_bursts) if threaded else InlineWorker(concealer)
         self.fallback: Concealer = ZerosConcealer() if concealer.name == "zeros" else RepeatConcealer()
         self._decoders: dict[PayloadType, Decoder] = {}
         self._decoder: Decoder | None = None
@@ -105,8 +114,11 @@ class PlayoutEngine:
         continues (the faded ones would step down at every seam)."""
         context = max(self.concealer.context_samples, self.fallback.context_samples)
         self._unfaded_blocks = -(-context // BLOCK_FRAMES)
-        self._fade_start = self.config.fade_after_ms * SAMPLE_RATE / 1000.0
-        self._fade_len = max(1.0, self.config.fade_ms * SAMPLE_RATE / 1000.0)
+        self.fade_after_ms = concealer.fade_after_ms if self.config.fade_after_ms is None else self.config.fade_after_ms
+        self.fade_ms = concealer.fade_ms if self.config.fade_ms is None else self.config.fade_ms
+        """The long-burst policy in force: the config's where it sets one, else the concealer's."""
+        self._fade_start = self.fade_after_ms * SAMPLE_RATE / 1000.0
+        self._fade_len = max(1.0, self.fade_ms * SAMPLE_RATE / 1000.0)
         self._recovery = raised_cosine(concealer.recovery_fade_samples)
         self._splice_fade = raised_cosine(128)
         self.samples_out = 0

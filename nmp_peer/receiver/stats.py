@@ -116,24 +116,51 @@ class Stats:
     device_clock_outliers: int = 0
     """Output callbacks whose device time was far off the clock's prediction (run late on a
     busy machine, or the first of a jump) and were set aside."""
+    rtt_ms: float | None = None
+    """Round-trip time to this peer, the last probe's (PING to PONG; None before the first)."""
+    rtt_min_ms: float | None = None
+    rtt_avg_ms: float | None = None
+    """Smoothed round trip (RFC 6298's SRTT: each new one weighs 1/8)."""
+    pings_sent: int = 0
+    pongs_received: int = 0
+    """PONGs that answered a PING of ours still outstanding (each gives a round trip)."""
+    pongs_unmatched: int = 0
+    """PONGs that answered no outstanding PING (too late, replayed or forged): no round trip."""
+    pings_answered: int = 0
+    """The peer's PINGs this peer answered."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> float:
         """One-way latency: capture device, the jitter buffer's measured depth, output device."""
         device = self.device_input_latency_ms + self.device_output_latency_ms
-        return 1000.0 * self.latency_samples / SAMPLE_RATE + device
+        return self.buffer_latency_ms + device
 
     @property
     def target_latency_ms(self) -> float:
         return 1000.0 * self.target_latency_samples / SAMPLE_RATE
 
+    @property
+    def buffer_latency_ms(self) -> float:
+        """The jitter buffer's measured depth (the receive path's latency, no sound card)."""
+        return 1000.0 * self.latency_samples / SAMPLE_RATE
+
+    @property
+    def one_way_ms(self) -> float | None:
+        """The delay from the peer's send to our playout: half the smoothed round trip, the
+        jitter buffer's measured depth and our output device's latency (the peer's capture
+        device not counted: its own stats have it)."""
+        if self.rtt_avg_ms is None:
+            return None
+        return self.rtt_avg_ms / 2.0 + self.buffer_latency_ms + self.device_output_latency_ms
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
         d["latency_ms"] = round(self.latency_ms, 2)
-        d["buffer_latency_ms"] = round(1000.0 * self.latency_samples / SAMPLE_RATE, 2)
+        d["buffer_latency_ms"] = round(self.buffer_latency_ms, 2)
         d["target_latency_ms"] = round(self.target_latency_ms, 2)
+        d["one_way_ms"] = None if self.one_way_ms is None else round(self.one_way_ms, 2)
         d["block_ms"] = round(1000.0 * BLOCK_FRAMES / SAMPLE_RATE, 2)
         d.update(extra)
         for key, value in d.items():
@@ -149,10 +176,11 @@ class Stats:
             f"overflow {self.device_input_overflows} qdrop {self.capture_queue_drops} "
             f"| depth {self.buffer_depth_packets:.1f}/{self.target_depth_packets:.1f} "
             f"jitter {self.jitter_ms:.1f} ms latency {self.latency_ms:.1f} ms (target {self.target_latency_ms:.1f}) "
-            f"drift {self.ratio_ppm:+.0f} ppm{self._device_status()} | from {self.pinned}"
+            f"drift {self.ratio_ppm:+.0f} ppm{self.device_status()} | from {self.pinned}"
         )
 
-    def _device_status(self) -> str:
+    def device_status(self) -> str:
+        """The status line's device part: rate, period and the two device latencies ("" without a device)."""
         if not self.device_rate:
             return ""
         return (

@@ -127,6 +127,9 @@ ARRIVAL_COUNTERS = (
     "packets_unauthenticated",
     "end_notices",
     "handshake_messages",
+    "pings_answered",
+    "pongs_received",
+    "pongs_unmatched",
 )
 """A jam's counters that together count every datagram that reached it (those it lacks count 0)."""
 
@@ -223,13 +226,14 @@ def check_counters(result: dict[str, Any], records: list[dict[str, Any]] | None)
     relay = result["relay"]
     if not result.get("a_restarted"):
         a2b = relay["a2b"]
-        audio_in = a2b["received"] - a2b.get("end_notices", 0) - a2b.get("handshakes", 0)
+        audio_in = a2b["received"] - a2b.get("end_notices", 0) - a2b.get("handshakes", 0) - a2b.get("probes", 0)
         checks.append(
             _check(
                 "relay saw all A sent",
                 audio_in == a["packets_sent"],
                 f"A sent {a['packets_sent']}, relay took in {audio_in} (and {a2b.get('end_notices', 0)} "
-                f"end-of-stream notices, {a2b.get('handshakes', 0)} handshake messages)",
+                f"end-of-stream notices, {a2b.get('handshakes', 0)} handshake messages, "
+                f"{a2b.get('probes', 0)} round-trip probes)",
             )
         )
         arrived = sum(a.get(k, 0) for k in ARRIVAL_COUNTERS)

@@ -4,17 +4,20 @@
 
 The graph is the generator in its export form (``Generator.set_form("export")``: the same
 function, its decoder written as sub-pixel depthwise convolutions, which onnxruntime runs
-~3x faster than grouped transposed convolutions), in eval mode, so onnxruntime folds each
+~3x faster than grouped transposed convolutions, their phases interleaved by two one-axis
+transposes: ``two_step_depth_to_space``), in eval mode, so onnxruntime folds each
 BatchNorm into its convolution; and it computes only the 79 output frames that reach the
 predicted samples (``Generator.set_output_from(177)``: 28.5 of 71.8 M mult-adds), reading
 input frames from 65 on only (metadata ``input_from_frame``, which the runtime's front end
 uses to skip the others). Input
 ``magnitude`` is ``(batch, 1, 256, 256)``, output ``refined`` ``(batch, 1, 256, 79)``
-(frames 177..255), float32. The STFT
+(frames 177..255), float32; the batch is symbolic (``batch``), so the runtime refines the
+channels of a stereo stream in one call. The STFT
 settings and the training facts go into the model's metadata, and the runtime refuses a
 model whose STFT settings differ from its own. After writing, the ONNX model is run in
 onnxruntime (graph optimisation ALL, the runtime's settings) against the PyTorch model
-on random and music-like inputs; a max abs difference of 1e-4 or more is an error.
+on random and music-like inputs, item by item and as one batch; a max abs difference of
+1e-4 or more is an error.
 """
 
 from __future__ import annotations
@@ -118,6 +121,87 @@ def phase_major_depth_to_space(graph: Any) -> int:
     return len(replaced)
 
 
+def two_step_depth_to_space(model: Any) -> int:
+    """Rewrite each DCR ``DepthToSpace`` (blocksize 2) as two interleaves, the width's then
+    the height's: ``Reshape -> Transpose -> Reshape -> Transpose -> Reshape``. The same
+    values (a permutation of them, nothing computed), and onnxruntime's transposes that move
+    one axis are 2.5x faster than its DepthToSpace (a 6-D transpose): the four were 18 %
+    of the network. Needs the graph's shapes (``onnx.shape_inference``); the batch stays as
+    it is (``0`` in each Reshape). Returns the number rewritten."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    graph = model.graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    producer = {out: node for node in graph.node for out in node.output}
+    moved: set[int] = set()  # Relus now applied to the phases, before the interleave
+    nodes = []
+    count = 0
+    for node in graph.node:
+        if id(node) in moved:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0]) if node.op_type == "DepthToSpace" else None
+        if shape is None or attrs.get("blocksize") != 2 or attrs.get("mode", b"DCR") != b"DCR" or None in shape[1:]:
+            nodes.append(node)
+            continue
+        c4, h, w = (int(d or 0) for d in shape[1:])  # all known (checked above)
+        c = c4 // 4
+        name = node.output[0] + "_2step"
+        source, output = node.input[0], list(node.output)
+        after = consumers.get(node.output[0], [])
+        concat = producer.get(source)
+        if (
+            len(after) == 1
+            and after[0].op_type == "Relu"
+            and concat is not None
+            and concat.op_type == "Concat"
+            and len(consumers.get(source, [])) == 1
+        ):
+            # A Relu after the interleave is the same as one on each phase before it, where
+            # onnxruntime fuses it into the phase's convolution.
+            relus = [helper.make_node("Relu", [x], [f"{x}_relu"]) for x in concat.input]
+            nodes = [n for n in nodes if n is not concat]
+            nodes += [*relus, helper.make_node("Concat", [r.output[0] for r in relus], [source], axis=1)]
+            output = list(after[0].output)
+            moved.add(id(after[0]))
+        targets = {"s6": [0, 2, 2, c, h, w], "s5": [0, 2, c, h, 2 * w], "s4": [0, c, 2 * h, 2 * w]}
+        for key, value in targets.items():
+            graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"{name}_{key}"))
+        nodes += [
+            helper.make_node("Reshape", [source, f"{name}_s6"], [f"{name}_a"]),  # (B, i, j, C, H, W)
+            helper.make_node("Transpose", [f"{name}_a"], [f"{name}_b"], perm=[0, 1, 3, 4, 5, 2]),  # (B, i, C, H, W, j)
+            helper.make_node("Reshape", [f"{name}_b", f"{name}_s5"], [f"{name}_c"]),  # (B, i, C, H, 2W)
+            helper.make_node("Transpose", [f"{name}_c"], [f"{name}_d"], perm=[0, 2, 3, 1, 4]),  # (B, C, H, i, 2W)
+            helper.make_node("Reshape", [f"{name}_d", f"{name}_s4"], output),  # (B, C, 2H, 2W)
+        ]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
+BATCH_DIM = "batch"
+
+
+def symbolic_batch(graph: Any) -> None:
+    """Make the batch (first) dimension of the graph's inputs and outputs symbolic (``batch``).
+    Every node of the generator works item by item (convolutions, slices and concatenations
+    on the channel or time axes, DepthToSpace; no Reshape), so a batch of B gives each item
+    what a call of batch 1 gives it; ``parity`` checks that too."""
+    for value in [*graph.input, *graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = BATCH_DIM
+
+
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
@@ -148,7 +232,8 @@ def parity(model: torch.nn.Module, path: Path) -> float:
     session = _session(path)
     name = session.get_inputs()[0].name
     got = np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
-    return float(np.max(np.abs(got - expected)))
+    batched = session.run(None, {name: x})[0]
+    return float(max(np.max(np.abs(got - expected)), np.max(np.abs(batched - expected))))
 
 
 def export(checkpoint: Path, out: Path, check: bool = True) -> dict[str, Any]:
@@ -178,10 +263,13 @@ def export(checkpoint: Path, out: Path, check: bool = True) -> dict[str, Any]:
             opset_version=OPSET,
             input_names=["magnitude"],
             output_names=["refined"],
+            dynamic_axes={"magnitude": {0: BATCH_DIM}, "refined": {0: BATCH_DIM}},
             do_constant_folding=True,
         )
     proto = onnx.load(str(tmp))
     phase_major_depth_to_space(proto.graph)
+    symbolic_batch(proto.graph)
+    two_step_depth_to_space(proto)
     info = {
         "parameters": count_parameters(model),
         "macs": count_macs(model),
