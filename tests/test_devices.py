@@ -65,12 +65,17 @@ def test_a_device_failure_is_an_environment_failure_not_a_user_mistake() -> None
         (["--device-latency", "0"], "device.latency"),
     ],
 )
+@pytest.mark.parametrize(
+    "command",
+    [["jam", "--peer", "127.0.0.1:9"], ["band", "--listen", "127.0.0.1:0", "--peer", "x=127.0.0.1:9"]],
+    ids=["jam", "band"],
+)
 def test_bad_device_settings_are_one_line_and_exit_2(
-    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+    command: list[str], args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from nmp_peer.cli import main
 
-    assert main(["jam", "--peer", "127.0.0.1:9", "--input", "missing.wav", *args]) == 2
+    assert main([*command, "--input", "missing.wav", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nmp-peer: error: ") and fragment in err[0], err
 

@@ -448,3 +448,59 @@ def test_a_48_khz_server_works_resampled_at_the_device_edge(jack_at: JackServer,
         assert snr > 40.0, snr
     assert snr > 10.0, snr  # the clip, not noise, whatever the glitches
     assert abs(summary["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (summary["latency_ms"], measured_ms)
+
+
+@pytest.mark.parametrize("jack_at", [(44100, 512)], ids=["period512"], indirect=True)
+def test_a_band_on_jack_reads_every_remote_at_the_devices_clock(jack_at: JackServer, tmp_path: Path) -> None:
+    """A band (``nmp-peer band``) is the same peer on sound cards: B has two remotes, itself
+    (``me``, its own address: the tap's clip goes JACK → B's capture → UDP → B → its stereo
+    mix → JACK) and A (a jam with a file, muted in B's mix), one duplex stream for a mono
+    input and a stereo output. The mix's left channel is the clip, bit-exact but where a
+    glitch was counted; each remote's ``latency_ms`` counts the device latencies (B's own,
+    at the summary's top level), the loop's is the measured delay within one block; A's
+    stream arrives whole."""
+    pb, pa = free_port(), free_port()
+    write_audio(tmp_path / "a.wav", music_like(30.0, seed=3))
+    b = JamProcess(
+        ["--listen", f"127.0.0.1:{pb}", "--peer", f"me=127.0.0.1:{pb}", "--peer", f"a=127.0.0.1:{pa}"]
+        + ["--mute", "a", "--input", "0", "--output", "0"],
+        env=jack_at.env,
+        command="band",
+    )
+    a: JamProcess | None = None
+    try:
+        b.wait_for("B up", lambda: b.status_lines() > 0, timeout_s=120)
+        a = JamProcess(
+            ["--listen", f"127.0.0.1:{pa}", "--peer", f"127.0.0.1:{pb}", "--input", str(tmp_path / "a.wav")]
+            + ["--output", str(tmp_path / "a_heard.wav"), "--quiet"]
+        )
+        clip = music_like(4.0)[:, 0]
+        tap = start_tap(jack_at, tmp_path, clip, after_s=1.0)
+        info, recorded = tap_result(tap, tmp_path)
+        a_summary, summary = stop_all(a, b)
+    finally:
+        for jam in (a, b):
+            if jam is not None:
+                jam.kill()
+    period, rate = info["period"], info["rate"]
+    assert str(info["output_port"]).endswith("out_1"), info  # the mix's left channel
+    assert (summary["device_period"], summary["device_rate"], summary["remotes"]) == (period, rate, 2), summary
+    me, from_a = (next(p for p in summary["peers"] if p["name"] == n) for n in ("me", "a"))
+    for remote in (me, from_a):
+        device = remote["device_input_latency_ms"] + remote["device_output_latency_ms"]
+        assert device == summary["device_input_latency_ms"] + summary["device_output_latency_ms"] > 0, remote
+        assert abs(remote["latency_ms"] - (remote["buffer_latency_ms"] + device)) <= 0.02, remote
+    assert from_a["packets_received"] > 100 and from_a["packets_lost"] == 0 and from_a["mute"], from_a
+    assert a_summary["packets_received"] > 100, a_summary
+    lag = lag_of(recorded, clip)
+    exact, blocks = exact_blocks(recorded, clip, lag), len(clip) // 512
+    glitches = events(summary) + info["jack_xruns"]  # the counters summed over both remotes, the devices' own
+    print(f"band: lag {lag}, exact blocks {exact}/{blocks}, glitches {glitches}, me {me['latency_ms']} ms")
+    assert exact >= blocks - glitches * 2, (exact, glitches)
+    tail, start = clip[-rate:], max(0, lag + len(clip) - 2 * rate)
+    lag_tail = lag_of(recorded[start:], tail) + start - (len(clip) - rate)
+    cycles = np.load(tmp_path / "tap.npz")["cycle_s"]
+    seconds = lag_s(cycles, period, rate, len(clip) - rate, len(clip) - rate + lag_tail)
+    measured_ms = 1000.0 * (seconds + (info["capture_latency"] + info["playback_latency"] - period) / rate)
+    print(f"measured {measured_ms:.2f} ms (last second), reported {me['latency_ms']} ms")
+    assert abs(me["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (me["latency_ms"], measured_ms)
