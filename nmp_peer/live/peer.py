@@ -270,8 +270,12 @@ class Peer:
         d = self.stats.to_dict()
         per = [r.stats.to_dict() for r in self.remotes]
         own = {"device_", "capture_queue_drops"}
+        gauges = {"latency_samples", "target_latency_samples"}  # integers, but no sum means anything
         for key, value in list(d.items()):
             if any(key.startswith(o) for o in own):
+                continue
+            if key in gauges:
+                del d[key]
                 continue
             if isinstance(value, int) and not isinstance(value, bool) and all(isinstance(p.get(key), int) for p in per):
                 d[key] = value + sum(p[key] for p in per)  # ours: datagrams no remote's address sent
