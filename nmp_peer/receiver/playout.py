@@ -363,9 +363,12 @@ class PlayoutEngine:
         depth = (self.fifo.end - self._read_pos) / BLOCK_FRAMES + self.jitter.depth()
         s.buffer_depth_packets = depth
         s.target_depth_packets = self.controller.target_samples / BLOCK_FRAMES
-        s.target_latency_samples = int(self.controller.target_samples)
-        measured = self.controller.median_slack_samples
-        s.latency_samples = int(self.controller.target_samples if measured is None else measured)
+        if not (self.book.paused or self.jitter.ended):
+            # The measured depth includes the tick's own timing (``now``); once the stream
+            # ended or paused nothing arrives to measure: its last value stands.
+            s.target_latency_samples = int(self.controller.target_samples)
+            measured = self.controller.median_slack_samples
+            s.latency_samples = int(self.controller.target_samples if measured is None else measured)
         if self.timeline is not None:
             self.timeline.append((self.samples_out, depth, s.target_depth_packets, event))
         return out
