@@ -215,6 +215,28 @@ def exact_blocks(recorded: np.ndarray, clip: np.ndarray, lag: int, search: int =
     return exact
 
 
+def matched_windows(recorded: np.ndarray, clip: np.ndarray, lag: int, n: int = 4096, search: int = 1024) -> float:
+    """The share of the clip's ``n``-sample windows that are in the recording within ``search``
+    samples of ``lag``: a normalised cross-correlation of at least 0.9 (noise or silence: ~0)."""
+    from scipy.signal import correlate
+
+    found = total = 0
+    for k in range(len(clip) // n):
+        w = clip[k * n : (k + 1) * n].astype(np.float64)
+        lo = lag + k * n - search
+        if lo < 0 or np.dot(w, w) == 0:
+            continue
+        region = recorded[lo : lo + n + 2 * search].astype(np.float64)
+        if len(region) < n + 2 * search:
+            continue
+        c = correlate(region, w, mode="valid")
+        energy = np.convolve(region**2, np.ones(n), mode="valid")
+        best = float(np.max(c / np.sqrt(np.maximum(energy * np.dot(w, w), 1e-20))))
+        total += 1
+        found += best >= 0.9
+    return found / max(total, 1)
+
+
 def events(summary: dict) -> int:
     """What the peer counted that may change what it plays: each may cost a few blocks of exactness."""
     keys = ("device_output_underflows", "device_input_overflows", "packets_concealed", "blocks_inserted")
@@ -439,14 +461,26 @@ def test_a_48_khz_server_works_resampled_at_the_device_edge(jack_at: JackServer,
     seg = recorded[lag : lag + len(clip)].astype(np.float64)
     ref = clip[: len(seg)].astype(np.float64)
     snr = 10 * np.log10(np.sum(ref**2) / max(np.sum((seg - ref) ** 2), 1e-20))
+    matched = matched_windows(recorded, clip, lag)
+    # The latency over the last second, as in the loops: a glitch earlier (an inserted block,
+    # then a shrink by reading fast) may have moved it since the start.
+    tail, start = clip[-rate:], max(0, lag + len(clip) - 2 * rate)
+    lag_tail = lag_of(recorded[start:], tail) + start - (len(clip) - rate)
     cycles = np.load(tmp_path / "tap.npz")["cycle_s"]
-    seconds = lag_s(cycles, period, rate, 0, lag)
+    seconds = lag_s(cycles, period, rate, len(clip) - rate, len(clip) - rate + lag_tail)
     measured_ms = 1000.0 * (seconds + (info["capture_latency"] + info["playback_latency"] - period) / rate)
     glitches = events(summary) + info["jack_xruns"]
-    print(f"48 kHz: SNR {snr:.1f} dB, glitches {glitches}, measured {measured_ms:.2f} ms", summary["latency_ms"])
+    print(
+        f"48 kHz: SNR {snr:.1f} dB, windows matched {matched:.2f}, glitches {glitches}, measured {measured_ms:.2f} ms"
+    )
+    keys = ("latency_ms", "device_output_underflows", "device_input_overflows", "packets_concealed", "blocks_inserted")
+    keys += ("blocks_dropped", "packets_skipped", "device_clock_jumps", "blocks_resampled", "packets_late")
+    print({k: summary[k] for k in keys}, "xruns", info["jack_xruns"])
     if not glitches:
         assert snr > 40.0, snr
-    assert snr > 10.0, snr  # the clip, not noise, whatever the glitches
+    # The clip, not noise, whatever the glitches: a rate correction (blocks_resampled) moves
+    # the alignment by up to a block over the clip, which an SNR at one lag reads as noise.
+    assert matched >= 0.8, matched
     assert abs(summary["latency_ms"] - measured_ms) <= 1000.0 * 512 / 44100, (summary["latency_ms"], measured_ms)
 
 
@@ -483,7 +517,8 @@ def test_a_band_on_jack_reads_every_remote_at_the_devices_clock(jack_at: JackSer
             if jam is not None:
                 jam.kill()
     period, rate = info["period"], info["rate"]
-    assert str(info["output_port"]).endswith("out_1"), info  # the mix's left channel
+    # One of the stereo mix's two ports: a centred stream plays at its full level in both.
+    assert str(info["output_port"]).endswith(("out_0", "out_1")), info
     assert (summary["device_period"], summary["device_rate"], summary["remotes"]) == (period, rate, 2), summary
     me, from_a = (next(p for p in summary["peers"] if p["name"] == n) for n in ("me", "a"))
     for remote in (me, from_a):
