@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from nmp_peer.receiver.gate import ReceiveGate
 from nmp_peer.receiver.mixer import Mixer, MixError, Strip
 from nmp_peer.receiver.roundtrip import RoundTrip
 from nmp_peer.receiver.stats import Stats
-from nmp_peer.scenarios.band import TONES_HZ, tone, tone_level
+from nmp_peer.scenarios.band import TONES_HZ, BandProcess, tone, tone_level
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))
@@ -127,15 +126,20 @@ def test_the_gate_answers_a_ping_only_to_its_peer_and_hands_it_the_pong(keyed: b
 # ---------------------------------------------------------------------- the shared concealment thread
 class TwoStages(Concealer):
     """LPC in two stages (the prediction, then the same again, as a refinement would be), logging
-    each stage's end; stage 2 of ``hold`` waits for ``release``."""
+    each stage's start and end (``predicting``/``lpc``, ``refining``/``refined``); stage 2 of
+    the history tagged 0 waits for ``release``, that of a tag in ``holds`` for its event,
+    stage 1 of a tag in ``predict_holds`` for its event."""
 
     name = "two-stages"
+    stage_count = 2
 
     def __init__(self, max_batch: int = 1) -> None:
         self.lpc = LpcConcealer()
         self.context_samples = self.lpc.context_samples
         self.log: list[tuple[str, int]] = []
         self.release = threading.Event()
+        self.holds: dict[int, threading.Event] = {0: self.release}
+        self.predict_holds: dict[int, threading.Event] = {}
         self.max_batch = max_batch
         self.batches: list[int] = []
 
@@ -144,11 +148,15 @@ class TwoStages(Concealer):
 
     def stages(self, history: np.ndarray, burst_index: int) -> Iterator[np.ndarray]:
         tag = int(round(float(history[-1, 0]) * 1e6))
+        self.log.append(("predicting", tag))
+        if tag in self.predict_holds:
+            assert self.predict_holds[tag].wait(10)
         out = self.lpc.conceal(history, burst_index)
         self.log.append(("lpc", tag))
         yield out
-        if tag == 0:
-            assert self.release.wait(10)
+        self.log.append(("refining", tag))
+        if tag in self.holds:
+            assert self.holds[tag].wait(10)
         self.log.append(("refined", tag))
         yield out * 0.5
 
@@ -172,19 +180,27 @@ def _wait(condition: Any, timeout_s: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_the_shared_thread_gives_every_stream_its_first_stage_before_any_second() -> None:
+def _done(concealer: TwoStages) -> list[tuple[str, int]]:
+    return [e for e in concealer.log if e[0] in ("lpc", "refined")]
+
+
+def test_every_streams_first_stage_runs_while_another_streams_slow_stage_holds_the_thread() -> None:
     concealer = TwoStages()
     thread = ConcealThread()
     blocker, a, b = (thread.lane(concealer, chain=False) for _ in range(3))
     try:
         blocker.request(1, _tagged_history(0), 0)  # holds the thread in its stage 2
-        _wait(lambda: ("lpc", 0) in concealer.log)
+        _wait(lambda: ("refining", 0) in concealer.log)
         a.request(1, _tagged_history(11), 0)
         b.request(1, _tagged_history(22), 0)
+        _wait(lambda: ("lpc", 22) in concealer.log)  # the fast thread, while stage 2 of 0 waits
+        assert _done(concealer) == [("lpc", 0), ("lpc", 11), ("lpc", 22)]
+        for lane in (a, b):  # each stream already has its LPC prediction
+            assert lane._job is not None and lane._job.result is not None and not lane._job.complete
         concealer.release.set()
-        _wait(lambda: len(concealer.log) == 6)
-        assert concealer.log[2:] == [("lpc", 11), ("lpc", 22), ("refined", 11), ("refined", 22)]
-        assert thread.shared_rounds == 1 and thread.batched_calls == 0  # max_batch 1: in turn
+        _wait(lambda: ("refined", 22) in concealer.log)
+        assert _done(concealer)[3:] == [("refined", 0), ("refined", 11), ("refined", 22)]  # oldest first
+        assert thread.batched_calls == 0  # max_batch 1: in turn
         for lane, tag in ((a, 11), (b, 22)):
             taken = lane.take(1)
             expected = final_stage(concealer.stages(_tagged_history(tag), 0))
@@ -195,16 +211,115 @@ def test_the_shared_thread_gives_every_stream_its_first_stage_before_any_second(
         thread.close()
 
 
+def test_a_request_made_during_a_slow_stage_is_not_queued_behind_the_stages_already_waiting() -> None:
+    """After each stage the threads pick the most urgent work afresh: a stream that loses a
+    packet while another's refinement runs has its LPC prediction at once, and its
+    refinement after those requested before it."""
+    concealer = TwoStages()
+    concealer.holds[11] = threading.Event()
+    thread = ConcealThread()
+    a, b, c = (thread.lane(concealer, chain=False) for _ in range(3))
+    try:
+        a.request(1, _tagged_history(11), 0)
+        _wait(lambda: ("refining", 11) in concealer.log)  # a's stage 2 runs
+        b.request(1, _tagged_history(22), 0)
+        _wait(lambda: ("lpc", 22) in concealer.log)
+        c.request(2, _tagged_history(33), 0)
+        _wait(lambda: ("lpc", 33) in concealer.log)  # while a's stage 2 still runs
+        concealer.holds[11].set()
+        _wait(lambda: ("refined", 33) in concealer.log)
+        assert _done(concealer) == [
+            ("lpc", 11),
+            ("lpc", 22),
+            ("lpc", 33),
+            ("refined", 11),
+            ("refined", 22),
+            ("refined", 33),
+        ]
+        for lane, slot in ((a, 1), (b, 1), (c, 2)):
+            assert lane.take(slot).complete
+    finally:
+        for lane in (a, b, c):
+            lane.close()
+        thread.close()
+
+
+def test_a_chained_guess_gives_way_to_a_real_request() -> None:
+    """A guess at a burst's next packet runs only while no request waits: a request made
+    during the guess's first stage goes through both its stages before the guess's second."""
+    concealer = TwoStages()
+    concealer.release.set()
+    first = concealer.lpc.conceal(_tagged_history(0), 0) * 0.5  # slot 1's concealment
+    guess_tag = int(round(float(first[BLOCK_FRAMES - 1, 0]) * 1e6))  # the guess's history ends in it
+    assert guess_tag not in (0, 11)
+    concealer.predict_holds[guess_tag] = threading.Event()
+    thread = ConcealThread()
+    guesser, other = thread.lane(concealer, chain=True), thread.lane(concealer, chain=False)
+    try:
+        guesser.request(1, _tagged_history(0), 0)
+        _wait(lambda: ("predicting", guess_tag) in concealer.log)  # slot 1 done, the guess at 2 begun
+        other.request(1, _tagged_history(11), 0)
+        _wait(lambda: ("refined", 11) in concealer.log)  # while the guess's first stage waits
+        concealer.predict_holds[guess_tag].set()
+        _wait(lambda: ("refined", guess_tag) in concealer.log)
+        assert _done(concealer) == [
+            ("lpc", 0),
+            ("refined", 0),
+            ("lpc", 11),
+            ("refined", 11),
+            ("lpc", guess_tag),
+            ("refined", guess_tag),
+        ]
+        assert other.take(1).complete and guesser.take(1).complete
+    finally:
+        guesser.close()
+        other.close()
+        thread.close()
+
+
+def test_a_request_goes_before_a_guess_waiting_for_its_second_stage() -> None:
+    concealer = TwoStages()
+    concealer.holds[11] = threading.Event()
+    concealer.release.set()
+    first = concealer.lpc.conceal(_tagged_history(0), 0) * 0.5
+    guess_tag = int(round(float(first[BLOCK_FRAMES - 1, 0]) * 1e6))
+    thread = ConcealThread()
+    blocker, guesser, other = (thread.lane(concealer, chain=chain) for chain in (False, True, False))
+    try:
+        blocker.request(1, _tagged_history(11), 0)
+        _wait(lambda: ("refining", 11) in concealer.log)  # the thread for second stages is held
+        guesser.request(1, _tagged_history(0), 0)
+        _wait(lambda: ("lpc", 0) in concealer.log)
+        concealer.holds[11].set()
+        _wait(lambda: ("lpc", guess_tag) in concealer.log)  # slot 1 done, the guess's first stage too
+        other.request(1, _tagged_history(22), 0)
+        _wait(lambda: sum(e[0] == "refined" for e in concealer.log) == 4)
+        done = _done(concealer)
+        assert done.index(("lpc", guess_tag)) < done.index(("lpc", 22))  # the guess was first
+        assert done.index(("refined", 22)) < done.index(("refined", guess_tag)) or (
+            # unless the guess's second stage had begun before the request came
+            concealer.log.index(("refining", guess_tag)) < concealer.log.index(("predicting", 22))
+        )
+    finally:
+        for lane in (blocker, guesser, other):
+            lane.close()
+        thread.close()
+
+
 def test_the_shared_thread_batches_streams_when_the_concealer_can() -> None:
     concealer = TwoStages(max_batch=4)
+    concealer.predict_holds[1] = threading.Event()
     thread = ConcealThread()
-    blocker, a, b, c = (thread.lane(concealer, chain=False) for _ in range(4))
+    blocker, fast_blocker, a, b, c = (thread.lane(concealer, chain=False) for _ in range(5))
     try:
-        blocker.request(1, _tagged_history(0), 0)
-        _wait(lambda: ("lpc", 0) in concealer.log)
+        blocker.request(1, _tagged_history(0), 0)  # holds one thread in its stage 2
+        _wait(lambda: ("refining", 0) in concealer.log)
+        fast_blocker.request(1, _tagged_history(1), 0)  # and the other in its stage 1
+        _wait(lambda: ("predicting", 1) in concealer.log)
         for lane, tag in ((a, 11), (b, 22), (c, 33)):
             lane.request(5, _tagged_history(tag), 1)
         concealer.release.set()
+        concealer.predict_holds[1].set()
         _wait(lambda: all(lane._job is not None and lane._job.complete for lane in (a, b, c)))
         assert concealer.batches == [3] and thread.batched_calls == 1
         for lane, tag in ((a, 11), (b, 22), (c, 33)):
@@ -212,8 +327,24 @@ def test_the_shared_thread_batches_streams_when_the_concealer_can() -> None:
             assert taken.complete and taken.result is not None
             assert np.array_equal(taken.result, concealer.lpc.conceal(_tagged_history(tag), 1) * 0.5)
     finally:
-        for lane in (blocker, a, b, c):
+        for lane in (blocker, fast_blocker, a, b, c):
             lane.close()
+        thread.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_concealment_threads_run_nicer_than_the_audio_path() -> None:
+    from nmp_peer.conceal.worker import BACKGROUND_NICE
+
+    thread = ConcealThread()
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        _wait(lambda: all(t.native_id is not None for t in thread._threads))
+        for t in thread._threads:
+            assert t.native_id is not None
+            _wait(lambda t=t: os.getpriority(os.PRIO_PROCESS, t.native_id) != mine)
+            assert os.getpriority(os.PRIO_PROCESS, t.native_id) == min(19, mine + BACKGROUND_NICE)
+    finally:
         thread.close()
 
 
@@ -342,33 +473,33 @@ def test_four_peers_each_hear_the_three_others_and_only_the_lossy_link_is_concea
     assert report["ok"] and report["returncode"] == 0
 
 
-class BandProcess:
-    """An ``nmp-peer band`` subprocess whose status lines (stderr) are read as they come."""
+@pytest.mark.slow
+def test_four_peers_across_network_namespaces_each_link_its_own_impairment(tmp_path: Path) -> None:
+    """A namespace per peer and one for the relays: every direction its own loss, jitter and
+    duplicates (the default links), each listener's counters equal to its relays' logs."""
+    from nmp_peer.scenarios.backends.netns import list_namespaces, netns_unavailable
 
-    def __init__(self, args: list[str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "nmp_peer.cli", "band", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        self.out: list[str] = []
-        for stream, into in ((self.process.stderr, self.lines), (self.process.stdout, self.out)):
-            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
-
-    def all_ended(self, remotes: int) -> bool:
-        last = self.lines[-1] if self.lines else ""
-        return last.count(" ended") == remotes
-
-    def stop(self) -> tuple[int, dict[str, Any]]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        time.sleep(0.2)
-        return code, json.loads("".join(self.out))
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(f"network namespaces unavailable: {reason}")
+    before = set(list_namespaces())
+    report = _scenario(tmp_path, "--network", "netns", "--peers", "4", "--seconds", "8", "--seed", "5")
+    assert not report["timed_out"] and report["network"] == "netns" and len(report["namespaces"]) == 5
+    assert set(list_namespaces()) == before  # all removed
+    impairments = set()
+    for listener in report["listeners"]:
+        me = listener["listener"]
+        assert listener["own_tone_level"] < 0.005, me
+        for r in listener["remotes"]:
+            assert r["level"] > 0.03, (me, r["from"])
+            assert r["ok"], (me, r["from"], r["checks"], r["truth"])
+            assert r["truth"]["relay_lost"] > 0  # every link is lossy, and its receiver counted it
+            impairments.add(r["impairment"])
+        # each remote is heard through the relay namespace's address on this peer's own link
+        addresses = {p["address"].rsplit(":", 1)[0] for p in listener["summary"]["peers"]}
+        assert len(addresses) == 1 and addresses.pop().startswith("198.18.")
+    assert len(impairments) >= 6  # the directions differ
+    assert report["ok"] and report["returncode"] == 0
 
 
 @pytest.mark.slow
@@ -392,10 +523,10 @@ def test_three_band_processes_from_a_session_file_mix_each_others_tones(tmp_path
         write_audio(tmp_path / f"{n}.wav", tone(TONES_HZ[i], 3.0))
         args = ["--session", str(session), "--name", n, "--input", str(tmp_path / f"{n}.wav")]
         args += ["--output", str(tmp_path / f"{n}-hears.wav"), "--duration", "120", "--config", "wan"]
-        procs.append(BandProcess(args))
+        procs.append(BandProcess(args, tmp_path / f"{n}.stderr"))
     try:
         deadline = time.monotonic() + 90
-        while not all(p.all_ended(2) for p in procs):
+        while not all(p.ended(2) for p in procs):
             assert time.monotonic() < deadline and all(p.process.poll() is None for p in procs), [
                 "".join(p.lines[-3:]) for p in procs
             ]

@@ -215,6 +215,26 @@ def test_alignment_follows_losses_and_inserts_and_catches_a_packet_played_twice(
     assert track_alignment(_played(clip, swapped), clip).order_violations
 
 
+def test_a_held_prediction_that_resembles_earlier_audio_is_concealment_not_a_replay() -> None:
+    """A long burst's held prediction of repeated music can match the clip elsewhere for
+    several blocks (at a correlation of 0.99, not the 1.0 of received packets): neither an
+    order violation nor clean audio, and the stream is found again where it was."""
+    clip = synthetic_music(4.0, seed=4)[:, 0].astype(np.float64)
+    rng = np.random.default_rng(1)
+    n = 150
+    out = _played(clip, list(range(100)))
+    held = clip[40 * BLOCK_FRAMES : 52 * BLOCK_FRAMES]  # what came 60 blocks before, 12 % off: a correlation of 0.993
+    held = held + 0.12 * float(np.std(held)) * rng.standard_normal(len(held))
+    out = np.concatenate([out, held, np.zeros(38 * BLOCK_FRAMES), _played(clip, list(range(150, n + 100)), 0, 0)])
+    track = track_alignment(out, clip)
+    assert track.order_violations == [] and track.segments == 1
+    lead = 5 + 1  # _played's lead blocks, and its 8-sample offset
+    assert not track.clean[lead + 100 : lead + 112].any()  # the look-alike is not clean
+    assert track.clean[lead + 150 + 2 : lead + 160].all()  # the stream, found where it was
+    replayed = np.concatenate([_played(clip, list(range(100))), clip[40 * BLOCK_FRAMES : 52 * BLOCK_FRAMES]])
+    assert track_alignment(replayed, clip).order_violations  # the same blocks exact: played twice
+
+
 def test_a_restarted_sender_is_a_new_segment_and_its_recovery_is_measured() -> None:
     clip = synthetic_music(4.0, seed=2)[:, 0].astype(np.float64)
     first = list(range(120)) + [None] * 3  # the old stream, then concealment fading out

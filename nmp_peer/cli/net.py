@@ -230,13 +230,22 @@ def scenarios_band(
     seed: Annotated[int, typer.Option(help="Seed of the impairments (each link its own, derived).")] = 0,
     key_file: Annotated[Path | None, typer.Option(help="A pre-shared key for the whole band.")] = None,
     codec: Annotated[str, typer.Option(help="What every peer sends: pcm16 | opus.")] = "pcm16",
+    config: Annotated[
+        str, typer.Option(help="The peers' config: a shipped name (default, lan, wan) or a TOML file.")
+    ] = "wan",
+    network: Annotated[
+        str, typer.Option(help="loopback (127.0.0.1) | netns (a network namespace per peer; needs root).")
+    ] = "loopback",
 ) -> None:
-    """A band on loopback: every pair of peers through its own relay, a report per listener.
+    """A band on loopback or across network namespaces: every pair of peers through its own
+    relay, a report per listener.
 
     Exit code 1 when a listener's counters disagree with a relay's log."""
+    from nmp_peer.config import load_config
     from nmp_peer.netsim.impair import Impairment
     from nmp_peer.netsim.loss import BernoulliLoss
     from nmp_peer.proto.security import load_key
+    from nmp_peer.scenarios.backends.netns import netns_unavailable
     from nmp_peer.scenarios.band import NAMES, BandPlan, run_band, write_markdown
 
     if not 2 <= peers <= len(NAMES):
@@ -266,6 +275,11 @@ def scenarios_band(
         links[(src, dst)] = Impairment(BernoulliLoss(loss, seed=s), jitter_ms=jitter, duplicate=duplicate, seed=s)
     if codec not in ("pcm16", "opus"):
         raise UserError(f"--codec is pcm16 or opus, not {codec!r}")
+    load_config(config)  # a bad one ends here in one line, not in every peer
+    if network not in ("loopback", "netns"):
+        raise UserError(f"--network is loopback or netns, not {network!r}")
+    if network == "netns" and (reason := netns_unavailable()):
+        raise UserError(f"--network netns: {reason}")
     plan = BandPlan(
         out,
         names,
@@ -274,6 +288,8 @@ def scenarios_band(
         concealer=concealer,
         key=load_key(key_file) if key_file else None,
         codec=codec,
+        config=config,
+        network=network,
     )
     report = asyncio.run(run_band(plan))
     write_markdown(report, out / "report.md")

@@ -233,6 +233,7 @@ class GanConcealer(Concealer):
     """
 
     name = "gan"
+    stage_count = 2  # the LPC prediction, then its refinement
     fade_after_ms = HOLD_MS
     fade_ms = HOLD_FADE_MS
     context_samples = 3584

@@ -98,6 +98,7 @@ class ReferenceGanConcealer(Concealer):
     """The GAN concealer as it was: LPC, then each channel refined by its own batch-1 call."""
 
     name = "gan-reference"
+    stage_count = 2
     fade_after_ms = GanConcealer.fade_after_ms
     fade_ms = GanConcealer.fade_ms
     context_samples = GanConcealer.context_samples

@@ -133,6 +133,12 @@ class Peer:
         """This peer's stream has been ended with end-of-stream notices."""
         self._drain: Callable[[], None] | None = None
         """Takes in the datagrams already here (set once receiving runs)."""
+        self.output_ticks_late = 0
+        """Ticks of the real-time output clock (a file, or no output) that ran a whole packet
+        or more after their time: where a sound card's callback with one packet of buffer
+        would have missed its deadline. A sound card's own misses are its underflows."""
+        self.output_late_max_s = -1.0
+        """The latest such tick ran this long after its time (-1: the tick never ran)."""
         self.input_level = LevelMeter()
         """The level of what this peer sends (its input)."""
         self.devices = DeviceStreams(self.stats)
@@ -248,6 +254,9 @@ class Peer:
         else:
             summary["encrypted"] = self.options.encrypt
         summary["clipped_samples"] = self.mixer.clipped_samples
+        if self.output_late_max_s >= 0.0:  # the real-time tick played (a file or no output)
+            summary["output_ticks_late"] = self.output_ticks_late
+            summary["output_late_max_ms"] = round(1000 * self.output_late_max_s, 2)
         summary["concealer_batched_calls"] = self.conceal_thread.batched_calls
         summary["concealer_shared_rounds"] = self.conceal_thread.shared_rounds
         summary["peers"] = self.peer_summaries()
@@ -539,7 +548,11 @@ class Peer:
         start = loop.time()
         tick = 0
         while True:
-            await sleep_until(loop, start + tick * PACKET_S)
+            due = start + tick * PACKET_S
+            await sleep_until(loop, due)
+            late = loop.time() - due
+            self.output_late_max_s = max(self.output_late_max_s, late)
+            self.output_ticks_late += late >= PACKET_S
             if self._drain is not None:  # what arrived while this tick was late
                 self._drain()
             block = self._mix(self.now())
@@ -559,6 +572,8 @@ class Peer:
                     line += f" | rtt {rtt:.1f} ms"
                 if self.session is not None and not self.session.outbound.established:
                     line += " | no session yet: is the peer up, with the same key?"
+                if self.remotes[0].engine.jitter.ended:
+                    line += " | ended"  # the partner's stream was played to its end
             else:
                 line = " | ".join(r.status() for r in self.remotes) + self.stats.device_status()
                 waiting = [r.name for r in self.remotes if r.session is not None and not r.session.outbound.established]

@@ -32,6 +32,13 @@ CONTINUATION_NCC = 0.6
 packets lower the match of the stream's own continuation, never to a look-alike's."""
 ORDER_TOLERANCE = 8
 """Samples a clean block may fall short of one block further into the clip (drift correction)."""
+EXACT_NCC = 0.9995
+"""A run of blocks at a new lag counts as clean audio only if its median correlation is at
+least this: received packets are bit-exact (1.0), or interpolated by the drift reader
+(about 38 dB: 0.9999); a long burst's held prediction that happens to resemble the clip
+somewhere else reached 0.990-0.998 (the outage scenario, 400 ms holds)."""
+MAX_SHIFT_BLOCKS = 8
+"""Whole blocks the playout may have inserted or dropped between two runs of one lag track."""
 
 
 @dataclass
@@ -129,7 +136,10 @@ def track_alignment(out: np.ndarray, ref: np.ndarray, *, new_segments: bool = Fa
     looked for in the whole clip (a restart, an outage with drift, several inserts):
     repeated notes make single blocks ambiguous, 93 ms of music are not.
 
-    Clean audio is runs of three or more matching blocks at one lag; a run that starts
+    Clean audio is runs of three or more matching blocks at one lag; a run at a new lag
+    (not the last run's, give or take drift and a few inserted or dropped blocks) must
+    also match exactly (``EXACT_NCC``), or it is a concealment that resembles the clip
+    elsewhere (a held prediction of a repeated note). A run that starts
     in the clip before the previous run ended is an order violation (a packet played
     twice, or out of order), unless ``new_segments`` and it starts more than a second
     back: then the clip started over (a restarted sender) and a new segment begins.
@@ -144,6 +154,8 @@ def track_alignment(out: np.ndarray, ref: np.ndarray, *, new_segments: bool = Fa
     rms = np.zeros(n_blocks)
     prev: float | None = None
     prev_block = 0
+    exact: tuple[float, int] | None = None
+    """The lag and block of the last block that matched exactly (received audio)."""
     misses = 0
     for j in range(n_blocks):
         s = j * BLOCK_FRAMES
@@ -154,11 +166,16 @@ def track_alignment(out: np.ndarray, ref: np.ndarray, *, new_segments: bool = Fa
         found = (-1.0, 0.0)
         if prev is not None:
             w = int(min(SEARCH_SAMPLES, 4 + 1.5 * (j - prev_block)))
-            for base in (prev, prev + BLOCK_FRAMES, prev - BLOCK_FRAMES):
-                centre = int(round(s - base)) + pad
-                cand = _ncc_window(x, refp, centre - w, centre + w)
-                if cand[1] > found[1]:
-                    found = cand
+            tracks = [(prev, w)]
+            if exact is not None and abs(exact[0] - prev) > 2.0:
+                # The stream resumes where it was: the last exact lag beside a look-alike's
+                tracks.append((exact[0], int(min(SEARCH_SAMPLES, 4 + 1.5 * (j - exact[1])))))
+            for lag_guess, width in tracks:
+                for base in (lag_guess, lag_guess + BLOCK_FRAMES, lag_guess - BLOCK_FRAMES):
+                    centre = int(round(s - base)) + pad
+                    cand = _ncc_window(x, refp, centre - width, centre + width)
+                    if cand[1] > found[1]:
+                        found = cand
         window = out[s : s + ANCHOR_SAMPLES]
         searching = prev is None or (misses >= 1 and misses % 2 == 1)
         if found[1] < TRACK_NCC and searching and len(window) == ANCHOR_SAMPLES:
@@ -176,13 +193,23 @@ def track_alignment(out: np.ndarray, ref: np.ndarray, *, new_segments: bool = Fa
             lag[j] = s - (pos - pad)
             prev, prev_block = lag[j], j
             misses = 0
+            if score >= EXACT_NCC:
+                exact = (float(lag[j]), j)
         else:
             misses += 1
     runs = _runs(lag, ncc)
     segment = np.full(n_blocks, -1)
     violations: list[tuple[int, int]] = []
     seg, last_end = 0, None
-    for first, last in runs:
+    last: tuple[float, int] | None = None  # the last run taken: its lag and last block
+    for first, last_block in runs:
+        if (
+            last is not None
+            and not _continues_run(lag[first], first, *last)
+            and not _exact(ncc[first : last_block + 1])
+        ):
+            continue  # a look-alike: a concealment (a held prediction) that matches the clip elsewhere
+        last = (float(lag[last_block]), int(last_block))
         src = first * BLOCK_FRAMES - lag[first]
         if last_end is not None:
             step = src - last_end  # where this run starts in the clip, from where the last one ended
@@ -190,6 +217,21 @@ def track_alignment(out: np.ndarray, ref: np.ndarray, *, new_segments: bool = Fa
                 seg += 1
             elif step < -ORDER_TOLERANCE:
                 violations.append((int(first), int(round(step))))
-        segment[first : last + 1] = seg
-        last_end = (last + 1) * BLOCK_FRAMES - lag[last]
+        segment[first : last_block + 1] = seg
+        last_end = (last_block + 1) * BLOCK_FRAMES - lag[last_block]
     return Track(lag, ncc, rms, segment, violations)
+
+
+def _continues_run(lag: float, block: int, last_lag: float, last_block: int) -> bool:
+    """Whether a run at ``lag`` from ``block`` on is the playout going on from the last run:
+    the same lag give or take the drift correction (at most a sample a block since), and
+    a few whole blocks inserted or dropped."""
+    tolerance = 2.0 + (block - last_block)
+    step = lag - last_lag
+    return any(abs(step - k * BLOCK_FRAMES) <= tolerance for k in range(-MAX_SHIFT_BLOCKS, MAX_SHIFT_BLOCKS + 1))
+
+
+def _exact(ncc: np.ndarray) -> bool:
+    """Received audio: packets arrive bit for bit (through the drift reader's interpolation at
+    worst, some 38 dB), where a concealment that resembles the clip elsewhere does not."""
+    return float(np.median(ncc)) >= EXACT_NCC

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -52,6 +53,7 @@ from nmp_peer.netsim.impair import Impairment
 from nmp_peer.netsim.relay import Relay
 from nmp_peer.netsim.relaylog import LOST_ACTIONS, read_log
 from nmp_peer.proto.wire import seq_delta
+from nmp_peer.scenarios.backends.netns import BandTopology, band_topology
 
 NAMES = ("anna", "ben", "chloe", "dan", "eve", "finn", "gus", "hana")
 TONES_HZ = (220.0, 277.2, 349.2, 440.0, 523.3, 659.3, 784.0, 987.8)
@@ -103,6 +105,8 @@ class BandPlan:
     codec: str = "pcm16"
     """What every peer sends: pcm16 or opus (the config's [opus] settings)."""
     timeout_s: float = 120.0
+    network: str = "loopback"
+    """Where the band plays: ``loopback`` (127.0.0.1) or ``netns`` (a namespace per peer)."""
 
 
 def _free_port() -> int:
@@ -145,11 +149,142 @@ def stream_kbit_s(datagram_bytes: float) -> float:
     return round((datagram_bytes + IP_UDP_BYTES) * 8 * SAMPLE_RATE / BLOCK_FRAMES / 1000.0, 1)
 
 
+PEER_PORT = 50000
+RELAY_PORT_BASE = 50100
+"""Across namespaces: every peer listens on its own address's ``PEER_PORT``; pair ``k``'s
+relay on ``RELAY_PORT_BASE + k`` of every address of the relay namespace."""
+
+
+@dataclass
+class _RelaySpec:
+    """One pair's relay: it forwards to ``a`` (which starts first); ``b`` is its side A."""
+
+    a: str
+    b: str
+    listen: Endpoint
+    forward: Endpoint
+    b_to_a: Impairment | None
+    a_to_b: Impairment | None
+    log: Path
+
+
+class _LoopbackNet:
+    """Every peer and relay on 127.0.0.1; the relays run in this process."""
+
+    name = "loopback"
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.ports = {n: _free_port() for n in names}
+        self._relays: dict[tuple[str, str], Relay] = {}
+
+    def listen(self, name: str) -> Endpoint:
+        return Endpoint("127.0.0.1", self.ports[name])
+
+    def relay_spec(self, k: int, a: str, b: str) -> tuple[Endpoint, Endpoint]:
+        return Endpoint("127.0.0.1", 0), self.listen(a)
+
+    async def start_relays(self, specs: list[_RelaySpec]) -> dict[tuple[str, str], Endpoint]:
+        """Start the relays; where each listener sends to reach each remote."""
+        via: dict[tuple[str, str], Endpoint] = {}
+        for spec in specs:
+            relay = Relay(spec.listen, spec.forward, spec.b_to_a, spec.a_to_b, log=spec.log)
+            await relay.start()
+            self._relays[(spec.a, spec.b)] = relay
+            host, port = relay.address
+            via[(spec.a, spec.b)] = via[(spec.b, spec.a)] = Endpoint(host, port)
+        return via
+
+    def peer_prefix(self, name: str) -> list[str]:
+        return []
+
+    async def stop_relays(self) -> dict[tuple[str, str], dict[str, Any]]:
+        out = {}
+        for key, relay in self._relays.items():
+            relay.close()
+            out[key] = relay.summary()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"network": self.name}
+
+
+class _NamespaceNet:
+    """Each peer in a network namespace of its own, every relay in one more (``band_topology``),
+    run there by one ``python -m nmp_peer.scenarios.band_relays`` process."""
+
+    name = "netns"
+
+    def __init__(self, names: list[str], topo: BandTopology, out: Path) -> None:
+        self.names = names
+        self.topo = topo
+        self.out = out
+        self._process: subprocess.Popen[str] | None = None
+        self._keys: list[tuple[str, str]] = []
+
+    def listen(self, name: str) -> Endpoint:
+        return Endpoint(self.topo.peer_address(self.names.index(name)), PEER_PORT)
+
+    def relay_spec(self, k: int, a: str, b: str) -> tuple[Endpoint, Endpoint]:
+        return Endpoint("0.0.0.0", RELAY_PORT_BASE + k), self.listen(a)
+
+    async def start_relays(self, specs: list[_RelaySpec]) -> dict[tuple[str, str], Endpoint]:
+        spec_path = self.out / "relays.pickle"
+        spec_path.write_bytes(pickle.dumps(specs))
+        self._keys = [(spec.a, spec.b) for spec in specs]
+        self._process = subprocess.Popen(
+            ["ip", "netns", "exec", self.topo.ns_relay, sys.executable, "-m", "nmp_peer.scenarios.band_relays"]
+            + [str(spec_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=(self.out / "relays.stderr").open("w"),
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.topo.processes.append(self._process)
+        assert self._process.stdout is not None
+        loop = asyncio.get_running_loop()
+        line = await loop.run_in_executor(None, self._process.stdout.readline)
+        if line.strip() != "ready":
+            raise RuntimeError(f"the relays did not start: {(self.out / 'relays.stderr').read_text().strip()}")
+        via: dict[tuple[str, str], Endpoint] = {}
+        for spec in specs:  # each peer sends to the relay namespace's address on its own link
+            port = spec.listen.port
+            via[(spec.a, spec.b)] = Endpoint(self.topo.relay_address(self.names.index(spec.a)), port)
+            via[(spec.b, spec.a)] = Endpoint(self.topo.relay_address(self.names.index(spec.b)), port)
+        return via
+
+    def peer_prefix(self, name: str) -> list[str]:
+        return ["ip", "netns", "exec", self.topo.ns_peers[self.names.index(name)]]
+
+    async def stop_relays(self) -> dict[tuple[str, str], dict[str, Any]]:
+        if self._process is None:
+            return {}
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._process.wait, 30)
+        summaries = json.loads((self.out / "relays.json").read_text(encoding="utf-8"))
+        return {key: summary for key, summary in zip(self._keys, summaries, strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"network": self.name, "namespaces": self.topo.namespaces}
+
+
 async def run_band(plan: BandPlan) -> dict[str, Any]:
+    """The band on ``plan.network``: loopback, or network namespaces (root and ``ip netns``)."""
+    if plan.network == "netns":
+        with band_topology(len(plan.names)) as topo:
+            return await _run_band(plan, _NamespaceNet(plan.names, topo, plan.outdir))
+    if plan.network != "loopback":
+        raise ValueError(f"a band runs on loopback or netns, not {plan.network!r}")
+    return await _run_band(plan, _LoopbackNet(plan.names))
+
+
+async def _run_band(plan: BandPlan, net: _LoopbackNet | _NamespaceNet) -> dict[str, Any]:
     out = plan.outdir
     out.mkdir(parents=True, exist_ok=True)
     names = plan.names
-    ports = {n: _free_port() for n in names}
     inputs: dict[str, Path] = {}
     for i, n in enumerate(names):
         if n in plan.inputs:
@@ -157,66 +292,70 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
         else:
             inputs[n] = out / f"{n}-in.wav"
             write_audio(inputs[n], tone(TONES_HZ[i], plan.seconds))
-    relays: dict[tuple[str, str], Relay] = {}
-    via: dict[tuple[str, str], Endpoint] = {}
-    """(listener, remote): where the listener sends to (and hears) the remote: the pair's relay."""
-    for a, b in combinations(names, 2):
-        # The relay forwards to the peer that starts first (a): the other (b) is side A,
-        # learned from its first datagram, so nothing is forwarded to a port not yet bound.
-        relay = Relay(
-            Endpoint("127.0.0.1", 0),
-            Endpoint("127.0.0.1", ports[a]),
-            plan.links.get((b, a)),
-            plan.links.get((a, b)),
-            log=out / f"relay-{a}-{b}.jsonl",
+    # The relay forwards to the peer that starts first (a): the other (b) is side A,
+    # learned from its first datagram, so nothing is forwarded to a port not yet bound.
+    specs = []
+    for k, (a, b) in enumerate(combinations(names, 2)):
+        listen, forward = net.relay_spec(k, a, b)
+        specs.append(
+            _RelaySpec(
+                a, b, listen, forward, plan.links.get((b, a)), plan.links.get((a, b)), out / f"relay-{a}-{b}.jsonl"
+            )
         )
-        await relay.start()
-        relays[(a, b)] = relay
-        host, port = relay.address
-        via[(a, b)] = via[(b, a)] = Endpoint(host, port)
+    # (listener, remote): where the listener sends to (and hears) the remote: the pair's relay.
+    via = await net.start_relays(specs)
     key_path: Path | None = None
     if plan.key is not None:
         key_path = out / "band.key"
         key_path.write_bytes(plan.key.hex().encode() + b"\n")
     peers: dict[str, BandProcess] = {}
     started = time.monotonic()
-    for n in names:
-        args = ["--listen", f"127.0.0.1:{ports[n]}", "--input", str(inputs[n]), "--output", str(out / f"{n}-hears.wav")]
-        for m in names:
-            if m != n:
-                host, port = via[(n, m)].host, via[(n, m)].port
-                args += ["--peer", f"{m}={host}:{port}", "--pan", f"{m}={_pan(names.index(m), len(names))}"]
-        args += ["--concealer", plan.concealer, "--codec", plan.codec, "--stats", str(out / f"{n}.json")]
-        args += ["--duration", str(plan.timeout_s + 30)]
-        if plan.config is not None:
-            args += ["--config", plan.config]
-        if key_path is not None:
-            args += ["--key-file", str(key_path)]
-        peers[n] = BandProcess(args, out / f"{n}.stderr")
-        # The next one starts once this one listens (its first status line comes after it bound
-        # its socket): a relay never forwards to a port not yet bound.
-        while not peers[n].lines and peers[n].process.poll() is None and time.monotonic() - started < plan.timeout_s:
-            await asyncio.sleep(0.05)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + plan.timeout_s
-    timed_out = False
-    # Until every listener has played every stream to its end (the status line says "ended").
-    while not all(p.ended(len(names) - 1) for p in peers.values()):
-        if loop.time() > deadline or any(p.process.poll() is not None for p in peers.values()):
-            timed_out = True
-            break
-        await asyncio.sleep(0.1)
-    summaries: dict[str, dict[str, Any]] = {}
-    codes: dict[str, int] = {}
-    for n, p in peers.items():
-        codes[n], summaries[n] = await loop.run_in_executor(None, p.stop)
-    relay_summaries = {}
-    for key, relay in relays.items():
-        relay.close()
-        relay_summaries[key] = relay.summary()
+    try:
+        for n in names:
+            listen = net.listen(n)
+            args = ["--listen", f"{listen.host}:{listen.port}", "--input", str(inputs[n])]
+            args += ["--output", str(out / f"{n}-hears.wav")]
+            for m in names:
+                if m != n:
+                    host, port = via[(n, m)].host, via[(n, m)].port
+                    args += ["--peer", f"{m}={host}:{port}", "--pan", f"{m}={_pan(names.index(m), len(names))}"]
+            args += ["--concealer", plan.concealer, "--codec", plan.codec, "--stats", str(out / f"{n}.json")]
+            args += ["--duration", str(plan.timeout_s + 30)]
+            if plan.config is not None:
+                args += ["--config", plan.config]
+            if key_path is not None:
+                args += ["--key-file", str(key_path)]
+            peers[n] = BandProcess(args, out / f"{n}.stderr", prefix=net.peer_prefix(n))
+            # The next one starts once this one listens (its first status line comes after it bound
+            # its socket): a relay never forwards to a port not yet bound.
+            while (
+                not peers[n].lines and peers[n].process.poll() is None and time.monotonic() - started < plan.timeout_s
+            ):
+                await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.timeout_s
+        timed_out = False
+        # Until every listener has played every stream to its end (the status line says "ended").
+        while not all(p.ended(len(names) - 1) for p in peers.values()):
+            if loop.time() > deadline or any(p.process.poll() is not None for p in peers.values()):
+                timed_out = True
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        summaries: dict[str, dict[str, Any]] = {}
+        codes: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+        for n, p in peers.items():
+            codes[n], summaries[n] = await loop.run_in_executor(None, p.stop)
+        relay_summaries = await net.stop_relays()
     report = _report(
-        plan, names, summaries, relay_summaries, {k: read_log(out / f"relay-{k[0]}-{k[1]}.jsonl") for k in relays}
+        plan,
+        names,
+        summaries,
+        relay_summaries,
+        {k: read_log(out / f"relay-{k[0]}-{k[1]}.jsonl") for k in relay_summaries},
     )
+    report.update(net.describe())
     report["timed_out"] = timed_out
     report["exit_codes"] = codes
     report["ok"] = report["ok"] and all(c == 0 for c in codes.values())
@@ -229,9 +368,9 @@ async def run_band(plan: BandPlan) -> dict[str, Any]:
 class BandProcess:
     """One ``nmp-peer band`` subprocess; its status lines (stderr) are read as they come."""
 
-    def __init__(self, args: list[str], stderr_path: Path) -> None:
+    def __init__(self, args: list[str], stderr_path: Path, prefix: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nmp_peer.cli", "band", *args],
+            [*(prefix or []), sys.executable, "-m", "nmp_peer.cli", "band", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -395,7 +534,7 @@ def _report(
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     """A table per listener: each remote's link, counters, latency and round trip, and the checks."""
     lines = [
-        f"# A band of {len(report['names'])} on loopback ({report['seconds']:g} s tones, "
+        f"# A band of {len(report['names'])} on {report.get('network', 'loopback')} ({report['seconds']:g} s tones, "
         f"{report['concealer']}, {report.get('codec', 'pcm16')})",
         "",
         f"Counters agree with the relays' logs: **{report['ok']}** (wall {report.get('wall_s')} s).",
@@ -407,7 +546,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             "",
             f"Own tone in the mix: {listener['own_tone_level']} (it does not hear itself). "
             f"Sends {listener['upload_kbit_s']} kbit/s, receives {listener['download_kbit_s']} kbit/s "
-            "(audio datagrams with their IPv4 and UDP headers, from the relays' logs).",
+            "(audio datagrams with their IPv4 and UDP headers, from the relays' logs). "
+            f"Output ticks a packet or more late: {listener['summary'].get('output_ticks_late')} "
+            f"(latest {listener['summary'].get('output_late_max_ms')} ms after its time).",
             "",
             "| from | impairment | tone | received | lost (relay) | late | concealed | partial | latency ms "
             "| rtt ms | one-way ms | ok |",

@@ -216,14 +216,35 @@ def _stop(p: subprocess.Popen[str]) -> None:
         p.wait(5)
 
 
+def _add_namespace(ns: str, created: list[str]) -> None:
+    """A namespace with loopback up, no IPv6 (no router solicitations through a rate limit)."""
+    _run(["ip", "netns", "add", ns])
+    created.append(ns)
+    ns_exec = ["ip", "netns", "exec", ns]
+    _run([*ns_exec, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], False)
+    _run([*ns_exec, "ip", "link", "set", "lo", "up"])
+
+
+def _add_link(ns1: str, dev1: str, addr1: str, ns2: str, dev2: str, addr2: str) -> None:
+    """A veth pair between two namespaces, each end with its address (checked) and up."""
+    _run(["ip", "link", "add", dev1, "netns", ns1, "type", "veth", "peer", "name", dev2, "netns", ns2])
+    for ns, dev, addr in ((ns1, dev1, addr1), (ns2, dev2, addr2)):
+        _run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{check_address(addr)}/{PREFIX_LEN}", "dev", dev])
+        _run(["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"])
+
+
+def _suffix(tag: str | None) -> str:
+    # The pid and a random part: other processes (in other pid namespaces too) may run this at once.
+    return f"{os.getpid() % 100000}{secrets.token_hex(2)}{tag or ''}"
+
+
 @contextmanager
 def netns_topology(tag: str | None = None) -> Iterator[Topology]:
     """Create the A / relay / B namespaces and their links; remove them all on exit."""
     reason = netns_unavailable()
     if reason:
         raise NetnsError(reason)
-    # The pid and a random part: other processes (in other pid namespaces too) may run this at once.
-    suffix = f"{os.getpid() % 100000}{secrets.token_hex(2)}{tag or ''}"
+    suffix = _suffix(tag)
     names = [f"{NAME_PREFIX}{suffix}-{role}" for role in ("a", "r", "b")]
     veths = [f"n{suffix}{role}"[:15] for role in ("a", "ra", "rb", "b")]
     if len(set(veths)) != 4:
@@ -232,33 +253,77 @@ def netns_topology(tag: str | None = None) -> Iterator[Topology]:
     created: list[str] = []
     try:
         for ns in names:
-            _run(["ip", "netns", "add", ns])
-            created.append(ns)
-            # No IPv6 (no router solicitations through the rate limit), no forwarding in R.
-            topo.exec(
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-                check=False,
-            )
-            topo.exec(ns, "ip", "link", "set", "lo", "up")
+            _add_namespace(ns, created)
         topo.exec(topo.ns_relay, "sysctl", "-qw", "net.ipv4.ip_forward=0", check=False)
-        links = (
-            (topo.ns_a, topo.veth_a, A_ADDR, topo.ns_relay, topo.veth_ra, RELAY_A_ADDR),
-            (topo.ns_b, topo.veth_b, B_ADDR, topo.ns_relay, topo.veth_rb, RELAY_B_ADDR),
-        )
-        for ns1, dev1, addr1, ns2, dev2, addr2 in links:
-            _run(["ip", "link", "add", dev1, "netns", ns1, "type", "veth", "peer", "name", dev2, "netns", ns2])
-            for ns, dev, addr in ((ns1, dev1, addr1), (ns2, dev2, addr2)):
-                topo.exec(ns, "ip", "addr", "add", f"{check_address(addr)}/{PREFIX_LEN}", "dev", dev)
-                topo.exec(ns, "ip", "link", "set", dev, "up")
+        _add_link(topo.ns_a, topo.veth_a, A_ADDR, topo.ns_relay, topo.veth_ra, RELAY_A_ADDR)
+        _add_link(topo.ns_b, topo.veth_b, B_ADDR, topo.ns_relay, topo.veth_rb, RELAY_B_ADDR)
         yield topo
     finally:
         for p in topo.processes:
             _stop(p)
         for ns in created:  # deleting a namespace deletes the veth ends inside it
+            _run(["ip", "netns", "del", ns], check=False)
+
+
+BAND_SUBNET_BASE = 20
+"""A band's peer ``i`` has the link 198.18.(20 + i).0/24 to the relay namespace: the relay's
+end is .1, the peer's .2."""
+
+
+@dataclass
+class BandTopology:
+    """A band across namespaces: one per peer, each with one veth link to a relay namespace.
+
+    ```
+     ns peer 0  198.18.20.2 ── veth ── 198.18.20.1 ┐
+     ns peer 1  198.18.21.2 ── veth ── 198.18.21.1 ├ ns R: every pair's relay (no IP forwarding)
+     ...                                           ┘
+    ```
+    No packet crosses from one peer to another except through a relay in R."""
+
+    ns_relay: str
+    ns_peers: list[str]
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @staticmethod
+    def peer_address(i: int) -> str:
+        return check_address(f"198.18.{BAND_SUBNET_BASE + i}.2")
+
+    @staticmethod
+    def relay_address(i: int) -> str:
+        """The relay namespace's address on peer ``i``'s link: where peer ``i`` sends."""
+        return check_address(f"198.18.{BAND_SUBNET_BASE + i}.1")
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.ns_relay, *self.ns_peers]
+
+
+@contextmanager
+def band_topology(peers: int) -> Iterator[BandTopology]:
+    """Create a relay namespace and ``peers`` peer namespaces linked to it; remove them all on exit
+    (after stopping what was started in them: ``BandTopology.processes``)."""
+    reason = netns_unavailable()
+    if reason:
+        raise NetnsError(reason)
+    if not 2 <= peers <= 8:
+        raise ValueError(f"a band has 2..8 peers, not {peers}")
+    suffix = _suffix(None)
+    topo = BandTopology(f"{NAME_PREFIX}{suffix}-r", [f"{NAME_PREFIX}{suffix}-p{i}" for i in range(peers)])
+    created: list[str] = []
+    try:
+        for ns in topo.namespaces:
+            _add_namespace(ns, created)
+        _run(["ip", "netns", "exec", topo.ns_relay, "sysctl", "-qw", "net.ipv4.ip_forward=0"], check=False)
+        for i, ns in enumerate(topo.ns_peers):
+            _add_link(
+                ns, f"n{suffix}p{i}", topo.peer_address(i), topo.ns_relay, f"n{suffix}r{i}", topo.relay_address(i)
+            )
+        yield topo
+    finally:
+        for p in topo.processes:
+            _stop(p)
+        for ns in created:
             _run(["ip", "netns", "del", ns], check=False)
 
 
