@@ -1,6 +1,18 @@
-"""A jam through JACK devices, ended by killing the audio server: how fast the peer exits, how deep it starts.
+"""A jam through JACK devices: how fast the peer exits when the server dies, how deep it starts,
+and the latency budget measured end to end.
 
     python benchmarks/jack_device_jam.py [--runs 5] [--seconds 6] [--end kill|stop] > jack.json
+    python benchmarks/jack_device_jam.py --loop [--runs 3] [--period 512] [--rate 44100] [--config lan] > loop.json
+
+``--loop``: per run a private ``jackd -d dummy`` at ``--rate``/``--period``, one peer on its
+devices sending to itself (``--peer`` its own address), and a JACK client
+(``tests/jack_tap.py``) that plays a 5-s clip into the peer's input port and records its
+output port in the same cycles. The delay between the two (cross-correlation) plus the
+latencies JACK reports for the sound card's capture and playback ports (less the one
+period the client's recording already counts) is the end-to-end latency through a card
+with those latencies; next to it the peer's own ``latency_ms`` and its parts (capture
+device, measured buffer depth, output device), the policy's target, and how many of the
+clip's blocks came back bit-exact.
 
 Per run: a private ``jackd -d dummy`` (44.1 kHz, period 512), peer A with a WAV file
 started first (it sends from its start), then peer B on the server's devices (``--input 0
@@ -49,10 +61,12 @@ def jam(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def start_jackd(name: str, env: dict[str, str], realtime: bool = True) -> subprocess.Popen[bytes]:
+def start_jackd(
+    name: str, env: dict[str, str], realtime: bool = True, rate: int = 44100, period: int = 512
+) -> subprocess.Popen[bytes]:
     rt = ["-R", "-P", "70"] if realtime else ["-r"]
     server = subprocess.Popen(
-        ["jackd", "-n", name, *rt, "-d", "dummy", "-r", "44100", "-p", "512"],
+        ["jackd", "-n", name, *rt, "-d", "dummy", "-r", str(rate), "-p", str(period)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -62,7 +76,7 @@ def start_jackd(name: str, env: dict[str, str], realtime: bool = True) -> subpro
     if ready.returncode != 0 and realtime:  # no real-time scheduling permitted here
         server.kill()
         server.wait()
-        return start_jackd(name, env, realtime=False)
+        return start_jackd(name, env, realtime=False, rate=rate, period=period)
     if ready.returncode != 0:
         raise SystemExit(f"jackd -n {name} -d dummy did not start")
     return server
@@ -116,12 +130,102 @@ def one_run(folder: Path, clip: Path, seconds: float, end: str) -> dict[str, Any
     }
 
 
+TAP = Path(__file__).resolve().parent.parent / "tests" / "jack_tap.py"
+
+
+def lag_s(cycle_s: np.ndarray, period: int, rate: int, played: int, recorded_at: int) -> float:
+    """Seconds from the tap playing clip sample ``played`` to recording it at ``recorded_at``."""
+    return float(
+        cycle_s[recorded_at // period]
+        + (recorded_at % period) / rate
+        - cycle_s[played // period]
+        - (played % period) / rate
+    )
+
+
+def lag_of(recorded: np.ndarray, clip: np.ndarray) -> int:
+    from scipy.signal import correlate
+
+    return int(np.argmax(correlate(recorded, clip, mode="full", method="fft"))) - (len(clip) - 1)
+
+
+def exact_blocks(recorded: np.ndarray, clip: np.ndarray, lag: int, search: int = 16 * 512) -> int:
+    """The clip's 512-sample blocks found bit-exact in the recording within ``search`` of ``lag``."""
+    exact = 0
+    for k in range(len(clip) // 512):
+        block = clip[k * 512 : (k + 1) * 512]
+        window = recorded[max(0, lag + k * 512 - search) : lag + (k + 1) * 512 + search]
+        j = int(np.argmax(np.abs(block)))
+        if len(window) < 512 or block[j] == 0:
+            continue
+        candidates = np.flatnonzero(window[j : len(window) - 511 + j] == block[j])
+        exact += any(np.array_equal(window[i : i + 512], block) for i in candidates)
+    return exact
+
+
+def loop_run(folder: Path, rate: int, period: int, config: str) -> dict[str, Any]:
+    name = f"nmp-bench-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1"}
+    server = start_jackd(name, env, rate=rate, period=period)
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    peer = jam(["--listen", addr, "--peer", addr, "--input", "0", "--output", "0", "--config", config], env)
+    t = np.arange(5 * rate) / rate
+    rng = np.random.default_rng(0)
+    notes = 0.25 * np.sin(2 * np.pi * 220 * t * (1 + (t.astype(int) % 4) / 4)) + 0.02 * rng.standard_normal(len(t))
+    clip = (np.round(notes * 32768) / 32768).astype(np.float32)
+    np.save(folder / "clip.npy", clip)
+    tap = subprocess.run(
+        [sys.executable, str(TAP), str(folder / "clip.npy"), str(folder / "rec.npz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    peer.send_signal(signal.SIGTERM)
+    out, _ = peer.communicate(timeout=EXIT_WAIT_S)
+    server.terminate()
+    server.wait()
+    info = json.loads(tap.stdout.strip().splitlines()[-1])
+    summary = json.loads(out)
+    saved = np.load(folder / "rec.npz")
+    recorded, cycles = saved["recorded"], saved["cycle_s"]
+    lag = lag_of(recorded, clip)
+    # The last second's lag, in host time (a busy machine makes the dummy driver lose cycles).
+    tail, start = clip[-rate:], max(0, lag + len(clip) - 2 * rate)
+    lag_tail = lag_of(recorded[start:], tail) + start - (len(clip) - rate)
+    seconds = lag_s(cycles, info["period"], rate, len(clip) - rate, len(clip) - rate + lag_tail)
+    card = (info["capture_latency"] + info["playback_latency"] - info["period"]) / rate
+    keys = ("latency_ms", "device_input_latency_ms", "buffer_latency_ms", "device_output_latency_ms")
+    keys += ("target_latency_ms", "packets_late", "blocks_inserted", "device_output_underflows", "device_clock_jumps")
+    return {
+        "rate": rate,
+        "period": period,
+        "config": config,
+        "tap_lag_ms": round(1000 * seconds, 2),
+        "measured_ms": round(1000 * (seconds + card), 2),
+        **{k: summary.get(k) for k in keys},
+        "jack_xruns": info["jack_xruns"],
+        "exact_blocks": exact_blocks(recorded, clip, lag),
+        "blocks": len(clip) // 512,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--end", choices=("kill", "stop"), default="kill")
+    parser.add_argument("--loop", action="store_true", help="Measure the latency budget through a JACK client.")
+    parser.add_argument("--period", type=int, default=512)
+    parser.add_argument("--rate", type=int, default=44100)
+    parser.add_argument("--config", default="default")
     args = parser.parse_args()
+    if args.loop:
+        with tempfile.TemporaryDirectory() as tmp:
+            loops = [loop_run(Path(tmp), args.rate, args.period, args.config) for _ in range(args.runs)]
+        print(json.dumps({"loop": True, "runs": loops}, indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         t = np.arange(int(44100 * (args.seconds + 10))) / 44100

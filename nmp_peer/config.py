@@ -112,6 +112,48 @@ class SecuritySection(_Section):
     ended or was silent this long."""
 
 
+class DeviceSection(_Section):
+    period: int = Field(0, ge=0, le=8192)
+    """Frames per sound-device callback; 0: the device's own (JACK: its period)."""
+    rate: int = Field(0, ge=0, le=384_000)
+    """The sound device's sample rate; 0: its default (JACK: the server's)."""
+    latency: str | float = "low"
+    """PortAudio's suggested device latency: "low", "high" or milliseconds."""
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: int) -> int:
+        if value and not 16 <= value <= 8192:
+            raise ValueError(f"a device period is 0 (the device's own) or 16..8192 frames, not {value}")
+        return value
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: int) -> int:
+        if value and not 8000 <= value <= 384_000:
+            raise ValueError(f"a device rate is 0 (the device's default) or 8000..384000 Hz, not {value}")
+        return value
+
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, value: str | float) -> str | float:
+        if isinstance(value, str) and value not in ("low", "high"):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f'device latency is "low", "high" or milliseconds, not {value!r}') from None
+        if not isinstance(value, str) and not 0 < value <= 2000:
+            raise ValueError(f"device latency is 0..2000 ms, not {value:g}")
+        return value
+
+    def settings(self) -> Any:
+        """As the jam opens its devices (``live.devices.DeviceSettings``)."""
+        from nmp_peer.live.devices import DeviceSettings
+
+        latency = self.latency if isinstance(self.latency, str) else self.latency / 1000.0
+        return DeviceSettings(period=self.period, rate=self.rate, latency=latency)
+
+
 class LiveSection(_Section):
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     """The event loop ``nmp-peer jam`` runs on; uvloop needs the ``[uvloop]`` extra."""
@@ -124,6 +166,7 @@ class Config(_Section):
     network: NetworkSection = NetworkSection()
     security: SecuritySection = SecuritySection()
     opus: OpusSection = OpusSection()
+    device: DeviceSection = DeviceSection()
     live: LiveSection = LiveSection()
 
     def encoder(self, channels: int | None = None) -> Any:

@@ -77,7 +77,8 @@ def music_wav(tmp_path: Path) -> Path:
 
 
 class JamProcess:
-    """An ``nmp-peer jam`` subprocess whose live status lines (stderr) are read as they come.
+    """An ``nmp-peer jam`` (or ``command``: ``band``) subprocess whose live status lines
+    (stderr) are read as they come.
 
     Tests wait for what they need to see (``wait_for``) instead of sleeping a fixed time,
     and stop the peer with SIGTERM (``stop``): it exits 0 and prints its JSON summary.
@@ -85,9 +86,9 @@ class JamProcess:
 
     RX = re.compile(r"\brx (\d+) ")
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, command: str = "jam") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nmp_peer.cli", "jam", *args],
+            [sys.executable, "-m", "nmp_peer.cli", command, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

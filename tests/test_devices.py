@@ -54,3 +54,37 @@ def test_a_device_failure_is_an_environment_failure_not_a_user_mistake() -> None
 
     assert issubclass(DeviceFailure, EnvironmentFailure) and EXIT_ENVIRONMENT == 74
     assert not issubclass(DeviceFailure, _user_errors())
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--device-period", "3"], "device.period"),
+        (["--device-rate", "100"], "device.rate"),
+        (["--device-latency", "fast"], "device.latency"),
+        (["--device-latency", "0"], "device.latency"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["jam", "--peer", "127.0.0.1:9"], ["band", "--listen", "127.0.0.1:0", "--peer", "x=127.0.0.1:9"]],
+    ids=["jam", "band"],
+)
+def test_bad_device_settings_are_one_line_and_exit_2(
+    command: list[str], args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nmp_peer.cli import main
+
+    assert main([*command, "--input", "missing.wav", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nmp-peer: error: ") and fragment in err[0], err
+
+
+def test_device_settings_from_the_config_and_the_command_line() -> None:
+    from nmp_peer.config import Config
+    from nmp_peer.live.devices import DeviceSettings
+
+    assert Config().device.settings() == DeviceSettings(period=0, rate=0, latency="low")
+    cfg = Config.model_validate({"device": {"period": 128, "rate": 48000, "latency": 5}})
+    assert cfg.device.settings() == DeviceSettings(period=128, rate=48000, latency=0.005)
+    assert Config.model_validate({"device": {"latency": "8"}}).device.settings().latency == 0.008

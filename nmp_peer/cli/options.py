@@ -111,6 +111,38 @@ def build_encoder(cfg: Any) -> tuple[Any, int]:
     return encoder, 0
 
 
+# -- sound devices (jam, band) ----------------------------------------------------------------------
+
+DevicePeriodOpt = Annotated[
+    int | None, typer.Option(help="Sound-device frames per callback (default: the config's; 0: the device's own).")
+]
+DeviceRateOpt = Annotated[
+    int | None, typer.Option(help="Sound-device sample rate (default: the config's; 0: the device's default).")
+]
+DeviceLatencyOpt = Annotated[
+    str | None, typer.Option(help="Sound-device latency: low | high | milliseconds (default: the config's).")
+]
+
+
+def with_devices(cfg: Any, period: int | None, rate: int | None, latency: str | None) -> Any:
+    """The config with ``--device-period``/``--device-rate``/``--device-latency`` applied
+    (checked as the config's ``[device]`` is: a bad value is one line, exit code 2)."""
+    if period is None and rate is None and latency is None:
+        return cfg
+    from nmp_peer.config import Config, ConfigError, first_error
+
+    data = cfg.model_dump()
+    for name, value in (("period", period), ("rate", rate), ("latency", latency)):
+        if value is not None:
+            data["device"][name] = value
+    try:
+        return Config.model_validate(data)
+    except ValueError as exc:  # pydantic's ValidationError
+        from pydantic import ValidationError
+
+        raise ConfigError(first_error(exc) if isinstance(exc, ValidationError) else str(exc)) from None
+
+
 # -- the live web monitor (jam, and every command that runs a live session) -----------------------
 
 MonitorOpt = Annotated[

@@ -10,12 +10,16 @@ import typer
 from nmp_peer.cli.options import (
     ConcealerOpt,
     ConfigOpt,
+    DeviceLatencyOpt,
+    DevicePeriodOpt,
+    DeviceRateOpt,
     MonitorKeyFileOpt,
     MonitorOpt,
     build_config,
     build_encoder,
     monitor_config,
     positive,
+    with_devices,
 )
 from nmp_peer.errors import UserError
 from nmp_peer.jsonio import write_json
@@ -51,13 +55,16 @@ def jam(
     ] = None,
     monitor: MonitorOpt = None,
     monitor_key_file: MonitorKeyFileOpt = None,
+    device_period: DevicePeriodOpt = None,
+    device_rate: DeviceRateOpt = None,
+    device_latency: DeviceLatencyOpt = None,
 ) -> None:
     """One end of a two-host session: send your audio, play the peer's. Ctrl-C stops with a summary."""
 
     from nmp_peer.live.transport import Endpoint
 
     watch = monitor_config(monitor, monitor_key_file)
-    cfg = build_config(config, concealer, codec=codec)
+    cfg = with_devices(build_config(config, concealer, codec=codec), device_period, device_rate, device_latency)
     listen = listen or cfg.network.listen
     peer = peer or cfg.network.peer
     if not peer:
@@ -120,6 +127,9 @@ def band(
     pan: Annotated[list[str] | None, typer.Option("--pan", help="NAME=P: a peer's pan, -1 left .. 1 right.")] = None,
     monitor: MonitorOpt = None,
     monitor_key_file: MonitorKeyFileOpt = None,
+    device_period: DevicePeriodOpt = None,
+    device_rate: DeviceRateOpt = None,
+    device_latency: DeviceLatencyOpt = None,
 ) -> None:
     """One peer of a band (2-8 peers, full mesh): send to every other peer, mix what they send.
 
@@ -180,7 +190,9 @@ def band(
             r.strip()  # a gain or pan out of range: MixError
     except MixError as exc:
         raise UserError(str(exc)) from None
-    cfg = build_config(config or band_config, concealer, codec=codec)
+    cfg = with_devices(
+        build_config(config or band_config, concealer, codec=codec), device_period, device_rate, device_latency
+    )
     _run_peer(
         cfg,
         key_file or band_key or cfg.security.key_file,
@@ -218,6 +230,7 @@ def _run_peer(cfg: Any, key_path: str | Path | None, stats: Path | None, quiet: 
         pin=cfg.security.pin,
         repin_after_s=cfg.security.repin_after_s,
         codec=encoder,
+        devices=cfg.device.settings(),
         **session,
     )
     peer = Peer(options)

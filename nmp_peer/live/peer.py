@@ -14,6 +14,9 @@ the playout engine and never waits) or a WAV file written on a real-time tick.
 Sound-card streams are opened and started before the socket is bound: PortAudio takes
 60-140 ms to open a stream under JACK, and the peer's packets must not pile up meanwhile.
 A stream that stops during the jam ends it with a ``DeviceFailure`` (``live.devices``).
+Between the cards and the streams is the device edge (``live.devices.DeviceEdge``): any
+period re-blocked to 512, any rate resampled, one duplex stream for one device, and the
+output device as the clock every remote's stream is read at (a duo's and a band's alike).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from nmp_peer import BLOCK_FRAMES, PACKET_S, SAMPLE_RATE
 from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.worker import ConcealThread
-from nmp_peer.live.devices import POLL_S, DeviceFailure, DeviceStreams
+from nmp_peer.live.devices import POLL_S, DeviceEdge, DeviceFailure, DeviceSettings, DeviceStreams
 from nmp_peer.live.monitor import Monitor, MonitorConfig, SnapshotBoard, publish_every
 from nmp_peer.live.remote import RemoteSpec, RemoteStream
 from nmp_peer.live.transport import Address, Endpoint, UdpSocket, freeze_heap, sleep_until
@@ -77,6 +80,8 @@ class JamOptions:
     repin_after_s: float = REPIN_AFTER_S
     codec: Any = None
     """The sender's codec (PCM16 when None); the receiver decodes whatever its peer sends."""
+    devices: DeviceSettings = DeviceSettings()
+    """Sound devices: period, rate and latency (config ``[device]``)."""
     remotes: list[RemoteSpec] = field(default_factory=list)
     """A band's other peers (each with its mix settings); empty: the one ``peer``."""
     out_channels: int | None = None
@@ -274,8 +279,12 @@ class Peer:
         d = self.stats.to_dict()
         per = [r.stats.to_dict() for r in self.remotes]
         own = {"device_", "capture_queue_drops"}
+        gauges = {"latency_samples", "target_latency_samples"}  # integers, but no sum means anything
         for key, value in list(d.items()):
             if any(key.startswith(o) for o in own):
+                continue
+            if key in gauges:
+                del d[key]
                 continue
             if isinstance(value, int) and not isinstance(value, bool) and all(isinstance(p.get(key), int) for p in per):
                 d[key] = value + sum(p[key] for p in per)  # ours: datagrams no remote's address sent
@@ -421,24 +430,48 @@ class Peer:
     def _open_devices(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open and start the sound-card streams (before the socket exists, so nothing piles up).
 
-        Until the stream starts the output callback plays silence, and the input callback
-        drops what it captures until the sender runs (``_capturing``)."""
+        Until the stream starts the output callback plays silence, and captured blocks are
+        dropped until the sender runs (``_capturing``). Re-blocking, resampling and the
+        device clock are the device edge's (``live.devices.DeviceEdge``)."""
         o, channels = self.options, self.packetizer.channels
-        if o.input is not None and self.source is None:
+        wants_input = o.input is not None and self.source is None
+        wants_output = o.output is not None and not is_audio_file(o.output)
+        if not (wants_input or wants_output):
+            return
+        deliver = None
+        if wants_input:
             self._captured = asyncio.Queue(maxsize=64)
-            self.devices.open("input", o.input, channels, self._input_callback(loop, self._captured))
-        if o.output is not None and not is_audio_file(o.output):
-            self.devices.open("output", o.output, self.mixer.out_channels, self._output_callback())
+            deliver = self._deliver(loop, self._captured)
+        edge = DeviceEdge(
+            self.devices,
+            o.devices,
+            channels,
+            lambda t: (t - self._t0) * SAMPLE_RATE,
+            out_channels=self.mixer.out_channels,
+            latency_stats=[] if len(self.remotes) == 1 else [r.stats for r in self.remotes],
+        )
+        edge.open(
+            o.input if wants_input else None,
+            o.output if wants_output else None,
+            self._mix if wants_output else None,
+            self._skip_stall,
+            deliver,
+        )
 
-    def _input_callback(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[np.ndarray]) -> Callable[..., None]:
+    def _skip_stall(self, now: float) -> int:
+        """The output device jumped ahead (an xrun, a stalled server): every remote's stream
+        keeps only its newest packets up to its depth (``PlayoutEngine.skip_stall``)."""
+        return sum(remote.engine.skip_stall(now) for remote in self.remotes)
+
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[np.ndarray]
+    ) -> Callable[[np.ndarray], None]:
+        """Hands each captured block to the sender (called from PortAudio's thread)."""
         stats = self.stats
 
-        def callback(indata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
+        def deliver(block: np.ndarray) -> None:
             if not self._capturing:
                 return
-            if status.input_overflow:
-                stats.device_input_overflows += 1
-            block = indata.copy()
 
             def put() -> None:
                 if queue.full():  # the sender fell 64 blocks behind: this one is not sent
@@ -448,17 +481,7 @@ class Peer:
 
             loop.call_soon_threadsafe(put)
 
-        return callback
-
-    def _output_callback(self) -> Callable[..., None]:
-        stats, mix, now = self.stats, self._mix, self.now
-
-        def callback(outdata: np.ndarray, frames: int, _time: Any, status: Any) -> None:
-            if status.output_underflow:
-                stats.device_output_underflows += 1
-            outdata[:] = mix(now())
-
-        return callback
+        return deliver
 
     async def _watch_devices(self, wake: asyncio.Event) -> None:
         """Ends the jam with a DeviceFailure once a stream stopped: woken by its finished callback,
@@ -552,7 +575,7 @@ class Peer:
                 if self.remotes[0].engine.jitter.ended:
                     line += " | ended"  # the partner's stream was played to its end
             else:
-                line = " | ".join(r.status() for r in self.remotes)
+                line = " | ".join(r.status() for r in self.remotes) + self.stats.device_status()
                 waiting = [r.name for r in self.remotes if r.session is not None and not r.session.outbound.established]
                 if waiting:
                     line += f" | no session yet with {', '.join(waiting)}"

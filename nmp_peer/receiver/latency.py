@@ -84,6 +84,8 @@ class LatencyController:
         self._cooldown = 0
         self.error_samples = 0.0
         self.target_samples = float(self.start_latency_samples())
+        self.median_slack_samples: float | None = None
+        """The measured depth: the window's median slack at the last decision (None before any arrival)."""
 
     def start_latency_samples(self) -> int:
         return self.policy.depth_packets * BLOCK_FRAMES + LOOKAHEAD
@@ -118,6 +120,7 @@ class LatencyController:
         k_high = len(ordered) - 1 - k_low
         low = ordered[k_low] + self._bias + offset
         high = ordered[k_high] + self._bias + offset
+        self.median_slack_samples = ordered[len(ordered) // 2] + self._bias + offset
         one_block = BLOCK_FRAMES + LOOKAHEAD
         if p.mode == "fixed":
             target = float(p.depth_packets * BLOCK_FRAMES + LOOKAHEAD)

@@ -259,6 +259,34 @@ class PlayoutEngine:
             if ext >= jb.next_seq:
                 self.controller.observe(ref - skip * BLOCK_FRAMES)
 
+    def skip_stall(self, now: float) -> int:
+        """The output clock jumped ahead to ``now`` (a device stall or xrun: the reader fell
+        behind the arrivals by the blocks it did not read): skip the oldest buffered packets
+        for those blocks, so that the newest ones play with the depth the stream had before,
+        as at the first read. Returns how many were skipped (counted in ``packets_skipped``)."""
+        with self._lock:
+            if not self._reading or self._burst or self.jitter.ended or not self._ticked:
+                return 0
+            jb = self.jitter
+            n = 0
+            while jb.has(jb.next_seq + n):
+                n += 1
+            behind = (now - self._tick_now) / self._ratio - BLOCK_FRAMES
+            skip = min(n - 1, math.floor(behind / BLOCK_FRAMES + 0.5))
+            if skip <= 0:
+                return 0
+            self.worker.cancel()
+            self._requested = None
+            for _ in range(skip):
+                seq, packet = jb.pop()
+                assert packet is not None
+                self._decoder = self._decoders[packet.payload_type]
+                block, _ = self._decoder.decode(packet, jb.peek(seq + 1))
+                self._splice = block  # the next block is crossfaded in from the last one skipped
+            self.controller.shift(-skip * BLOCK_FRAMES)
+            self.stats.packets_skipped += skip
+            return skip
+
     def _resync(self, now: float) -> None:
         """Follow a restarted or jumped stream: fade out what was playing, restart at the start depth."""
         self.controller.reset()
@@ -335,7 +363,12 @@ class PlayoutEngine:
         depth = (self.fifo.end - self._read_pos) / BLOCK_FRAMES + self.jitter.depth()
         s.buffer_depth_packets = depth
         s.target_depth_packets = self.controller.target_samples / BLOCK_FRAMES
-        s.latency_samples = int(self.controller.target_samples) + BLOCK_FRAMES
+        if not (self.book.paused or self.jitter.ended):
+            # The measured depth includes the tick's own timing (``now``); once the stream
+            # ended or paused nothing arrives to measure: its last value stands.
+            s.target_latency_samples = int(self.controller.target_samples)
+            measured = self.controller.median_slack_samples
+            s.latency_samples = int(self.controller.target_samples if measured is None else measured)
         if self.timeline is not None:
             self.timeline.append((self.samples_out, depth, s.target_depth_packets, event))
         return out

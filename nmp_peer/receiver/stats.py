@@ -77,7 +77,11 @@ class Stats:
     jitter_ms: float = 0.0
     """Interarrival jitter as RFC 3550 defines it."""
     latency_samples: int = 0
-    """Receive latency: buffer slack of the earliest packets plus the output block."""
+    """Receive latency as measured: the median, over the latency window, of how long a packet
+    waits from its arrival until its first sample is played (the jitter buffer's depth in
+    time). With sound devices ``latency_ms`` adds the devices' own latencies to it."""
+    target_latency_samples: int = 0
+    """What the latency policy aims that wait at (the target depth, in samples)."""
     ratio_ppm: float = 0.0
     """How far the reading ratio is from 1 (clock drift correction)."""
     packets_skipped: int = 0
@@ -96,6 +100,22 @@ class Stats:
     """Exceptions raised inside a sound-device callback: each aborts its stream and ends the jam."""
     device_close_timeouts: int = 0
     """Device streams whose close did not return in time (their audio server died): abandoned."""
+    device_rate: int = 0
+    """The sound devices' sample rate (0: no device); other than 44100, resampled at the device edge."""
+    device_period: int = 0
+    """Frames per device callback (the JACK period, or the configured one), re-blocked to 512."""
+    device_input_latency_ms: float = 0.0
+    """Measured: from the capture (ADC) of a block's first sample until the block is complete
+    and handed to the sender (the device's input latency, the period and the re-blocking)."""
+    device_output_latency_ms: float = 0.0
+    """Measured: from a block's deadline until its first sample is played (DAC) (the device's
+    output latency, the re-blocking and the resampler)."""
+    device_clock_jumps: int = 0
+    """Times the output device's time jumped (an xrun, a stalled server) and its clock re-locked;
+    each keeps only the newest packets up to the start depth (``packets_skipped``)."""
+    device_clock_outliers: int = 0
+    """Output callbacks whose device time was far off the clock's prediction (run late on a
+    busy machine, or the first of a jump) and were set aside."""
     rtt_ms: float | None = None
     """Round-trip time to this peer, the last probe's (PING to PONG; None before the first)."""
     rtt_min_ms: float | None = None
@@ -112,18 +132,34 @@ class Stats:
 
     @property
     def latency_ms(self) -> float:
+        """One-way latency: capture device, the jitter buffer's measured depth, output device."""
+        device = self.device_input_latency_ms + self.device_output_latency_ms
+        return self.buffer_latency_ms + device
+
+    @property
+    def target_latency_ms(self) -> float:
+        return 1000.0 * self.target_latency_samples / SAMPLE_RATE
+
+    @property
+    def buffer_latency_ms(self) -> float:
+        """The jitter buffer's measured depth (the receive path's latency, no sound card)."""
         return 1000.0 * self.latency_samples / SAMPLE_RATE
 
     @property
     def one_way_ms(self) -> float | None:
-        """The delay from the peer's send to our playout: half the smoothed round trip plus the
-        receive latency (the sound cards' own latency not counted)."""
-        return None if self.rtt_avg_ms is None else self.rtt_avg_ms / 2.0 + self.latency_ms
+        """The delay from the peer's send to our playout: half the smoothed round trip, the
+        jitter buffer's measured depth and our output device's latency (the peer's capture
+        device not counted: its own stats have it)."""
+        if self.rtt_avg_ms is None:
+            return None
+        return self.rtt_avg_ms / 2.0 + self.buffer_latency_ms + self.device_output_latency_ms
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
         d["latency_ms"] = round(self.latency_ms, 2)
+        d["buffer_latency_ms"] = round(self.buffer_latency_ms, 2)
+        d["target_latency_ms"] = round(self.target_latency_ms, 2)
         d["one_way_ms"] = None if self.one_way_ms is None else round(self.one_way_ms, 2)
         d["block_ms"] = round(1000.0 * BLOCK_FRAMES / SAMPLE_RATE, 2)
         d.update(extra)
@@ -139,6 +175,15 @@ class Stats:
             f"underrun {self.underruns} | device underflow {self.device_output_underflows} "
             f"overflow {self.device_input_overflows} qdrop {self.capture_queue_drops} "
             f"| depth {self.buffer_depth_packets:.1f}/{self.target_depth_packets:.1f} "
-            f"jitter {self.jitter_ms:.1f} ms latency {self.latency_ms:.1f} ms drift {self.ratio_ppm:+.0f} ppm"
-            f" | from {self.pinned}"
+            f"jitter {self.jitter_ms:.1f} ms latency {self.latency_ms:.1f} ms (target {self.target_latency_ms:.1f}) "
+            f"drift {self.ratio_ppm:+.0f} ppm{self.device_status()} | from {self.pinned}"
+        )
+
+    def device_status(self) -> str:
+        """The status line's device part: rate, period and the two device latencies ("" without a device)."""
+        if not self.device_rate:
+            return ""
+        return (
+            f" | {self.device_rate} Hz period {self.device_period} "
+            f"in {self.device_input_latency_ms:.1f} out {self.device_output_latency_ms:.1f} ms"
         )
