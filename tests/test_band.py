@@ -306,6 +306,33 @@ def test_a_request_goes_before_a_guess_waiting_for_its_second_stage() -> None:
         thread.close()
 
 
+def test_a_request_for_the_slot_of_a_guess_under_way_is_served_beside_it() -> None:
+    """The engine asks for the slot its guess is for, on another history (the guess was
+    wrong): two pieces of work for one slot of one stream, told apart by identity, not by
+    comparing their histories (arrays: that raised, and stopped the thread)."""
+    concealer = TwoStages()
+    concealer.release.set()
+    first = concealer.lpc.conceal(_tagged_history(0), 0) * 0.5
+    guess_tag = int(round(float(first[BLOCK_FRAMES - 1, 0]) * 1e6))
+    concealer.predict_holds[guess_tag] = threading.Event()
+    thread = ConcealThread()
+    lane = thread.lane(concealer, chain=True)
+    try:
+        lane.request(1, _tagged_history(0), 0)
+        _wait(lambda: ("predicting", guess_tag) in concealer.log)  # the guess at slot 2 is under way
+        assert lane.take(1).complete
+        lane.request(2, _tagged_history(11), 1)  # not the guessed history: the guess is dropped
+        _wait(lambda: ("refined", 11) in concealer.log)
+        _wait(lambda: lane._job is not None and lane._job.complete)
+        assert lane.take(2).complete
+        concealer.predict_holds[guess_tag].set()
+        assert all(t.is_alive() for t in thread._threads)
+    finally:
+        concealer.predict_holds[guess_tag].set()
+        lane.close()
+        thread.close()
+
+
 def test_the_shared_thread_batches_streams_when_the_concealer_can() -> None:
     concealer = TwoStages(max_batch=4)
     concealer.predict_holds[1] = threading.Event()
