@@ -2,7 +2,8 @@
 and the latency budget measured end to end.
 
     python benchmarks/jack_device_jam.py [--runs 5] [--seconds 6] [--end kill|stop] > jack.json
-    python benchmarks/jack_device_jam.py --loop [--runs 3] [--period 512] [--rate 44100] [--config lan] > loop.json
+    python benchmarks/jack_device_jam.py --loop [--runs 3] [--period 512] [--rate 44100] [--config lan]
+        [--concealer gan] [--loss 0.02] [--clip-seconds 60] > loop.json
 
 ``--loop``: per run a private ``jackd -d dummy`` at ``--rate``/``--period``, one peer on its
 devices sending to itself (``--peer`` its own address), and a JACK client
@@ -12,7 +13,9 @@ latencies JACK reports for the sound card's capture and playback ports (less the
 period the client's recording already counts) is the end-to-end latency through a card
 with those latencies; next to it the peer's own ``latency_ms`` and its parts (capture
 device, measured buffer depth, output device), the policy's target, and how many of the
-clip's blocks came back bit-exact.
+clip's blocks came back bit-exact. ``--loss``: the peer's stream to itself goes through
+``nmp-peer impair`` (Bernoulli loss), so ``--concealer`` has packets to conceal. JACK's
+xruns are counted by the tap, and apart those while the clip plays.
 
 Per run: a private ``jackd -d dummy`` (44.1 kHz, period 512), peer A with a WAV file
 started first (it sends from its start), then peer B on the server's devices (``--input 0
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,13 +66,18 @@ def jam(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def start_jackd(
-    name: str, env: dict[str, str], realtime: bool = True, rate: int = 44100, period: int = 512
+    name: str,
+    env: dict[str, str],
+    realtime: bool = True,
+    rate: int = 44100,
+    period: int = 512,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     rt = ["-R", "-P", "70"] if realtime else ["-r"]
     server = subprocess.Popen(
         ["jackd", "-n", name, *rt, "-d", "dummy", "-r", str(rate), "-p", str(period)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log.open("wb"),
         env=env,
         start_new_session=True,
     )
@@ -76,7 +85,7 @@ def start_jackd(
     if ready.returncode != 0 and realtime:  # no real-time scheduling permitted here
         server.kill()
         server.wait()
-        return start_jackd(name, env, realtime=False, rate=rate, period=period)
+        return start_jackd(name, env, realtime=False, rate=rate, period=period, log=log)
     if ready.returncode != 0:
         raise SystemExit(f"jackd -n {name} -d dummy did not start")
     return server
@@ -143,6 +152,19 @@ def lag_s(cycle_s: np.ndarray, period: int, rate: int, played: int, recorded_at:
     )
 
 
+def xrun_sources(log: str) -> dict[str, int]:
+    """Who jackd says was late, from its log: a client that had not finished its cycle
+    (``JackEngine::XRun: client = NAME``), or the dummy driver's own cycle that started
+    late (``driver``: the host's timers, whatever the clients do)."""
+    late: dict[str, int] = {}
+    for line in log.splitlines():
+        m = re.search(r"XRun: client = (.+?) was not finished", line)
+        name = m.group(1) if m else ("driver" if "Driver::Process XRun" in line else None)
+        if name is not None:
+            late[name] = late.get(name, 0) + 1
+    return late
+
+
 def lag_of(recorded: np.ndarray, clip: np.ndarray) -> int:
     from scipy.signal import correlate
 
@@ -163,14 +185,42 @@ def exact_blocks(recorded: np.ndarray, clip: np.ndarray, lag: int, search: int =
     return exact
 
 
-def loop_run(folder: Path, rate: int, period: int, config: str) -> dict[str, Any]:
+def loop_run(
+    folder: Path, rate: int, period: int, config: str, concealer: str = "lpc", loss: float = 0.0, clip_s: float = 5.0
+) -> dict[str, Any]:
     name = f"nmp-bench-{os.getpid()}-{time.monotonic_ns()}"
     env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1"}
-    server = start_jackd(name, env, rate=rate, period=period)
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
-    peer = jam(["--listen", addr, "--peer", addr, "--input", "0", "--output", "0", "--config", config], env)
-    t = np.arange(5 * rate) / rate
+    server = start_jackd(name, env, rate=rate, period=period, log=folder / "jackd.log")
+    addr = f"127.0.0.1:{free_port()}"
+    target, relays = addr, []
+    if loss > 0:
+        # The peer's stream to itself through the impairment relay, and a clean one after it
+        # (a relay that forwarded to its own side A would take the peer for its side B).
+        target, clean = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        for listen, forward, p in ((target, clean, loss), (clean, addr, 0.0)):
+            relays.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nmp_peer.cli", "impair", "--listen", listen, "--forward", forward]
+                    + ["--loss", str(p), "--seed", "1"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
+    if relays:  # the stream comes back from the clean relay's port: follow the host's any port
+        from nmp_peer.shipped import resolve_config
+
+        text = resolve_config(config, SystemExit).read_text(encoding="utf-8")
+        if re.search(r"^pin\s*=", text, re.M):
+            text = re.sub(r"^pin\s*=\s*\"\w+\"", 'pin = "host"', text, flags=re.M)
+        else:
+            text += '\n[security]\npin = "host"\n'
+        (folder / "loop.toml").write_text(text, encoding="utf-8")
+    config_file = str(folder / "loop.toml") if relays else config
+    args = ["--listen", addr, "--peer", target, "--input", "0", "--output", "0", "--config", config_file]
+    peer = jam([*args, "--concealer", concealer], env)
+    t = np.arange(int(clip_s * rate)) / rate
     rng = np.random.default_rng(0)
     notes = 0.25 * np.sin(2 * np.pi * 220 * t * (1 + (t.astype(int) % 4) / 4)) + 0.02 * rng.standard_normal(len(t))
     clip = (np.round(notes * 32768) / 32768).astype(np.float32)
@@ -180,13 +230,17 @@ def loop_run(folder: Path, rate: int, period: int, config: str) -> dict[str, Any
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=120 + clip_s,
     )
     peer.send_signal(signal.SIGTERM)
     out, _ = peer.communicate(timeout=EXIT_WAIT_S)
+    for relay in relays:
+        relay.terminate()
+        relay.wait()
     server.terminate()
     server.wait()
     info = json.loads(tap.stdout.strip().splitlines()[-1])
+    late = xrun_sources((folder / "jackd.log").read_text(errors="replace"))
     summary = json.loads(out)
     saved = np.load(folder / "rec.npz")
     recorded, cycles = saved["recorded"], saved["cycle_s"]
@@ -198,14 +252,25 @@ def loop_run(folder: Path, rate: int, period: int, config: str) -> dict[str, Any
     card = (info["capture_latency"] + info["playback_latency"] - info["period"]) / rate
     keys = ("latency_ms", "device_input_latency_ms", "buffer_latency_ms", "device_output_latency_ms")
     keys += ("target_latency_ms", "packets_late", "blocks_inserted", "device_output_underflows", "device_clock_jumps")
+    keys += ("packets_lost", "packets_concealed", "concealer_partial", "concealer_misses", "concealer_chained")
+    xruns = info["xrun_s"]
     return {
         "rate": rate,
         "period": period,
         "config": config,
+        "concealer": concealer,
+        "loss": loss,
+        "clip_s": clip_s,
         "tap_lag_ms": round(1000 * seconds, 2),
         "measured_ms": round(1000 * (seconds + card), 2),
         **{k: summary.get(k) for k in keys},
         "jack_xruns": info["jack_xruns"],
+        # Connecting the tap's ports reorders JACK's graph, which costs xruns before the clip
+        # plays (whichever client runs Python); the jam's own are those while it plays.
+        "jack_xruns_while_playing": sum(t >= 0 for t in xruns),
+        "xrun_s": xruns,
+        "jackd_xruns": late,
+        "go_at": info.get("go_at"),
         "exact_blocks": exact_blocks(recorded, clip, lag),
         "blocks": len(clip) // 512,
     }
@@ -220,10 +285,16 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=512)
     parser.add_argument("--rate", type=int, default=44100)
     parser.add_argument("--config", default="default")
+    parser.add_argument("--concealer", default="lpc", help="--loop: the peer's concealer.")
+    parser.add_argument("--loss", type=float, default=0.0, help="--loop: loss through nmp-peer impair (0..1).")
+    parser.add_argument("--clip-seconds", type=float, default=5.0, help="--loop: the clip's length.")
     args = parser.parse_args()
     if args.loop:
         with tempfile.TemporaryDirectory() as tmp:
-            loops = [loop_run(Path(tmp), args.rate, args.period, args.config) for _ in range(args.runs)]
+            loops = [
+                loop_run(Path(tmp), args.rate, args.period, args.config, args.concealer, args.loss, args.clip_seconds)
+                for _ in range(args.runs)
+            ]
         print(json.dumps({"loop": True, "runs": loops}, indent=1))
         return
     with tempfile.TemporaryDirectory() as tmp:

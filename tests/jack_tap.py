@@ -71,6 +71,7 @@ def main() -> None:
     """Host time (time.monotonic) of each played cycle's start: under load the dummy driver
     loses time (a cycle that ran late is not made up), which a count of frames would miss."""
     state = {"pos": -1, "xruns": 0}
+    xrun_at: list[float] = []  # host time (time.monotonic) of each xrun
     go, done = threading.Event(), threading.Event()
 
     @client.set_process_callback
@@ -95,6 +96,7 @@ def main() -> None:
     @client.set_xrun_callback
     def xrun(_delay: float) -> None:
         state["xruns"] += 1
+        xrun_at.append(time.monotonic())
 
     with client:
         peer_in, peer_out = find_ports(client, args.wait)
@@ -106,6 +108,7 @@ def main() -> None:
         # The latencies JACK reports for the sound card's ports, which the tap stands in for.
         capture, playback = port_latency("system:capture_1", "capture"), port_latency("system:playback_1", "playback")
         time.sleep(args.lead_in)
+        go_at = time.monotonic()
         go.set()
         print(json.dumps({"playing": True}), flush=True)
         finished = done.wait(timeout=len(clip) / rate + args.seconds_after + 60)
@@ -121,6 +124,8 @@ def main() -> None:
                 "capture_latency": capture,
                 "playback_latency": playback,
                 "jack_xruns": state["xruns"],
+                "xrun_s": [round(t - go_at, 3) for t in xrun_at],  # since the clip started
+                "go_at": go_at,
             }
         )
     )

@@ -200,9 +200,10 @@ class Peer:
             if monitor is not None:
                 await monitor.start()
                 print(f"nmp-peer jam: {monitor.announcement}", file=sys.stderr, flush=True)
+            freeze_heap()  # before the streams start: its full collection would stall their callbacks
             self._open_devices(loop)
             sock = await UdpSocket.bind(self.options.listen)
-            freeze_heap()
+            freeze_heap()  # the streams' and the socket's objects too: a short collection, the rest is frozen
             tasks = [loop.create_task(self._receive(sock)), loop.create_task(self._status())]
             tasks.append(loop.create_task(self._handshake(sock)))
             if self.devices.opened:
