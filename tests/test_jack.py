@@ -442,7 +442,9 @@ def test_with_one_percent_loss_through_the_relay_the_device_peer_counts_the_rela
     a2b, b2a = drops("a2b"), drops("b2a")
     print(f"relay drops a2b {a2b} b2a {b2a}; B lost {b['packets_lost']}, A lost {a['packets_lost']}")
     assert a2b >= 1 and b2a >= 1, (a2b, b2a)  # ~4 s at 86 packets/s each way, 1 %: a few each
-    assert b["packets_lost"] == a2b, (b["packets_lost"], a2b)
+    # Seen once in a whole-file run (B lost 4 of the relay's 5): what B counted besides, to tell why.
+    seen = ("packets_late", "packets_skipped", "resyncs", "pauses", "lost_while_paused", "device_clock_jumps", "repins")
+    assert b["packets_lost"] == a2b, (b["packets_lost"], a2b, {k: b.get(k) for k in seen})
     assert b2a - 2 <= a["packets_lost"] <= b2a, (a["packets_lost"], b2a)
     assert b["packets_concealed"] >= b["packets_lost"] - b["lost_while_paused"]
     # What B played is A's clip, bit-exact but for the concealed blocks (and counted glitches).
