@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from nmp_peer.bench import StageTimes, bench_concealer, bench_vs, median_ci
+from nmp_peer.bench import StageTimes, bench_concealer, bench_receive, bench_vs, median_ci
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.gan import default_model_path
 from nmp_peer.synth.signals import synthetic_music
@@ -111,9 +112,20 @@ def test_bench_busy_and_vs_on_the_command_line() -> None:
         (["--path", "receive", "--vs", "lpc,gan"], "--vs compares two concealers"),
         (["--path", "receive", "--channels", "2"], "--channels goes with"),
         (["--method", "lpc", "--vs", "reference,lpc"], "reference"),
+        (["--path", "jam", "--paced"], "--paced and --keyed go with --path receive"),
     ],
 )
 def test_bench_mistakes_are_one_line(args: list[str], fragment: str) -> None:
     r = subprocess.run([*CLI, "bench", *args], capture_output=True, text=True, timeout=60)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_the_paced_receive_bench_sleeps_between_packets_and_says_so() -> None:
+    """``--paced``: every packet still goes through (the bench raises if one is dropped) and the
+    JSON names the pace; the sleeps are outside the timed calls (no timing asserted)."""
+    start = time.monotonic()
+    d = bench_receive(200, pace_s=0.005)
+    assert time.monotonic() - start >= 200 * 0.005
+    assert d["paced_ms"] == 5.0 and d["n"] == 180 and d["p99_us"] >= d["p50_us"] > 0
+    assert bench_receive(200)["paced_ms"] == 0.0

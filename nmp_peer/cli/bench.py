@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from nmp_peer import PACKET_S
 from nmp_peer.errors import UserError
 from nmp_peer.jsonio import write_json
 
@@ -37,6 +38,14 @@ def bench(
     packets: Annotated[int, typer.Option(help="Packets (receive path).", min=100)] = 20_000,
     keyed: Annotated[
         bool, typer.Option("--keyed", help="Receive path: packets sealed under a session's key, as with a key file.")
+    ] = False,
+    paced: Annotated[
+        bool,
+        typer.Option(
+            "--paced",
+            help="Receive path: a packet every 11.6 ms, as live (the thread sleeps in between: its caches go "
+            "cold as a jam's do; 23 s per 2,000 --packets).",
+        ),
     ] = False,
     calls: Annotated[int, typer.Option(help="Concealments timed (method; per variant with --vs).", min=1)] = 300,
     channels: Annotated[
@@ -74,7 +83,11 @@ def bench(
         raise UserError("--channels goes with --method NAME or --vs A,B")
     if event_loop != "asyncio" and path != "jam":
         raise UserError("--event-loop goes with --path jam")
-    run = _bench_run(path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed, channels, event_loop)
+    if (paced or keyed) and path != "receive":
+        raise UserError("--paced and --keyed go with --path receive")
+    run = _bench_run(
+        path, method, codec, bitrate, quality_clips, packets, calls, vs, runs, keyed, channels, event_loop, paced
+    )
     with busy_core() if busy else contextlib.nullcontext(None) as load:
         result = run()
     if load is not None and isinstance(result, dict):
@@ -95,6 +108,7 @@ def _bench_run(
     keyed: bool = False,
     channels: int = 1,
     event_loop: str = "asyncio",
+    paced: bool = False,
 ) -> Callable[[], Any]:
     """The benchmark the options ask for, checked and built, ready to run."""
     from nmp_peer import bench
@@ -118,7 +132,7 @@ def _bench_run(
         return lambda: bench.bench_codec(codec, bitrate=bitrate)
     if path is not None:
         runners: dict[str, Callable[[], Any]] = {
-            "receive": lambda: bench.bench_receive(packets, keyed=keyed),
+            "receive": lambda: bench.bench_receive(packets, keyed=keyed, pace_s=PACKET_S if paced else 0.0),
             "jam": lambda: bench.bench_jam(event_loop=event_loop),
             "flood": bench.bench_flood,
             "monitor": bench.bench_monitor,
