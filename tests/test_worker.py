@@ -4,6 +4,7 @@ adopted only when the engine's history is exactly the one assumed."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -96,3 +97,73 @@ def test_chained_bursts_play_exactly_what_fresh_requests_would():
     assert threaded.stats.concealer_misses == 0 and threaded.stats.concealer_partial == 0
     assert threaded.stats.concealer_chained == 3  # 21, 22 and 51
     np.testing.assert_array_equal(got, expected)
+
+
+class StartTimes(RecordingConcealer):
+    """Records when each concealment started (``time.monotonic``) and its history's first sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[float, float]] = []
+
+    def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
+        self.started.append((float(history[0, 0]), time.monotonic()))
+        return super().conceal(history, burst_index)
+
+
+def _timed_once(worker: ThreadedWorker, concealer: StartTimes) -> None:
+    """One concealment run and taken, so the worker has a time to go by."""
+    assert worker.grace_s() == 0.0  # nothing timed yet: no wait
+    worker.request(0, _history(9), 0)
+    assert concealer.finished.acquire(timeout=10)
+    assert worker.take(0).complete
+
+
+def test_a_live_worker_spares_a_gaps_first_packet_that_comes_during_its_grace() -> None:
+    """With ``grace``, a gap's first packet is held back while the block still leaves twice the
+    time concealments took; a request that is superseded (its packet came) in that time is
+    never computed. ``block_s`` of 5 s makes the wait far longer than any preemption here."""
+    concealer = StartTimes()
+    worker = ThreadedWorker(concealer, chain=False, grace=True, block_s=5.0)
+    try:
+        _timed_once(worker, concealer)
+        assert 4.0 < worker.grace_s() < 5.0
+        worker.request(1, _history(1), 0)  # held back
+        worker.request(2, _history(2), 1)  # the engine moved on: slot 1's packet came; a burst's next: no wait
+        assert concealer.finished.acquire(timeout=10)
+        assert worker.take(2).complete
+        assert [first for first, _ in concealer.started] == [_history(9)[0, 0], _history(2)[0, 0]]
+        assert worker.held_back == 1 and worker.spared == 1
+    finally:
+        worker.close()
+
+
+def test_a_held_back_request_starts_at_its_time_and_is_ready_before_its_deadline() -> None:
+    """A request whose packet does not come starts once its grace is over, not before, and
+    in time: the rest of the block is twice what concealments took, and more."""
+    concealer = StartTimes()
+    worker = ThreadedWorker(concealer, chain=False, grace=True, block_s=0.5)
+    try:
+        _timed_once(worker, concealer)
+        wait = worker.grace_s()
+        asked = time.monotonic()
+        worker.request(1, _history(1), 0)
+        assert concealer.finished.acquire(timeout=10)
+        started = concealer.started[-1][1]
+        assert started >= asked + wait * 0.999
+        taken = worker.take(1)
+        assert taken.complete and worker.held_back == 1 and worker.spared == 0
+    finally:
+        worker.close()
+
+
+def test_without_grace_a_request_starts_at_once() -> None:
+    concealer = StartTimes()
+    worker = ThreadedWorker(concealer, chain=False)
+    try:
+        _timed_once(worker, concealer)
+        assert worker.grace_s() == 0.0
+        worker.request(1, _history(1), 0)
+        assert concealer.finished.acquire(timeout=10) and worker.held_back == 0
+    finally:
+        worker.close()

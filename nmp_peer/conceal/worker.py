@@ -19,6 +19,16 @@ burst fade, say), finished or under way; otherwise the guess is dropped. The sec
 packet of a burst thus gets a whole block more time, at the cost of one concealment
 that goes unused whenever the packet arrives.
 
+A live peer's worker waits before it starts on a gap's first packet (``grace``): a
+request is made whenever the next packet is not in at the tick before its slot, and on
+a clean link one peer of two finds it so at nearly every tick, its partner's packets
+landing just after its own ticks: without the wait it conceals every packet it then
+receives. It waits as long as the stream's recent concealments (their whole time, from
+start to last stage, queueing included) leave, twice over, before the deadline, a
+block after the request; a request whose packet comes meanwhile costs nothing. A slow
+concealer (the GAN, several milliseconds) leaves no wait, and nor does the second
+packet of a burst (nothing arrives between them) or a chained guess.
+
 A band receives N - 1 streams: their workers share one :class:`ConcealThread` (one
 concealer, one model session, and two threads for all of them: one for first stages,
 one for any), which runs the work of several streams stage by stage, the most urgent
@@ -29,13 +39,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from nmp_peer import BLOCK_FRAMES
+from nmp_peer import BLOCK_FRAMES, PACKET_S
 from nmp_peer.conceal.base import Concealer, final_stage
 
 
@@ -48,6 +59,9 @@ class _Job:
     complete: bool = False
     cancelled: bool = False
     started: bool = False
+    not_before: float = 0.0
+    """``time.monotonic()`` before which no thread starts it (the worker's grace)."""
+    started_at: float = 0.0
     order: int = 0
     """When it was requested (the thread runs older requests first)."""
     done: threading.Event = field(default_factory=threading.Event)
@@ -61,6 +75,10 @@ class _Job:
             self.history.dtype, copy=False
         )
         return _Job(self.slot + 1, history, self.burst_index + 1)
+
+    def waiting(self) -> bool:
+        """Not started, not cancelled (lock held)."""
+        return not self.started and not self.cancelled
 
     def matches(self, slot: int, history: np.ndarray, burst_index: int) -> bool:
         return (
@@ -99,9 +117,19 @@ class InlineWorker:
     def cancel(self) -> None:
         self._job = None
 
+    def withdraw(self, slot: int) -> None:
+        """Slot ``slot``'s packet came: its request is void."""
+        if self._job is not None and self._job.slot == slot:
+            self._job = None
+
     def close(self) -> None:
         self._job = None
 
+
+GRACE_MARGIN_S = 0.002
+"""Kept free before a gap's deadline beyond twice the stream's recent concealment time."""
+GRACE_DECAY = 0.95
+"""Per finished concealment, how much of the longest recent time is still assumed."""
 
 BACKGROUND_NICE = 5
 """How much nicer than the audio path (the event loop: playout, receive, send) the
@@ -199,9 +227,9 @@ class ConcealThread:
         for thread in self._threads:
             thread.start()
 
-    def lane(self, concealer: Concealer, chain: bool = True) -> ThreadedWorker:
+    def lane(self, concealer: Concealer, chain: bool = True, grace: bool = False) -> ThreadedWorker:
         """A worker for one more stream, served by these threads."""
-        return ThreadedWorker(concealer, chain, thread=self)
+        return ThreadedWorker(concealer, chain, thread=self, grace=grace)
 
     def _add(self, lane: ThreadedWorker) -> None:
         with self._lock:
@@ -231,6 +259,7 @@ class ConcealThread:
         for lane in self._lanes:
             for job in lane._pending():
                 job.started = True
+                job.started_at = time.monotonic()
                 (requests if job is lane._job else guesses).append((lane, job))
         if not (requests or guesses):
             return
@@ -242,6 +271,11 @@ class ConcealThread:
                 groups.setdefault(id(lane.concealer), []).append((lane, job))
             for group in groups.values():
                 work.extend(self._work(group))
+
+    def _until_due(self) -> float | None:
+        """Seconds until the first job held back by its lane's grace may start (lock held)."""
+        held = [lane._job.not_before for lane in self._lanes if lane._job is not None and lane._job.waiting()]
+        return None if not held else max(0.0, min(held) - time.monotonic())
 
     def _work(self, group: list[tuple[ThreadedWorker, _Job]]) -> list[_Work]:
         concealer = group[0][0].concealer
@@ -280,7 +314,7 @@ class ConcealThread:
                     ready = [w for w in work if not w.busy and w.runs_on(first_only)]
                     if ready:
                         break
-                    self._wake.wait()
+                    self._wake.wait(self._until_due())
                 item = min(ready, key=_Work.priority)
                 item.busy = True
             try:
@@ -333,6 +367,11 @@ class ThreadedWorker:
     ``thread``: the :class:`ConcealThread` that computes them, shared with other streams'
     workers (a band); without one, the worker has a ``ConcealThread`` of its own (a duo).
 
+    ``grace`` (a live peer's): a gap's first packet is started on only once the time the
+    stream's recent concealments took fits twice, plus ``GRACE_MARGIN_S``, in the block
+    before its deadline (module docstring); ``grace_s`` is that wait now, ``held_back``
+    counts the requests that waited, ``spared`` those whose packet came meanwhile.
+
     A concealer that raises does not stop the thread, and is not hidden either: ``errors``
     counts the exceptions and ``last_error`` holds the latest one as text (type and
     message). The job ends incomplete, with the last stage that did finish, if any (an
@@ -340,9 +379,24 @@ class ThreadedWorker:
     as it does when a concealment is late.
     """
 
-    def __init__(self, concealer: Concealer, chain: bool = True, *, thread: ConcealThread | None = None) -> None:
+    def __init__(
+        self,
+        concealer: Concealer,
+        chain: bool = True,
+        *,
+        thread: ConcealThread | None = None,
+        grace: bool = False,
+        block_s: float = PACKET_S,
+    ) -> None:
         self.concealer = concealer
         self.chain = chain
+        self.grace = grace
+        self.block_s = block_s
+        """From a request to its deadline (the engine asks a block ahead)."""
+        self.held_back = 0
+        self.spared = 0
+        self._job_s: float | None = None
+        """The longest recent concealment's time, decaying (``GRACE_DECAY``); None: none yet."""
         self.chained = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -357,6 +411,7 @@ class ThreadedWorker:
     def request(self, slot: int, history: np.ndarray, burst_index: int) -> None:
         with self._wake:
             if self._job is not None:
+                self._spare(self._job)
                 self._job.cancelled = True
             guess, self._guess = self._guess, None
             if guess is not None and guess.matches(slot, history, burst_index):
@@ -366,8 +421,19 @@ class ThreadedWorker:
                 if guess is not None:
                     guess.cancelled = True
                 self._job = _Job(slot, history, burst_index)
+                wait = self.grace_s() if burst_index == 0 else 0.0
+                if wait > 0.0:
+                    self._job.not_before = time.monotonic() + wait
+                    self.held_back += 1
             self._job.order = self.thread._ticket()
             self._wake.notify_all()
+
+    def grace_s(self) -> float:
+        """How long a gap's first packet waits now (0 without ``grace``, or before any
+        concealment was timed)."""
+        if not self.grace or self._job_s is None:
+            return 0.0
+        return max(0.0, self.block_s - GRACE_MARGIN_S - 2.0 * self._job_s)
 
     def take(self, slot: int) -> Taken:
         with self._lock:
@@ -378,10 +444,24 @@ class ThreadedWorker:
                 job.cancelled = True  # too late to be useful; a complete one may still be chained
             return Taken(job.result, job.complete) if job.slot == slot else Taken(None, False)
 
+    def _spare(self, job: _Job) -> None:
+        """``job`` is dropped before it ran (lock held): count it if the grace held it back."""
+        if job.not_before and job.waiting():
+            self.spared += 1
+
+    def withdraw(self, slot: int) -> None:
+        """Slot ``slot``'s packet came after all: drop its request (spared if it had not started)
+        and the guess chained on it (which assumed the packet lost)."""
+        with self._lock:
+            if self._job is None or self._job.slot != slot:
+                return
+        self.cancel()
+
     def cancel(self) -> None:
         with self._lock:
             for job in (self._job, self._guess):
                 if job is not None:
+                    self._spare(job)
                     job.cancelled = True
             self._job = self._guess = None
 
@@ -397,11 +477,15 @@ class ThreadedWorker:
             self._guess = self._job.chained()  # an adopted guess that was already done
             if self._guess is not None:
                 self._guess.order = self.thread._ticket()
-        return [job for job in (self._job, self._guess) if job is not None and not job.started and not job.cancelled]
+        now = time.monotonic()
+        return [job for job in (self._job, self._guess) if job is not None and job.waiting() and job.not_before <= now]
 
     def _finished(self, job: _Job) -> None:
         """All of ``job``'s stages ran (lock held)."""
         job.complete = not job.cancelled
+        if job.complete:
+            took = time.monotonic() - job.started_at
+            self._job_s = took if self._job_s is None else max(took, GRACE_DECAY * self._job_s)
         if job.complete and self.chain and self._job is job and self._guess is None:
             self._guess = job.chained()
             if self._guess is not None:

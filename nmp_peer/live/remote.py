@@ -57,7 +57,7 @@ class RemoteStream:
         self.spec = spec
         self.name = spec.name
         self.addr = addr
-        self.engine = PlayoutEngine(concealer, playout, worker=thread.lane(concealer, playout.chain_bursts))
+        self.engine = PlayoutEngine(concealer, playout, worker=thread.lane(concealer, playout.chain_bursts, grace=True))
         self.stats = self.engine.stats
         self.session = Session(key, encrypt=encrypt) if key else None
         self.gate = ReceiveGate(self.stats, peer=addr, session=self.session, pin=pin, repin_after_s=repin_after_s)

@@ -159,6 +159,9 @@ class PlayoutEngine:
                 self._observe(packet, now)
             if fate in (Arrival.ACCEPTED, Arrival.REORDERED):
                 self.book.arrived(ext)
+                if ext == self._requested:  # the concealment asked for it is not needed
+                    self.worker.withdraw(ext)
+                    self._requested = None
             if fate is Arrival.REORDERED:
                 s.packets_reordered += 1
             elif fate is Arrival.DUPLICATE:
@@ -521,6 +524,8 @@ class PlayoutEngine:
         self._requested = nxt
         if isinstance(self.worker, ThreadedWorker):
             self.stats.concealer_chained = self.worker.chained
+            self.stats.concealer_held_back = self.worker.held_back
+            self.stats.concealer_spared = self.worker.spared
 
     def _insert_block(self) -> None:
         """Grow the buffer by one concealed block between two slots.

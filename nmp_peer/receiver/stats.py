@@ -47,6 +47,12 @@ class Stats:
     concealer_chained: int = 0
     """Burst packets whose concealment the worker had started before the engine asked for
     it, chained onto the previous packet's (``nmp_peer.conceal.worker``)."""
+    concealer_held_back: int = 0
+    """Requests for a gap's first packet that a live worker held back for its grace (the
+    packet may still come; ``nmp_peer.conceal.worker``)."""
+    concealer_spared: int = 0
+    """Of those, the ones whose packet came (or that were dropped) before they started: a
+    concealment not computed for nothing."""
     concealer_errors: int = 0
     """Exceptions raised by the concealer in the worker thread; each such slot got a
     fallback block (counted as a miss)."""
