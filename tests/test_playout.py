@@ -154,3 +154,45 @@ def test_packets_piled_up_before_the_first_read_are_skipped_and_the_start_is_exa
     assert np.array_equal(played[:n], audio[newest : newest + n])
     assert s.packets_skipped == piled
     assert s.blocks_resampled == s.blocks_dropped == s.blocks_inserted == s.packets_concealed == 0
+
+
+class CountingConcealer(RepeatConcealer):
+    """Repetition that counts its calls (from the worker's threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def conceal(self, history: np.ndarray, burst_index: int) -> np.ndarray:
+        self.calls += 1
+        return super().conceal(history, burst_index)
+
+
+def test_a_packet_that_comes_after_its_request_withdraws_it_before_it_is_computed() -> None:
+    """Each packet lands just after the tick before its slot (as a partner's packets do when
+    their phase is so): the engine asks for the slot's concealment at every tick, a live
+    worker holds the request back (``grace``), and the packet's arrival withdraws it. With
+    a 50-ms block the wait is about 48 ms against 100 ms between ticks: a request that was
+    not withdrawn would be computed by the next tick."""
+    from nmp_peer.conceal.worker import ThreadedWorker
+
+    audio = music_like(1.0)
+    concealer = CountingConcealer()
+    worker = ThreadedWorker(concealer, chain=False, grace=True, block_s=0.05)
+    engine = PlayoutEngine(concealer, fixed(depth=1), worker=worker)
+    packetizer = Packetizer(Pcm16Codec(), audio.shape[1])
+    packets = [packetizer.packetize(audio[k * BLOCK_FRAMES : (k + 1) * BLOCK_FRAMES]) for k in range(30)]
+    try:
+        engine.push(packets[0], 0.0)
+        for k in range(1, 30):
+            now = float(k * BLOCK_FRAMES)
+            engine.next_block(now)
+            engine.push(packets[k], now + 1.0)  # just after the tick
+            time.sleep(0.1)
+        held, spared = worker.held_back, worker.spared
+    finally:
+        engine.close()
+    assert engine.stats.packets_concealed == 0
+    assert held >= 20, held  # the first request, before anything was timed, runs at once
+    assert spared >= held - 2 and concealer.calls <= 3, (held, spared, concealer.calls)
+    assert engine.stats.concealer_spared == spared

@@ -162,6 +162,8 @@ class PlayoutEngine:
                 if ext == self._requested:  # the concealment asked for it is not needed
                     self.worker.withdraw(ext)
                     self._requested = None
+                    if isinstance(self.worker, ThreadedWorker):
+                        self.stats.concealer_spared = self.worker.spared
             if fate is Arrival.REORDERED:
                 s.packets_reordered += 1
             elif fate is Arrival.DUPLICATE:
