@@ -301,14 +301,26 @@ def bench_concealer(concealer: Concealer, calls: int = 300, channels: int = 1) -
     """``bench_method`` for a concealer already made (another model file, say). With the
     stages the concealer reports (``Concealer.set_stage_hook``), under ``stages``."""
     stages = _timed_concealer(concealer, channels)
+    audio = _bench_audio(channels)
+    faults_before = _minor_faults()
     try:
-        wall, cpu = _concealer_calls(concealer, _bench_audio(channels), calls, 0, stages)
+        wall, cpu = _concealer_calls(concealer, audio, calls, 0, stages)
     finally:
         concealer.set_stage_hook(None)
+    faults = _minor_faults() - faults_before
     result = {"method": concealer.name, "channels": channels, **_timings(wall, cpu, "ms")}
+    result["minor_faults_per_call"] = round(faults / calls, 2)
     if stages.calls:
         result["stages"] = stages.summary(cpu)
     return result
+
+
+def _minor_faults() -> int:
+    """This thread's minor page faults so far (pages the kernel mapped in on first touch)."""
+    import resource
+
+    who = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+    return resource.getrusage(who).ru_minflt
 
 
 def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:

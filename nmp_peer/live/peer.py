@@ -39,9 +39,10 @@ from nmp_peer.audio_io import AudioFileError, WavWriter, read_audio
 from nmp_peer.conceal import make_concealer
 from nmp_peer.conceal.worker import ConcealThread
 from nmp_peer.live.devices import POLL_S, DeviceEdge, DeviceFailure, DeviceSettings, DeviceStreams
+from nmp_peer.live.memory import freeze_heap
 from nmp_peer.live.monitor import Monitor, MonitorConfig, SnapshotBoard, publish_every
 from nmp_peer.live.remote import RemoteSpec, RemoteStream
-from nmp_peer.live.transport import Address, Endpoint, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.live.transport import Address, Endpoint, UdpSocket, sleep_until
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
 from nmp_peer.proto.session import Session

@@ -8,7 +8,6 @@ buffer). Packetizing lives here too, as the sender's half of the wire format.
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import os
 import socket
@@ -275,18 +274,6 @@ def _kernel_drops(sock: socket.socket) -> int | None:
         except (OSError, StopIteration, IndexError, ValueError):
             continue
     return None
-
-
-def freeze_heap() -> None:
-    """Call before real time starts: collect once, then move every object alive now out of
-    the collector's reach (``gc.freeze``). A full collection otherwise scans the whole heap
-    of numpy, scipy and onnxruntime objects, a stall of tens of milliseconds that every
-    ticker, socket reader and sound-card callback in the process waits out; afterwards it
-    scans only what the session itself allocates. The first collection is such a stall
-    (60-150 ms on a 2-core VM): make it before any sound-card stream starts; a second one
-    then scans only what was made since."""
-    gc.collect()
-    gc.freeze()
 
 
 async def sleep_until(loop: asyncio.AbstractEventLoop, deadline: float) -> None:

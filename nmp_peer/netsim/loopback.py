@@ -27,7 +27,8 @@ import numpy as np
 
 from nmp_peer import BLOCK_FRAMES, SAMPLE_RATE
 from nmp_peer.conceal import make_concealer
-from nmp_peer.live.transport import Endpoint, UdpSocket, freeze_heap, sleep_until
+from nmp_peer.live.memory import freeze_heap
+from nmp_peer.live.transport import Endpoint, UdpSocket, sleep_until
 from nmp_peer.netsim.impair import Decision, Impairment
 from nmp_peer.proto.codec import Pcm16Codec
 from nmp_peer.proto.packetizer import Packetizer
