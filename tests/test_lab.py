@@ -88,6 +88,9 @@ def test_lab_command_writes_report_tables_and_plots(tmp_path: Path) -> None:
             assert float(rep["lsd"]) < float(z["lsd"])
     report = (out / "report.md").read_text()
     assert "±" in report and "By category" in report and "PLCMOS" in report
+    # 2 clips of 2 s; each concealed in 3 settings: 4 s of clips, 12 s per method
+    assert "(4 s of audio)" in report
+    assert "12 s of audio per method" in r.stderr
     assert "## By burst length" in report and "### trace burst" in report  # its bursts: 6 and 3 packets
     assert by[("c0.wav", "trace burst", "zeros")]["lost_packets_burst_4-6"] == "6"
     for png in ("snr_per_method.png", "lsd_vs_loss.png", "burst_spectrograms.png"):

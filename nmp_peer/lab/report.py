@@ -447,7 +447,8 @@ def write_lab_report(
         "command": command,
         "clips": clips,
         "clips_dir": clips_dir,
-        "audio_s": sum(r["seconds"] for r in rows if r["method"] == methods[0]),
+        # the clips' own length, once: each clip is concealed again in every setting
+        "audio_s": sum(r["seconds"] for r in rows if r["method"] == methods[0] and r["setting"] == rows[0]["setting"]),
         "methods": list(methods),
         "seed": seed,
         "fades": {r["method"]: [r["fade_after_ms"], r["fade_ms"]] for r in rows},
