@@ -2,6 +2,7 @@
 and the latency budget measured end to end.
 
     python benchmarks/jack_device_jam.py [--runs 5] [--seconds 6] [--end kill|stop] > jack.json
+    python benchmarks/jack_device_jam.py --baseline [--runs 3] [--period 128] [--clip-seconds 60] > idle.json
     python benchmarks/jack_device_jam.py --loop [--runs 3] [--period 512] [--rate 44100] [--config lan]
         [--concealer gan] [--loss 0.02] [--clip-seconds 60] > loop.json
 
@@ -16,6 +17,10 @@ device, measured buffer depth, output device), the policy's target, and how many
 clip's blocks came back bit-exact. ``--loss``: the peer's stream to itself goes through
 ``nmp-peer impair`` (Bernoulli loss), so ``--concealer`` has packets to conceal. JACK's
 xruns are counted by the tap, and apart those while the clip plays.
+
+``--baseline``: per run the same private server at ``--rate``/``--period`` for
+``--clip-seconds`` with no client at all, and the xruns its log names (the dummy driver's
+own cycles that ended late): what the machine costs before any peer runs.
 
 Per run: a private ``jackd -d dummy`` (44.1 kHz, period 512), peer A with a WAV file
 started first (it sends from its start), then peer B on the server's devices (``--input 0
@@ -276,6 +281,25 @@ def loop_run(
     }
 
 
+def baseline_run(folder: Path, rate: int, period: int, seconds: float) -> dict[str, Any]:
+    """The server alone for ``seconds``: the xruns its log names."""
+    name = f"nmp-idle-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1"}
+    log = folder / "jackd-idle.log"
+    server = start_jackd(name, env, rate=rate, period=period, log=log)
+    try:
+        time.sleep(seconds)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    late = xrun_sources(log.read_text(errors="replace"))
+    return {"rate": rate, "period": period, "seconds": seconds, "jackd_xruns": late}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -288,7 +312,13 @@ def main() -> None:
     parser.add_argument("--concealer", default="lpc", help="--loop: the peer's concealer.")
     parser.add_argument("--loss", type=float, default=0.0, help="--loop: loss through nmp-peer impair (0..1).")
     parser.add_argument("--clip-seconds", type=float, default=5.0, help="--loop: the clip's length.")
+    parser.add_argument("--baseline", action="store_true", help="The server alone, no client: its own xruns.")
     args = parser.parse_args()
+    if args.baseline:
+        with tempfile.TemporaryDirectory() as tmp:
+            idle = [baseline_run(Path(tmp), args.rate, args.period, args.clip_seconds) for _ in range(args.runs)]
+        print(json.dumps({"baseline": True, "runs": idle}, indent=1))
+        return
     if args.loop:
         with tempfile.TemporaryDirectory() as tmp:
             loops = [
