@@ -170,7 +170,13 @@ def start_tap(server: JackServer, tmp_path: Path, clip: np.ndarray, after_s: flo
 def tap_playing(tap: subprocess.Popen[str]) -> None:
     assert tap.stdout is not None
     line = tap.stdout.readline()
-    assert line.strip() == '{"playing": true}', (line, tap.poll())
+    if line.strip() != '{"playing": true}':  # it ended (or closed its output) first: say why
+        try:
+            _, err = tap.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            tap.kill()
+            _, err = tap.communicate()
+        raise AssertionError(f"the tap did not start playing (exit {tap.returncode}): {line!r} {err[-2000:]}")
 
 
 def tap_result(tap: subprocess.Popen[str], tmp_path: Path) -> tuple[dict, np.ndarray]:
@@ -441,14 +447,17 @@ def test_with_one_percent_loss_through_the_relay_the_device_peer_counts_the_rela
     records = read_log(log)
 
     def drops(direction: str) -> int:
-        audio = [r for r in records if r["dir"] == direction and not r["end"] and r["action"] != "no-peer"]
+        # audio only: the relay's decisions fall on PINGs too (seq -1), which nobody counts lost
+        audio = [r for r in records if r["dir"] == direction and r["seq"] >= 0 and not r["end"]]
+        audio = [r for r in audio if r["action"] != "no-peer"]
         first = next(i for i, r in enumerate(audio) if r["action"] not in LOST_ACTIONS)
         return sum(r["action"] in LOST_ACTIONS for r in audio[first:])
 
     a2b, b2a = drops("a2b"), drops("b2a")
     print(f"relay drops a2b {a2b} b2a {b2a}; B lost {b['packets_lost']}, A lost {a['packets_lost']}")
     assert a2b >= 1 and b2a >= 1, (a2b, b2a)  # ~4 s at 86 packets/s each way, 1 %: a few each
-    # Seen once in a whole-file run (B lost 4 of the relay's 5): what B counted besides, to tell why.
+    # What B counted besides, to tell why if they differ. (B "lost 3 or 4 of the relay's 5"
+    # under load, until 2026-12-04: a dropped PING had been counted as a dropped packet.)
     seen = ("packets_late", "packets_skipped", "resyncs", "pauses", "lost_while_paused", "device_clock_jumps", "repins")
     assert b["packets_lost"] == a2b, (b["packets_lost"], a2b, {k: b.get(k) for k in seen})
     assert b2a - 2 <= a["packets_lost"] <= b2a, (a["packets_lost"], b2a)
