@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,28 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jack_device_jam import free_port
+
 from nmp_peer import SAMPLE_RATE
 from nmp_peer.audio_io import write_audio
 from nmp_peer.bench import MACHINE, _test_signal, busy_core
-from nmp_peer.netsim.relaylog import LOST_ACTIONS, read_log
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from nmp_peer.netsim.relaylog import audio_lost, read_log
 
 
 def cli(*args: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "nmp_peer.cli", *args], stdin=subprocess.DEVNULL, text=True, **kw)
-
-
-def audio_lost(log: Path) -> int:
-    """The relay's A→B audio packets lost after the first one it delivered (B listened first)."""
-    audio = [r for r in read_log(log) if r["dir"] == "a2b" and r["seq"] >= 0 and not r["end"]]
-    audio = [r for r in audio if r["action"] != "no-peer"]
-    first = next((i for i, r in enumerate(audio) if r["action"] not in LOST_ACTIONS), len(audio))
-    return sum(r["action"] in LOST_ACTIONS for r in audio[first:])
 
 
 def one_run(tmp: Path, opts: argparse.Namespace, run: int) -> dict[str, Any]:
@@ -90,7 +77,7 @@ def one_run(tmp: Path, opts: argparse.Namespace, run: int) -> dict[str, Any]:
     out: dict[str, Any] = {k: s[k] for k in keys}
     out.update({k: s[k] for k in ("concealer_misses", "concealer_spared", "output_ticks_late", "output_late_max_ms")})
     out["partial_share"] = round(s["concealer_partial"] / concealed, 4) if concealed else 0.0
-    out["relay_a2b_audio_lost"] = audio_lost(tmp / "relay.jsonl")
+    out["relay_a2b_audio_lost"] = audio_lost(read_log(tmp / "relay.jsonl"), "a2b")
     out["b_cpu_percent_of_one_core"] = round(100 * (usage.ru_utime + usage.ru_stime) / (opts.seconds + 3), 1)
     return out
 

@@ -437,7 +437,7 @@ def test_with_one_percent_loss_through_the_relay_the_device_peer_counts_the_rela
     relay's A→B drops of audio after the first packet it delivered (B listens first; A's
     stream ends with end notices, so nothing is in doubt); A, stopped while B still sends,
     counts B→A's drops but for those in the last few blocks before it stopped."""
-    from nmp_peer.netsim.relaylog import LOST_ACTIONS, read_log
+    from nmp_peer.netsim.relaylog import audio_lost, read_log
 
     log = tmp_path / "relay.jsonl"
     a, b, info, recorded, a_clip, heard, relay = two_peer_jam(
@@ -446,14 +446,8 @@ def test_with_one_percent_loss_through_the_relay_the_device_peer_counts_the_rela
     assert relay is not None
     records = read_log(log)
 
-    def drops(direction: str) -> int:
-        # audio only: the relay's decisions fall on PINGs too (seq -1), which nobody counts lost
-        audio = [r for r in records if r["dir"] == direction and r["seq"] >= 0 and not r["end"]]
-        audio = [r for r in audio if r["action"] != "no-peer"]
-        first = next(i for i, r in enumerate(audio) if r["action"] not in LOST_ACTIONS)
-        return sum(r["action"] in LOST_ACTIONS for r in audio[first:])
-
-    a2b, b2a = drops("a2b"), drops("b2a")
+    # audio only: the relay's decisions fall on PINGs too (seq -1), which nobody counts lost
+    a2b, b2a = audio_lost(records, "a2b"), audio_lost(records, "b2a")
     print(f"relay drops a2b {a2b} b2a {b2a}; B lost {b['packets_lost']}, A lost {a['packets_lost']}")
     assert a2b >= 1 and b2a >= 1, (a2b, b2a)  # ~4 s at 86 packets/s each way, 1 %: a few each
     # What B counted besides, to tell why if they differ. (B "lost 3 or 4 of the relay's 5"

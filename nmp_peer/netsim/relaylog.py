@@ -104,3 +104,13 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 }
             )
         return rows
+
+
+def audio_lost(records: list[dict[str, Any]], direction: str) -> int:
+    """The audio packets the relay lost in ``direction`` after the first one it delivered:
+    what a receiver that listened first counts ``packets_lost``. Not audio: PINGs and PONGs,
+    handshakes (seq -1), end-of-stream notices, and what came before the relay knew a peer."""
+    audio = [r for r in records if r["dir"] == direction and r["seq"] >= 0 and not r["end"]]
+    audio = [r for r in audio if r["action"] != "no-peer"]
+    first = next((i for i, r in enumerate(audio) if r["action"] not in LOST_ACTIONS), len(audio))
+    return sum(r["action"] in LOST_ACTIONS for r in audio[first:])
